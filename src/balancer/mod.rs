@@ -1,0 +1,163 @@
+//! Choosing a backend: the four algorithms of the seed article, each a small pure [`Strategy`]
+//! that sees a snapshot of the backends ([`Peer`]s) and returns an index. [`Balancer`] owns the
+//! one piece of shared state, behind a single `parking_lot` mutex, and counts the request as in
+//! flight inside the same lock so that concurrent picks see each other.
+
+mod ip_hash;
+mod least_connections;
+mod round_robin;
+mod weighted_round_robin;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::backend::{Backend, InFlight};
+
+pub use ip_hash::IpHash;
+pub use least_connections::LeastConnections;
+pub use round_robin::RoundRobin;
+pub use weighted_round_robin::WeightedRoundRobin;
+
+/// The algorithm named by the config key `algorithm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// Strict rotation over the available backends; weights are ignored.
+    RoundRobin,
+    /// nginx's smooth weighted round robin.
+    WeightedRoundRobin,
+    /// Fewest requests in flight relative to weight.
+    LeastConnections,
+    /// A client IP keeps its backend (rendezvous hashing).
+    IpHash,
+}
+
+impl Algorithm {
+    /// Every algorithm, in the order the docs list them.
+    pub const ALL: [Algorithm; 4] = [
+        Algorithm::RoundRobin,
+        Algorithm::WeightedRoundRobin,
+        Algorithm::LeastConnections,
+        Algorithm::IpHash,
+    ];
+
+    /// The name used in config.json.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::RoundRobin => "round-robin",
+            Algorithm::WeightedRoundRobin => "weighted-round-robin",
+            Algorithm::LeastConnections => "least-connections",
+            Algorithm::IpHash => "ip-hash",
+        }
+    }
+
+    /// The algorithm with this config name, if any.
+    pub fn from_name(name: &str) -> Option<Algorithm> {
+        Algorithm::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    /// Fresh state for this algorithm.
+    pub fn strategy(self) -> Box<dyn Strategy> {
+        match self {
+            Algorithm::RoundRobin => Box::new(RoundRobin::default()),
+            Algorithm::WeightedRoundRobin => Box::new(WeightedRoundRobin::default()),
+            Algorithm::LeastConnections => Box::new(LeastConnections::default()),
+            Algorithm::IpHash => Box::new(IpHash),
+        }
+    }
+}
+
+/// What an algorithm may know about one backend at the moment of a pick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// Healthy and not already tried for this request.
+    pub available: bool,
+    /// Configured weight, at least 1.
+    pub weight: u32,
+    /// Requests this backend is serving right now.
+    pub in_flight: usize,
+    /// A stable hash of the backend's URL, so ip-hash keeps clients on the same backend even
+    /// when the list changes order or length.
+    pub key: u64,
+}
+
+/// One load-balancing algorithm: pure, so it is unit-tested without sockets.
+pub trait Strategy: Send {
+    /// Index of the chosen peer among the available ones, or `None` if none is available.
+    fn pick(&mut self, peers: &[Peer], client: IpAddr) -> Option<usize>;
+}
+
+/// The backends plus the algorithm's state, shared by every worker.
+pub struct Balancer {
+    backends: Arc<[Backend]>,
+    state: Mutex<PickState>,
+}
+
+struct PickState {
+    strategy: Box<dyn Strategy>,
+    /// Reused for every pick so the hot path does not allocate.
+    peers: Vec<Peer>,
+}
+
+impl Balancer {
+    /// A balancer over these backends with the given algorithm.
+    pub fn new(backends: Arc<[Backend]>, algorithm: Algorithm) -> Balancer {
+        Balancer {
+            state: Mutex::new(PickState {
+                strategy: algorithm.strategy(),
+                peers: Vec::with_capacity(backends.len()),
+            }),
+            backends,
+        }
+    }
+
+    /// The backends, in config order.
+    pub fn backends(&self) -> &Arc<[Backend]> {
+        &self.backends
+    }
+
+    /// Chooses a healthy backend not in `exclude` and counts the request as in flight on it.
+    pub fn pick(&self, client: IpAddr, exclude: &[usize]) -> Option<(usize, InFlight<'_>)> {
+        let mut state = self.state.lock();
+        let PickState { strategy, peers } = &mut *state;
+        peers.clear();
+        peers.extend(self.backends.iter().enumerate().map(|(i, b)| Peer {
+            available: b.is_healthy() && !exclude.contains(&i),
+            weight: b.weight,
+            in_flight: b.in_flight(),
+            key: b.key,
+        }));
+        let index = strategy.pick(peers, client)?;
+        debug_assert!(peers[index].available, "a strategy picked an unavailable peer");
+        Some((index, self.backends[index].start_request()))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    /// Available peers with these weights and no load.
+    pub fn peers(weights: &[u32]) -> Vec<Peer> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &weight)| Peer {
+                available: true,
+                weight,
+                in_flight: 0,
+                key: crate::backend::url_key(&format!("http://10.0.0.{i}:80")),
+            })
+            .collect()
+    }
+
+    /// The first `n` picks as letters: `"aabac"`.
+    pub fn sequence(strategy: &mut dyn Strategy, peers: &[Peer], n: usize) -> String {
+        let client = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        (0..n)
+            .map(|_| (b'a' + strategy.pick(peers, client).unwrap() as u8) as char)
+            .collect()
+    }
+}

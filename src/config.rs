@@ -1,0 +1,500 @@
+//! config.json: the seed article's three keys (`port`, `healthCheckInterval`, `servers`) plus
+//! optional tuning keys, turned into a checked [`Config`] or a [`ConfigError`] that names the key
+//! and the value, so a typo stops tinylb at start instead of surprising it later.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::balancer::Algorithm;
+use crate::duration::{DurationError, parse_duration};
+
+/// Every key tinylb reads; anything else is a typo and is refused.
+const KNOWN_KEYS: &[&str] = &[
+    "port",
+    "servers",
+    "healthCheckInterval",
+    "healthCheckTimeout",
+    "healthCheckRise",
+    "healthCheckFall",
+    "algorithm",
+    "connectTimeout",
+    "backendTimeout",
+    "workers",
+    "queueSize",
+    "forwardedServerHeader",
+    "shutdownGracePeriod",
+];
+
+/// Default worker threads. Measured (docs in README.md): 8 workers served as many requests per
+/// second as 32 or 128 on a 2-core machine, with a third of the memory.
+pub const DEFAULT_WORKERS: usize = 8;
+/// Default queue between the listener and the workers: deep enough that 256 keep-alive clients
+/// never see a 503, short enough that an overload is answered at once instead of piling up.
+pub const DEFAULT_QUEUE_SIZE: usize = 512;
+
+/// A checked configuration: every value here has passed validation.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the proxy listens (`":8080"` means every IPv4 interface, as in Go).
+    pub listen: SocketAddr,
+    /// The backends, in the order the file lists them.
+    pub servers: Vec<ServerConfig>,
+    /// How a backend is chosen for each request.
+    pub algorithm: Algorithm,
+    /// Active health checking: when, how long to wait, and how many results flip a backend.
+    pub health: HealthConfig,
+    /// Limit for opening a TCP connection to a backend; past it the backend counts as down.
+    pub connect_timeout: Duration,
+    /// Limit for a backend's response head and for each gap between reads of its body (504).
+    pub backend_timeout: Duration,
+    /// Fixed number of threads that forward requests.
+    pub workers: usize,
+    /// Requests that may wait for a free worker before new ones get a fast 503.
+    pub queue_size: usize,
+    /// Adds the seed article's `X-Forwarded-Server` header; off by default because it tells
+    /// clients about the inside network.
+    pub forwarded_server_header: bool,
+    /// How long a SIGINT/SIGTERM waits for requests in flight before exiting anyway.
+    pub shutdown_grace_period: Duration,
+}
+
+/// One backend as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Where requests go.
+    pub url: BackendUrl,
+    /// Share of traffic for the weighted algorithms; at least 1.
+    pub weight: u32,
+}
+
+/// A backend base URL split once at start, so the hot path only concatenates strings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendUrl {
+    /// The URL as written in config.json, for logs and the `X-Forwarded-Server` header.
+    pub original: String,
+    /// `http://host:port`, the part ureq connects to.
+    pub origin: String,
+    /// Path prefix without a trailing slash (`""` or `"/api"`), put before every request path.
+    pub prefix: String,
+}
+
+/// Active health-check settings, with HAProxy's rise/fall defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Time between the start of two check rounds.
+    pub interval: Duration,
+    /// Limit for one HEAD check, so a hanging backend cannot stall the round.
+    pub timeout: Duration,
+    /// Consecutive passed checks that bring a down backend back.
+    pub rise: u32,
+    /// Consecutive failed checks that take an up backend out.
+    pub fall: u32,
+}
+
+/// A config that cannot be used, with a message that names the key and the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn error(key: &str, message: impl fmt::Display) -> ConfigError {
+    ConfigError(format!("{key}: {message}"))
+}
+
+impl Config {
+    /// Reads and checks a config file; the error says which file when it cannot be read.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        Config::parse(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+    }
+
+    /// Parses the text of a config.json; the single place where config values are checked.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let root: Value = serde_json::from_str(text).map_err(|e| {
+            ConfigError(format!(
+                "invalid JSON at line {}, column {}: {e}",
+                e.line(),
+                e.column()
+            ))
+        })?;
+        let Value::Object(object) = root else {
+            return Err(ConfigError(
+                "the top level must be a JSON object like {\"port\": \":8080\", \"servers\": [...]}"
+                    .into(),
+            ));
+        };
+        if let Some(unknown) = object.keys().find(|k| !KNOWN_KEYS.contains(&k.as_str())) {
+            return Err(error(
+                &format!("{unknown:?}"),
+                format!("unknown key; known keys are {}", KNOWN_KEYS.join(", ")),
+            ));
+        }
+        let keys = Keys(&object);
+        let interval = keys.duration("healthCheckInterval", "2s")?;
+        if interval.is_zero() {
+            return Err(error("healthCheckInterval", "must be more than 0"));
+        }
+        let check_timeout = keys.duration("healthCheckTimeout", "1s")?;
+        if check_timeout.is_zero() {
+            return Err(error("healthCheckTimeout", "must be more than 0"));
+        }
+        let config = Config {
+            listen: parse_listen(keys.required("port")?)?,
+            servers: parse_servers(keys.required("servers")?)?,
+            algorithm: keys.algorithm()?,
+            health: HealthConfig {
+                interval,
+                timeout: check_timeout.min(interval),
+                rise: keys.count("healthCheckRise", 2, 1..=100)? as u32,
+                fall: keys.count("healthCheckFall", 3, 1..=100)? as u32,
+            },
+            connect_timeout: keys.positive_duration("connectTimeout", "2s")?,
+            backend_timeout: keys.positive_duration("backendTimeout", "30s")?,
+            workers: keys.count("workers", DEFAULT_WORKERS as u64, 1..=1024)? as usize,
+            queue_size: keys.count("queueSize", DEFAULT_QUEUE_SIZE as u64, 1..=1_000_000)? as usize,
+            forwarded_server_header: keys.boolean("forwardedServerHeader", false)?,
+            shutdown_grace_period: keys.duration("shutdownGracePeriod", "10s")?,
+        };
+        Ok(config)
+    }
+
+    /// One line for `--check` and the start-up log.
+    pub fn summary(&self) -> String {
+        let servers: Vec<String> = self
+            .servers
+            .iter()
+            .map(|s| match s.weight {
+                1 => s.url.original.clone(),
+                w => format!("{} (weight {w})", s.url.original),
+            })
+            .collect();
+        format!(
+            "listen {}, algorithm {}, {} servers [{}], {} workers, queue {}, health check every {}",
+            self.listen,
+            self.algorithm.name(),
+            self.servers.len(),
+            servers.join(", "),
+            self.workers,
+            self.queue_size,
+            crate::duration::format_duration(self.health.interval)
+        )
+    }
+}
+
+/// Typed access to the optional keys, each with its default and a message naming the key.
+struct Keys<'a>(&'a Map<String, Value>);
+
+impl Keys<'_> {
+    fn required(&self, key: &str) -> Result<&Value, ConfigError> {
+        self.0.get(key).ok_or_else(|| error(key, "is missing"))
+    }
+
+    fn duration(&self, key: &str, default: &str) -> Result<Duration, ConfigError> {
+        let text = match self.0.get(key) {
+            None => default,
+            Some(Value::String(text)) => text.as_str(),
+            Some(Value::Number(n)) => {
+                return Err(error(
+                    key,
+                    format!("{n} has no unit; write a string like \"{n}s\" or \"{n}ms\""),
+                ));
+            }
+            Some(other) => return Err(error(key, format!("{other} is not a duration like \"2s\""))),
+        };
+        parse_duration(text).map_err(|e| match e {
+            DurationError::MissingUnit => error(
+                key,
+                format!("{text:?} has no unit; write \"{text}s\" or \"{text}ms\""),
+            ),
+            DurationError::Invalid => error(
+                key,
+                format!("{text:?} is not a duration; write it like \"500ms\", \"2s\" or \"1m30s\""),
+            ),
+        })
+    }
+
+    fn positive_duration(&self, key: &str, default: &str) -> Result<Duration, ConfigError> {
+        let value = self.duration(key, default)?;
+        if value.is_zero() {
+            return Err(error(key, "must be more than 0"));
+        }
+        Ok(value)
+    }
+
+    fn count(
+        &self,
+        key: &str,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<u64, ConfigError> {
+        let Some(value) = self.0.get(key) else {
+            return Ok(default);
+        };
+        match value.as_u64() {
+            Some(n) if range.contains(&n) => Ok(n),
+            _ => Err(error(
+                key,
+                format!(
+                    "{value} must be a whole number from {} to {}",
+                    range.start(),
+                    range.end()
+                ),
+            )),
+        }
+    }
+
+    fn boolean(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.0.get(key) {
+            None => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(other) => Err(error(key, format!("{other} must be true or false"))),
+        }
+    }
+
+    fn algorithm(&self) -> Result<Algorithm, ConfigError> {
+        let name = match self.0.get("algorithm") {
+            None => return Ok(Algorithm::RoundRobin),
+            Some(Value::String(name)) => name,
+            Some(other) => return Err(error("algorithm", format!("{other} is not a string"))),
+        };
+        Algorithm::from_name(name).ok_or_else(|| {
+            error(
+                "algorithm",
+                format!(
+                    "{name:?} is not one of {}",
+                    Algorithm::ALL.map(|a| a.name()).join(", ")
+                ),
+            )
+        })
+    }
+}
+
+/// `":8080"` (every interface, as Go writes it), `"127.0.0.1:8080"`, `"[::1]:8080"` or
+/// `"localhost:8080"`.
+fn parse_listen(value: &Value) -> Result<SocketAddr, ConfigError> {
+    let Value::String(text) = value else {
+        return Err(error(
+            "port",
+            format!("{value} is not an address; write it as a string like \":8080\""),
+        ));
+    };
+    let parsed = if let Some(port) = text.strip_prefix(':') {
+        port.parse::<u16>()
+            .ok()
+            .map(|p| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), p))
+    } else if let Some(port) = text.strip_prefix("localhost:") {
+        port.parse::<u16>()
+            .ok()
+            .map(|p| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p))
+    } else {
+        text.parse::<SocketAddr>().ok()
+    };
+    parsed.ok_or_else(|| {
+        let hint = if text.parse::<u16>().is_ok() {
+            format!("; write \":{text}\"")
+        } else {
+            String::new()
+        };
+        error(
+            "port",
+            format!("{text:?} is not a listen address like \":8080\" or \"127.0.0.1:8080\"{hint}"),
+        )
+    })
+}
+
+fn parse_servers(value: &Value) -> Result<Vec<ServerConfig>, ConfigError> {
+    let Value::Array(entries) = value else {
+        return Err(error(
+            "servers",
+            format!("{value} is not a list of URLs like [\"http://localhost:5001\"]"),
+        ));
+    };
+    if entries.is_empty() {
+        return Err(error(
+            "servers",
+            "is empty; list at least one backend like \"http://localhost:5001\"",
+        ));
+    }
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| parse_server(&format!("servers[{i}]"), entry))
+        .collect()
+}
+
+fn parse_server(key: &str, entry: &Value) -> Result<ServerConfig, ConfigError> {
+    match entry {
+        Value::String(url) => Ok(ServerConfig {
+            url: parse_backend_url(key, url)?,
+            weight: 1,
+        }),
+        Value::Object(fields) => {
+            if let Some(unknown) = fields.keys().find(|k| *k != "url" && *k != "weight") {
+                return Err(error(
+                    key,
+                    format!("unknown key {unknown:?}; a server has \"url\" and \"weight\""),
+                ));
+            }
+            let url = match fields.get("url") {
+                Some(Value::String(url)) => parse_backend_url(&format!("{key}.url"), url)?,
+                Some(other) => return Err(error(&format!("{key}.url"), format!("{other} is not a string"))),
+                None => return Err(error(&format!("{key}.url"), "is missing")),
+            };
+            let weight = match fields.get("weight") {
+                None => 1,
+                Some(value) => match value.as_u64() {
+                    Some(0) => {
+                        return Err(error(
+                            &format!("{key}.weight"),
+                            "0 is not allowed; a weight is at least 1 (remove the server to stop its traffic)",
+                        ));
+                    }
+                    Some(w) if w <= 1_000_000 => w as u32,
+                    _ => {
+                        return Err(error(
+                            &format!("{key}.weight"),
+                            format!("{value} must be a whole number from 1 to 1000000"),
+                        ));
+                    }
+                },
+            };
+            Ok(ServerConfig { url, weight })
+        }
+        other => Err(error(
+            key,
+            format!("{other} is not a URL string or {{\"url\": ..., \"weight\": ...}}"),
+        )),
+    }
+}
+
+/// Checks a backend URL: plain `http://host[:port][/prefix]` only.
+fn parse_backend_url(key: &str, url: &str) -> Result<BackendUrl, ConfigError> {
+    if url.starts_with("https://") {
+        return Err(error(
+            key,
+            format!(
+                "{url:?}: https backends are not supported (tinylb speaks plain HTTP to backends); \
+                 use an http:// URL"
+            ),
+        ));
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        let suggestion = match url.split_once("://") {
+            Some((scheme, _)) => format!("scheme {scheme:?} is not supported; use http://"),
+            None => format!("has no scheme; write \"http://{url}\""),
+        };
+        return Err(error(key, format!("{url:?} {suggestion}")));
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    if authority.is_empty() {
+        return Err(error(key, format!("{url:?} has no host")));
+    }
+    if authority.contains('@') {
+        return Err(error(key, format!("{url:?}: user names in backend URLs are not supported")));
+    }
+    if path.contains(['?', '#']) {
+        return Err(error(
+            key,
+            format!("{url:?}: a backend URL may have a path prefix but no query or fragment"),
+        ));
+    }
+    let valid = authority
+        .parse::<ureq::http::uri::Authority>()
+        .is_ok_and(|parsed| {
+            let after_host = &authority[parsed.host().len()..];
+            !parsed.host().is_empty() && (after_host.is_empty() || parsed.port_u16().is_some())
+        });
+    if !valid {
+        return Err(error(key, format!("{url:?} has a bad host or port")));
+    }
+    Ok(BackendUrl {
+        original: url.to_string(),
+        origin: format!("http://{authority}"),
+        prefix: path.trim_end_matches('/').to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_err(text: &str) -> String {
+        Config::parse(text).unwrap_err().0
+    }
+
+    #[test]
+    fn the_seed_articles_file_works_unchanged() {
+        let config = Config::parse(
+            r#"{
+              "port": ":8080",
+              "healthCheckInterval": "2s",
+              "servers": ["http://localhost:5001", "http://localhost:5002"]
+            }"#,
+        )
+        .unwrap();
+        assert_eq!(config.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(config.servers.len(), 2);
+        assert_eq!(config.servers[0].url.origin, "http://localhost:5001");
+        assert_eq!(config.servers[0].url.prefix, "");
+        assert_eq!(config.algorithm, Algorithm::RoundRobin);
+        assert_eq!(config.health.interval, Duration::from_secs(2));
+        assert_eq!(config.workers, DEFAULT_WORKERS);
+    }
+
+    #[test]
+    fn weights_prefixes_and_options_are_read() {
+        let config = Config::parse(
+            r#"{"port": "127.0.0.1:0", "algorithm": "weighted-round-robin",
+                "servers": [{"url": "http://127.0.0.1:1/api/", "weight": 5}, "http://[::1]:2"],
+                "workers": 3, "queueSize": 7, "forwardedServerHeader": true,
+                "backendTimeout": "250ms", "healthCheckRise": 1}"#,
+        )
+        .unwrap();
+        assert_eq!(config.servers[0].weight, 5);
+        assert_eq!(config.servers[0].url.prefix, "/api");
+        assert_eq!(config.servers[1].url.origin, "http://[::1]:2");
+        assert_eq!(config.workers, 3);
+        assert_eq!(config.queue_size, 7);
+        assert!(config.forwarded_server_header);
+        assert_eq!(config.backend_timeout, Duration::from_millis(250));
+        assert_eq!(config.health.rise, 1);
+    }
+
+    #[test]
+    fn every_bad_value_names_its_key() {
+        let cases = [
+            (r#"{"port": ":8080",}"#, "invalid JSON at line 1, column 18"),
+            (r#"{"port": ":8080", "servers": ["http://a:1"], "algoritm": "x"}"#, "\"algoritm\": unknown key"),
+            (r#"{"port": ":8080"}"#, "servers: is missing"),
+            (r#"{"servers": ["http://a:1"]}"#, "port: is missing"),
+            (r#"{"port": ":8080", "servers": []}"#, "servers: is empty"),
+            (r#"{"port": ":8080", "servers": ["localhost:5003"]}"#, "servers[0]: \"localhost:5003\" has no scheme; write \"http://localhost:5003\""),
+            (r#"{"port": ":8080", "servers": ["https://a:1"]}"#, "https backends are not supported"),
+            (r#"{"port": ":8080", "servers": [{"url": "http://a:1", "weight": 0}]}"#, "servers[0].weight: 0 is not allowed"),
+            (r#"{"port": ":8080", "servers": ["http://a:1"], "healthCheckInterval": "2"}"#, "healthCheckInterval: \"2\" has no unit"),
+            (r#"{"port": ":8080", "servers": ["http://a:1"], "healthCheckInterval": 2}"#, "healthCheckInterval: 2 has no unit"),
+            (r#"{"port": ":8080", "servers": ["http://a:1"], "algorithm": "fastest"}"#, "algorithm: \"fastest\" is not one of round-robin"),
+            (r#"{"port": "8080", "servers": ["http://a:1"]}"#, "write \":8080\""),
+            (r#"{"port": 8080, "servers": ["http://a:1"]}"#, "port: 8080 is not an address"),
+            (r#"{"port": ":8080", "servers": ["http://a:x"]}"#, "bad host or port"),
+            (r#"{"port": ":8080", "servers": ["http://a:1"], "workers": 0}"#, "workers: 0 must be a whole number"),
+            (r#"[1]"#, "top level must be a JSON object"),
+        ];
+        for (text, expected) in cases {
+            let message = parse_err(text);
+            assert!(message.contains(expected), "{text}\n  gave: {message}\n  wanted: {expected}");
+        }
+    }
+}

@@ -1,0 +1,469 @@
+//! One request, start to finish: check the head, pick a backend, send the request there with
+//! ureq (body streamed from the client), relay the answer, and retry on another backend when
+//! the first could not take the request. Every failure maps to one status in one place
+//! ([`Failure::status`]).
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Instant;
+
+use tiny_http::{HTTPVersion, Method, Request};
+use ureq::http::{self, HeaderName, HeaderValue};
+use ureq::{SendBody, Timeout};
+
+use crate::balancer::Balancer;
+use crate::hangup::Hangups;
+use crate::headers::ConnectionTokens;
+use crate::relay::{self, Buffers, ClientSide, Relayed};
+use crate::request_check::{self, BodyFraming, Rejection};
+
+/// Everything a worker needs to forward requests, shared by all workers.
+pub struct Forwarder {
+    /// Picks backends and counts requests in flight.
+    pub balancer: Balancer,
+    /// Ends client connections that tiny_http would keep open.
+    pub hangups: Hangups,
+    /// Whether to add the seed article's `X-Forwarded-Server` header.
+    pub forwarded_server_header: bool,
+}
+
+/// Why an attempt to forward failed, as far as the client's answer is concerned.
+#[derive(Debug)]
+enum Failure {
+    /// Could not connect: nothing was sent, so any request may go to another backend.
+    Connect(String),
+    /// The backend did not answer within `backendTimeout`.
+    Timeout(String),
+    /// The connection broke or the backend answered something that is not HTTP.
+    Broken(String),
+    /// The client's request cannot be expressed upstream (bad header value or target).
+    BadRequest(&'static str),
+    /// The client's own body failed (it disconnected or sent less than it announced).
+    ClientBody(String),
+}
+
+impl Failure {
+    /// The one mapping from failure to status: 502 for a refused or broken backend, 504 for a
+    /// slow one, 400 for a request that cannot be forwarded.
+    fn status(&self) -> u16 {
+        match self {
+            Failure::Connect(_) | Failure::Broken(_) => 502,
+            Failure::Timeout(_) => 504,
+            Failure::BadRequest(_) | Failure::ClientBody(_) => 400,
+        }
+    }
+
+    fn message(&self) -> &'static str {
+        match self {
+            Failure::Connect(_) | Failure::Broken(_) => "Bad Gateway",
+            Failure::Timeout(_) => "Gateway Timeout",
+            Failure::BadRequest(reason) => reason,
+            Failure::ClientBody(_) => "Bad Request: the request body ended early",
+        }
+    }
+}
+
+impl Forwarder {
+    /// Answers one client request; never panics on bad input, always answers or hangs up.
+    pub fn handle(&self, mut request: Request, buffers: &mut Buffers) {
+        let started = Instant::now();
+        let client_addr = request.remote_addr().copied();
+        if self.hangups.is_hung_up(client_addr.as_ref()) {
+            log::debug!("dropping a request from {client_addr:?}: its connection was ended");
+            // Nothing may be written: the connection was already ended.
+            drop(request.into_writer());
+            return;
+        }
+        let client = client_side(&request);
+        let framing = match request_check::check_request(&request) {
+            Ok(framing) => framing,
+            Err(rejection) => return self.reject(request, &client, &rejection, buffers),
+        };
+        let client_ip = client_addr.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+        let method = request.method().to_string();
+        let idempotent = matches!(
+            method.as_str(),
+            "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE"
+        );
+
+        let mut tried: Vec<usize> = Vec::new();
+        let mut last_failure: Option<Failure> = None;
+        while let Some((index, in_flight)) = self.balancer.pick(client_ip, &tried) {
+            let backend = in_flight.backend();
+            let attempt = self.attempt(&mut request, backend, client_addr, framing);
+            let (failure, body_started) = match attempt {
+                Ok(response) => {
+                    let forwarded = self
+                        .forwarded_server_header
+                        .then_some(backend.url.original.as_str());
+                    let client_addr_for_log = client_addr;
+                    let mut writer = request.into_writer();
+                    let outcome = relay::relay_response(&mut *writer, response, &client, forwarded, buffers);
+                    drop(in_flight);
+                    self.finish_relay(outcome, writer, client_addr_for_log, &method, started);
+                    return;
+                }
+                Err(failed) => failed,
+            };
+            log::warn!(
+                "{method} to {} failed: {}",
+                backend.url.original,
+                describe_failure(&failure)
+            );
+            let retry = match &failure {
+                Failure::Connect(reason) => {
+                    backend.mark_down(reason);
+                    !body_started
+                }
+                Failure::Broken(_) => idempotent && !body_started,
+                _ => false,
+            };
+            last_failure = Some(failure);
+            if !retry {
+                break;
+            }
+            tried.push(index);
+        }
+        let (status, message) = match &last_failure {
+            Some(failure) => (failure.status(), failure.message()),
+            None => (503, "No healthy server available"),
+        };
+        let must_close = matches!(last_failure, Some(Failure::ClientBody(_))) || framing != BodyFraming::Empty;
+        self.answer(request, &client, status, message, None, must_close, buffers);
+    }
+
+    /// Answers 503 with `Retry-After` when every worker is busy and the queue is full.
+    pub fn refuse_busy(&self, request: Request, buffers: &mut Buffers) {
+        let client = client_side(&request);
+        let unread_body = request_check::check_request(&request) != Ok(BodyFraming::Empty);
+        self.answer(
+            request,
+            &client,
+            503,
+            "Service Unavailable: every worker is busy, try again shortly",
+            Some("Retry-After: 1"),
+            unread_body,
+            buffers,
+        );
+    }
+
+    /// Sends the request to one backend; on failure also says whether client body bytes were
+    /// already consumed (then the request cannot be replayed elsewhere).
+    fn attempt(
+        &self,
+        request: &mut Request,
+        backend: &crate::backend::Backend,
+        client_addr: Option<SocketAddr>,
+        framing: BodyFraming,
+    ) -> Result<http::Response<ureq::Body>, (Failure, bool)> {
+        let upstream = build_upstream_request(request, backend, client_addr, framing)
+            .map_err(|f| (f, false))?;
+        let mut body = ClientBody::new(request, framing);
+        let result = match framing {
+            BodyFraming::Empty => backend.agent().run(upstream),
+            BodyFraming::Length(_) | BodyFraming::Chunked => backend
+                .agent()
+                .run(upstream.map(|()| SendBody::from_reader(&mut body))),
+        };
+        let body_started = body.bytes_read > 0;
+        match result {
+            Ok(response) if response.status() == http::StatusCode::SWITCHING_PROTOCOLS => Err((
+                Failure::Broken("backend switched protocols on a request without Upgrade".into()),
+                body_started,
+            )),
+            Ok(response) => Ok(response),
+            Err(_) if body.failure.is_some() => Err((
+                Failure::ClientBody(body.failure.take().unwrap_or_default()),
+                body_started,
+            )),
+            Err(error) => Err((classify(&error), body_started)),
+        }
+    }
+
+    /// After relaying: log, and end the connection where the framing requires it.
+    fn finish_relay(
+        &self,
+        outcome: Relayed,
+        writer: Box<dyn Write + Send>,
+        client_addr: Option<SocketAddr>,
+        method: &str,
+        started: Instant,
+    ) {
+        drop(writer);
+        match outcome {
+            Relayed::Complete { status, body_bytes } => {
+                log::debug!("{method} -> {status}, {body_bytes} bytes in {:?}", started.elapsed());
+            }
+            Relayed::ClientGone { status, error } => {
+                log::debug!("{method} -> {status}: client went away ({error})");
+                self.hangups.hang_up(client_addr.as_ref());
+            }
+            Relayed::BackendFailed { status, error } => {
+                log::warn!("{method} -> {status}: backend body broke off ({error}); closing the client connection");
+                self.hangups.hang_up(client_addr.as_ref());
+            }
+            Relayed::CloseDelimited { status, body_bytes } => {
+                log::debug!("{method} -> {status}, {body_bytes} bytes, connection closed to end the body");
+                self.hangups.hang_up(client_addr.as_ref());
+            }
+        }
+    }
+
+    /// Refuses a request before forwarding anything, and ends its connection: the unread body
+    /// would otherwise be parsed as the next request.
+    fn reject(&self, request: Request, client: &ClientSide, rejection: &Rejection, buffers: &mut Buffers) {
+        log::info!(
+            "refused {} {} from {:?}: {}",
+            request.method(),
+            request.url(),
+            request.remote_addr(),
+            rejection.reason
+        );
+        self.answer(request, client, rejection.status, rejection.reason, None, true, buffers);
+    }
+
+    /// Writes tinylb's own answer; `must_close` ends the connection after it.
+    #[allow(clippy::too_many_arguments)]
+    fn answer(
+        &self,
+        request: Request,
+        client: &ClientSide,
+        status: u16,
+        message: &str,
+        extra_header: Option<&str>,
+        must_close: bool,
+        buffers: &mut Buffers,
+    ) {
+        let client_addr = request.remote_addr().copied();
+        if must_close {
+            // Before the request (and its body reader) goes back to tiny_http.
+            self.hangups.remember(client_addr.as_ref());
+        }
+        let mut writer = request.into_writer();
+        let written = relay::write_simple(&mut *writer, client, status, message, extra_header, must_close, buffers);
+        drop(writer);
+        if let Err(error) = written {
+            log::debug!("could not send {status} to {client_addr:?}: {error}");
+        }
+        if must_close {
+            self.hangups.hang_up(client_addr.as_ref());
+        }
+    }
+}
+
+/// What the request says about how its answer must be written.
+fn client_side(request: &Request) -> ClientSide {
+    ClientSide {
+        http10: *request.http_version() == HTTPVersion(1, 0),
+        keep_alive: request_check::client_keeps_alive(request),
+        head_request: *request.method() == Method::Head,
+    }
+}
+
+/// Builds the upstream request head: same method, path and query byte for byte, end-to-end
+/// headers kept in order (repeated ones too), hop-by-hop ones dropped, X-Forwarded-* added.
+fn build_upstream_request(
+    request: &Request,
+    backend: &crate::backend::Backend,
+    client_addr: Option<SocketAddr>,
+    framing: BodyFraming,
+) -> Result<http::Request<()>, Failure> {
+    let target = origin_form(request.url()).ok_or(Failure::BadRequest("Bad Request: invalid request target"))?;
+    let uri = format!("{}{}{}", backend.url.origin, backend.url.prefix, target);
+    let method = http::Method::from_bytes(request.method().as_str().as_bytes())
+        .map_err(|_| Failure::BadRequest("Bad Request: invalid method"))?;
+    let mut builder = http::Request::builder()
+        .method(method.clone())
+        .uri(uri)
+        .version(http::Version::HTTP_11);
+    let headers = builder
+        .headers_mut()
+        .ok_or(Failure::BadRequest("Bad Request: invalid request target"))?;
+
+    let raw = request.headers();
+    let tokens = ConnectionTokens::from_headers(
+        raw.iter().map(|h| (h.field.as_str().as_str(), h.value.as_str().as_bytes())),
+    );
+    let mut forwarded_for: Option<String> = None;
+    let mut host: Option<&str> = None;
+    for header in raw {
+        let name = header.field.as_str().as_str();
+        let value = header.value.as_str();
+        if tokens.is_hop_by_hop(name)
+            || name.eq_ignore_ascii_case("content-length")
+            || name.eq_ignore_ascii_case("expect")
+            || name.eq_ignore_ascii_case("x-forwarded-proto")
+            || name.eq_ignore_ascii_case("x-forwarded-host")
+        {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("x-forwarded-for") {
+            let list = forwarded_for.get_or_insert_with(String::new);
+            if !list.is_empty() {
+                list.push_str(", ");
+            }
+            list.push_str(value.trim());
+            continue;
+        }
+        if name.eq_ignore_ascii_case("host") {
+            host = Some(value);
+        }
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| Failure::BadRequest("Bad Request: invalid header name"))?;
+        let value = HeaderValue::from_bytes(value.as_bytes()).map_err(|_| Failure::BadRequest("Bad Request: invalid header value"))?;
+        headers.append(name, value);
+    }
+    if let Some(client) = client_addr {
+        let list = forwarded_for.get_or_insert_with(String::new);
+        if !list.is_empty() {
+            list.push_str(", ");
+        }
+        list.push_str(&client.ip().to_string());
+    }
+    let mut add = |name: &'static str, value: &str| -> Result<(), Failure> {
+        let value = HeaderValue::from_str(value).map_err(|_| Failure::BadRequest("Bad Request: invalid header value"))?;
+        headers.insert(HeaderName::from_static(name), value);
+        Ok(())
+    };
+    if let Some(list) = &forwarded_for {
+        add("x-forwarded-for", list)?;
+    }
+    add("x-forwarded-proto", "http")?;
+    if let Some(host) = host {
+        add("x-forwarded-host", host)?;
+    }
+    match framing {
+        BodyFraming::Length(n) => add("content-length", &n.to_string())?,
+        // ureq would send an empty chunked body for these methods; say "no body" plainly.
+        BodyFraming::Empty if matches!(method, http::Method::POST | http::Method::PUT | http::Method::PATCH) => {
+            add("content-length", "0")?
+        }
+        _ => {}
+    }
+    builder
+        .body(())
+        .map_err(|_| Failure::BadRequest("Bad Request: invalid request target"))
+}
+
+/// The path and query to send upstream: an origin-form target as received, or the path of an
+/// absolute-form one (`GET http://host/path`), which HTTP/1.1 servers must accept.
+fn origin_form(target: &str) -> Option<&str> {
+    if target.starts_with('/') {
+        return Some(target);
+    }
+    let rest = target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))?;
+    Some(rest.find('/').map_or("/", |i| &rest[i..]))
+}
+
+/// The client's request body as ureq reads it: counts what was consumed (a consumed body cannot
+/// be replayed on another backend) and turns a short body into an error, because ureq spins
+/// forever on a reader that ends before Content-Length (shared/crates.md).
+struct ClientBody<'a> {
+    /// `None` when the request has no body (then nothing is read at all).
+    inner: Option<&'a mut dyn Read>,
+    remaining: Option<u64>,
+    bytes_read: u64,
+    failure: Option<String>,
+}
+
+impl<'a> ClientBody<'a> {
+    fn new(request: &'a mut Request, framing: BodyFraming) -> ClientBody<'a> {
+        let remaining = match framing {
+            BodyFraming::Length(n) => Some(n),
+            _ => None,
+        };
+        // Only touch the reader when there is a body: as_reader() sends `100 Continue`.
+        let inner = (framing != BodyFraming::Empty).then(|| request.as_reader());
+        ClientBody { inner, remaining, bytes_read: 0, failure: None }
+    }
+}
+
+impl Read for ClientBody<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let limit = match self.remaining {
+            Some(0) => return Ok(0),
+            Some(n) => buf.len().min(usize::try_from(n).unwrap_or(usize::MAX)),
+            None => buf.len(),
+        };
+        let Some(inner) = self.inner.as_mut() else {
+            return Ok(0);
+        };
+        let result = inner.read(&mut buf[..limit]);
+        let read = match result {
+            Ok(0) if self.remaining.is_some() => {
+                let message = "the client closed the connection before sending its whole body";
+                self.failure = Some(message.into());
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, message));
+            }
+            Ok(n) => n,
+            Err(error) => {
+                self.failure = Some(format!("reading the client's body failed: {error}"));
+                return Err(error);
+            }
+        };
+        self.bytes_read += read as u64;
+        if let Some(remaining) = &mut self.remaining {
+            *remaining -= read as u64;
+        }
+        Ok(read)
+    }
+}
+
+/// Sorts a ureq error into what the client's answer and the retry decision need.
+fn classify(error: &ureq::Error) -> Failure {
+    let text = describe_error(error);
+    match error {
+        ureq::Error::Timeout(Timeout::Connect | Timeout::Resolve)
+        | ureq::Error::ConnectionFailed
+        | ureq::Error::HostNotFound => Failure::Connect(text),
+        ureq::Error::Io(e) if is_connect_error(e.kind()) => Failure::Connect(text),
+        ureq::Error::Timeout(_) => Failure::Timeout(text),
+        ureq::Error::Io(e) if e.kind() == io::ErrorKind::TimedOut => Failure::Timeout(text),
+        _ => Failure::Broken(text),
+    }
+}
+
+fn is_connect_error(kind: io::ErrorKind) -> bool {
+    matches!(
+        kind,
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+            | io::ErrorKind::AddrNotAvailable
+    )
+}
+
+fn describe_failure(failure: &Failure) -> String {
+    match failure {
+        Failure::Connect(text) | Failure::Timeout(text) | Failure::Broken(text) | Failure::ClientBody(text) => {
+            text.clone()
+        }
+        Failure::BadRequest(reason) => (*reason).to_string(),
+    }
+}
+
+/// A short, human reason for a ureq error, for log lines ("connection refused").
+pub fn describe_error(error: &ureq::Error) -> String {
+    match error {
+        ureq::Error::Io(e) if e.kind() == io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        ureq::Error::Io(e) => e.to_string(),
+        ureq::Error::Timeout(which) => format!("timed out ({which})"),
+        ureq::Error::Protocol(e) => format!("not a valid HTTP response ({e})"),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin_form;
+
+    #[test]
+    fn targets_become_origin_form() {
+        assert_eq!(origin_form("/a/../b?x=%20"), Some("/a/../b?x=%20"));
+        assert_eq!(origin_form("http://example.com/p?q"), Some("/p?q"));
+        assert_eq!(origin_form("http://example.com"), Some("/"));
+        assert_eq!(origin_form("example.com:443"), None);
+        assert_eq!(origin_form("*"), None);
+    }
+}

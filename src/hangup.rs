@@ -1,0 +1,108 @@
+//! Ending a client connection early. tiny_http owns the client socket and keeps a connection
+//! open as long as the client's headers allow, but a proxy must sometimes end one itself: after
+//! refusing a request whose body it did not read, or when a backend died half-way through a
+//! response (the client must see a truncated transfer, not wait forever).
+//!
+//! tiny_http has no API for this, so [`Hangups::hang_up`] does two things from the outside:
+//! it remembers the client address, so any further request tiny_http parses from that
+//! connection is dropped unforwarded, and it half-closes the socket (`shutdown(Write)`, like
+//! nginx's lingering close) so the client gets everything written so far and then end-of-file.
+//! The socket is found by its address pair among the process's open descriptors.
+
+use std::net::{Shutdown, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+/// How long a hung-up address stays refused: longer than TCP's TIME_WAIT, so the same address
+/// pair cannot be a new connection yet.
+const REMEMBER_FOR: Duration = Duration::from_secs(60);
+
+/// Client connections that tinylb has ended.
+pub struct Hangups {
+    /// The proxy's own port, to tell client sockets from backend sockets with the same peer.
+    local_port: u16,
+    recent: Mutex<Vec<(SocketAddr, Instant)>>,
+    /// Lets the hot path skip the lock when nothing was ever hung up.
+    count: AtomicUsize,
+}
+
+impl Hangups {
+    /// Hang-ups for the client connections accepted on `local_port`.
+    pub fn new(local_port: u16) -> Hangups {
+        Hangups {
+            local_port,
+            recent: Mutex::new(Vec::new()),
+            count: AtomicUsize::new(0),
+        }
+    }
+
+    /// Whether this request arrived on a connection tinylb already ended.
+    pub fn is_hung_up(&self, client: Option<&SocketAddr>) -> bool {
+        let Some(client) = client else { return false };
+        if self.count.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let mut recent = self.recent.lock();
+        recent.retain(|(_, at)| at.elapsed() < REMEMBER_FOR);
+        self.count.store(recent.len(), Ordering::Relaxed);
+        recent.iter().any(|(addr, _)| addr == client)
+    }
+
+    /// Refuses further requests from this connection. Call it before the request (and so its
+    /// body reader) is released to tiny_http, which then parses whatever follows.
+    pub fn remember(&self, client: Option<&SocketAddr>) {
+        if let Some(client) = client {
+            let mut recent = self.recent.lock();
+            recent.push((*client, Instant::now()));
+            self.count.store(recent.len(), Ordering::Relaxed);
+        }
+    }
+
+    /// Sends end-of-file to the client after what was already written. Returns whether the
+    /// socket was found.
+    pub fn hang_up(&self, client: Option<&SocketAddr>) -> bool {
+        self.remember(client);
+        match client {
+            Some(client) => shutdown_client_socket(*client, self.local_port),
+            None => false,
+        }
+    }
+}
+
+/// Finds the socket connected to `peer` on our `local_port` and shuts down its write side.
+#[cfg(target_os = "linux")]
+fn shutdown_client_socket(peer: SocketAddr, local_port: u16) -> bool {
+    use std::mem::ManuallyDrop;
+    use std::net::TcpStream;
+    use std::os::fd::{FromRawFd, RawFd};
+
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return false;
+    };
+    for entry in entries.flatten() {
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
+        let fd = entry.file_name().to_str().and_then(|n| n.parse::<RawFd>().ok());
+        let (true, Some(fd)) = (is_socket, fd) else {
+            continue;
+        };
+        // SAFETY: `fd` was an open socket of this process a moment ago. ManuallyDrop means we
+        // never close it; we only ask for its addresses and, if they match, shut it down. Were
+        // it closed and reused meanwhile, the address check would not match.
+        let socket = ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(fd) });
+        let matches = socket.peer_addr().is_ok_and(|a| a == peer)
+            && socket.local_addr().is_ok_and(|a| a.port() == local_port);
+        if matches {
+            return socket.shutdown(Shutdown::Write).is_ok();
+        }
+    }
+    false
+}
+
+/// Elsewhere only the remembering half works; the connection ends on the client's timeout.
+#[cfg(not(target_os = "linux"))]
+fn shutdown_client_socket(_peer: SocketAddr, _local_port: u16) -> bool {
+    false
+}

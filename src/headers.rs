@@ -1,0 +1,63 @@
+//! Which headers cross the proxy. Hop-by-hop headers describe one connection, not the message,
+//! so they are removed in both directions (RFC 9110 section 7.6.1), together with every header
+//! the `Connection` header names.
+
+/// Headers that never cross a proxy, in lower case.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The header names one message's `Connection` headers list, lower-cased.
+#[derive(Debug, Default)]
+pub struct ConnectionTokens(Vec<String>);
+
+impl ConnectionTokens {
+    /// Collects the tokens of every `Connection` header among `headers`.
+    pub fn from_headers<'a>(headers: impl Iterator<Item = (&'a str, &'a [u8])>) -> Self {
+        let mut tokens = Vec::new();
+        for (name, value) in headers {
+            if name.eq_ignore_ascii_case("connection") {
+                let value = String::from_utf8_lossy(value);
+                tokens.extend(
+                    value
+                        .split(',')
+                        .map(|t| t.trim().to_ascii_lowercase())
+                        .filter(|t| !t.is_empty()),
+                );
+            }
+        }
+        ConnectionTokens(tokens)
+    }
+
+    /// Whether a header with this name belongs to the connection rather than the message.
+    pub fn is_hop_by_hop(&self, name: &str) -> bool {
+        HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+            || self.0.iter().any(|t| name.eq_ignore_ascii_case(t))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removes_fixed_and_listed_hop_by_hop_headers() {
+        let headers: Vec<(&str, &[u8])> = vec![
+            ("Connection", b"close, X-Secret".as_slice()),
+            ("X-Secret", b"1"),
+            ("Keep-Alive", b"timeout=5"),
+            ("Set-Cookie", b"a=1"),
+        ];
+        let tokens = ConnectionTokens::from_headers(headers.iter().copied());
+        assert!(tokens.is_hop_by_hop("x-secret"));
+        assert!(tokens.is_hop_by_hop("Keep-Alive"));
+        assert!(tokens.is_hop_by_hop("Transfer-Encoding"));
+        assert!(!tokens.is_hop_by_hop("Set-Cookie"));
+    }
+}

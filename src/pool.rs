@@ -1,0 +1,99 @@
+//! The fixed pool of worker threads. Each takes requests from the bounded channel and forwards
+//! them; the pool size bounds how many backend calls run at once, whatever the client load.
+//! Shutdown is the Rust book's: drop the channel's sender, and each worker finishes what is
+//! queued, then exits.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, select};
+
+use crate::forward::Forwarder;
+use crate::relay::Buffers;
+
+/// The running workers.
+pub struct WorkerPool {
+    size: usize,
+    /// Requests a worker is handling right now, for the shutdown log.
+    busy: Arc<AtomicUsize>,
+    /// Requests finished since start, for the shutdown log.
+    served: Arc<AtomicUsize>,
+    /// Each worker sends once when it exits, so shutdown can wait with a deadline (a
+    /// `JoinHandle` cannot).
+    exited: Receiver<()>,
+}
+
+impl WorkerPool {
+    /// Starts `size` workers reading from `requests`.
+    pub fn start(
+        size: usize,
+        requests: Receiver<tiny_http::Request>,
+        forwarder: Arc<Forwarder>,
+    ) -> std::io::Result<WorkerPool> {
+        let busy = Arc::new(AtomicUsize::new(0));
+        let served = Arc::new(AtomicUsize::new(0));
+        let (exit_sender, exited) = crossbeam_channel::bounded(size);
+        for n in 0..size {
+            let requests = requests.clone();
+            let forwarder = Arc::clone(&forwarder);
+            let busy = Arc::clone(&busy);
+            let served = Arc::clone(&served);
+            let exit_sender: Sender<()> = exit_sender.clone();
+            std::thread::Builder::new()
+                .name(format!("worker-{n}"))
+                .spawn(move || {
+                    let mut buffers = Buffers::default();
+                    for request in requests.iter() {
+                        busy.fetch_add(1, Ordering::Relaxed);
+                        // A bug must cost one request, not a worker: the dropped Request
+                        // answers 500 by itself.
+                        let result = catch_unwind(AssertUnwindSafe(|| {
+                            forwarder.handle(request, &mut buffers);
+                        }));
+                        if result.is_err() {
+                            log::error!("a worker panicked while forwarding a request");
+                            buffers = Buffers::default();
+                        }
+                        busy.fetch_sub(1, Ordering::Relaxed);
+                        served.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let _ = exit_sender.send(());
+                })?;
+        }
+        Ok(WorkerPool {
+            size,
+            busy,
+            served,
+            exited,
+        })
+    }
+
+    /// Requests being forwarded right now.
+    pub fn busy(&self) -> usize {
+        self.busy.load(Ordering::Relaxed)
+    }
+
+    /// Requests finished since start.
+    pub fn served(&self) -> usize {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// Waits until every worker has exited (the channel's sender must be gone), the deadline
+    /// passes, or `abort` fires. Returns how many workers were still busy when it gave up.
+    pub fn wait(&self, deadline: Instant, abort: &Receiver<()>) -> usize {
+        let mut exited = 0;
+        while exited < self.size {
+            select! {
+                recv(self.exited) -> message => {
+                    if message.is_err() { break; }
+                    exited += 1;
+                }
+                recv(abort) -> _ => return self.busy(),
+                default(deadline.saturating_duration_since(Instant::now())) => return self.busy(),
+            }
+        }
+        0
+    }
+}

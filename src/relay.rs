@@ -1,0 +1,255 @@
+//! Writing answers to the client through tiny_http's raw `into_writer()`: status line, headers
+//! and body framing are all tinylb's, because tiny_http's own `Response` would re-chunk large
+//! bodies, buffer whole bodies for HTTP/1.0 clients, and write a final chunk even when the
+//! backend's body broke off (shared/crates.md). Bodies stream through one fixed buffer.
+
+use std::io::{self, Read, Write};
+
+use ureq::http::{self, header};
+
+use crate::headers::ConnectionTokens;
+
+/// Bytes of body moved per read; large enough that a 64 MiB download costs few system calls.
+pub const CHUNK_SIZE: usize = 64 * 1024;
+/// Room before the data for a chunk-size line (16 hex digits and CRLF) and after it for CRLF.
+const LINE_ROOM: usize = 18;
+
+/// What the client's request says about how to answer it.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientSide {
+    /// An HTTP/1.0 client cannot read chunked bodies.
+    pub http10: bool,
+    /// tiny_http will read another request from this connection after this one.
+    pub keep_alive: bool,
+    /// HEAD: headers only, whatever the backend says about length.
+    pub head_request: bool,
+}
+
+impl ClientSide {
+    /// `Connection: close` when tiny_http will close; `keep-alive` for HTTP/1.0 clients that
+    /// asked for it (they close otherwise).
+    fn push_connection_header(&self, out: &mut Vec<u8>, must_close: bool) {
+        if must_close || !self.keep_alive {
+            out.extend_from_slice(b"Connection: close\r\n");
+        } else if self.http10 {
+            out.extend_from_slice(b"Connection: keep-alive\r\n");
+        }
+    }
+}
+
+/// A worker's reusable buffers, allocated once so the hot path does not allocate for bodies.
+pub struct Buffers {
+    head: Vec<u8>,
+    body: Box<[u8]>,
+}
+
+impl Default for Buffers {
+    fn default() -> Self {
+        Buffers {
+            head: Vec::with_capacity(4096),
+            body: vec![0; LINE_ROOM + CHUNK_SIZE + 2].into_boxed_slice(),
+        }
+    }
+}
+
+/// How relaying a backend's response ended.
+#[derive(Debug)]
+pub enum Relayed {
+    /// Everything the backend sent reached the client.
+    Complete { status: u16, body_bytes: u64 },
+    /// The client stopped reading or went away.
+    ClientGone { status: u16, error: io::Error },
+    /// The backend's body broke off; the client got a transfer it can tell is truncated, and
+    /// the caller must end the connection.
+    BackendFailed { status: u16, error: io::Error },
+    /// The body has no length and the client speaks HTTP/1.0: it ends at connection close, so
+    /// the caller must end the connection.
+    CloseDelimited { status: u16, body_bytes: u64 },
+}
+
+/// How the response body is framed towards the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// Writes tinylb's own short plain-text answer (errors, 503).
+pub fn write_simple(
+    writer: &mut dyn Write,
+    client: &ClientSide,
+    status: u16,
+    message: &str,
+    extra_header: Option<&str>,
+    must_close: bool,
+    buffers: &mut Buffers,
+) -> io::Result<()> {
+    let out = &mut buffers.head;
+    out.clear();
+    push_status_line(out, status);
+    out.extend_from_slice(b"Content-Type: text/plain; charset=utf-8\r\n");
+    let body_len = message.len() + 1;
+    out.extend_from_slice(format!("Content-Length: {body_len}\r\n").as_bytes());
+    if let Some(line) = extra_header {
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    client.push_connection_header(out, must_close);
+    out.extend_from_slice(b"\r\n");
+    if !client.head_request {
+        out.extend_from_slice(message.as_bytes());
+        out.push(b'\n');
+    }
+    writer.write_all(out)?;
+    writer.flush()
+}
+
+/// Streams a backend's response to the client: status, end-to-end headers, then the body in
+/// framing tinylb chooses. `forwarded_server` adds the seed article's debug header.
+pub fn relay_response(
+    writer: &mut dyn Write,
+    response: http::Response<ureq::Body>,
+    client: &ClientSide,
+    forwarded_server: Option<&str>,
+    buffers: &mut Buffers,
+) -> Relayed {
+    let status = response.status();
+    let code = status.as_u16();
+    let no_body = client.head_request
+        || status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED;
+    let framing = match (no_body, response.body().content_length()) {
+        (true, _) => Framing::None,
+        (false, Some(n)) => Framing::Length(n),
+        (false, None) if client.http10 => Framing::UntilClose,
+        (false, None) => Framing::Chunked,
+    };
+
+    let Buffers { head, body } = buffers;
+    head.clear();
+    push_status_line(head, code);
+    let headers = response.headers();
+    let tokens = ConnectionTokens::from_headers(
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .map(|v| ("connection", v.as_bytes())),
+    );
+    for (name, value) in headers {
+        let drop_length = name == header::CONTENT_LENGTH && !matches!(framing, Framing::None | Framing::Length(_));
+        if tokens.is_hop_by_hop(name.as_str()) || drop_length {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    if let Some(server) = forwarded_server {
+        head.extend_from_slice(b"X-Forwarded-Server: ");
+        head.extend_from_slice(server.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    if framing == Framing::Chunked {
+        head.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    client.push_connection_header(head, framing == Framing::UntilClose);
+    head.extend_from_slice(b"\r\n");
+
+    if framing == Framing::None {
+        return match writer.write_all(head).and_then(|()| writer.flush()) {
+            Ok(()) => Relayed::Complete { status: code, body_bytes: 0 },
+            Err(error) => Relayed::ClientGone { status: code, error },
+        };
+    }
+
+    let mut reader = response.into_body().into_reader();
+    let mut body_bytes = 0u64;
+    let mut first = true;
+    loop {
+        let data = &mut body[LINE_ROOM..LINE_ROOM + CHUNK_SIZE];
+        let read = match reader.read(data) {
+            Ok(n) => n,
+            Err(error) => {
+                // Send what we have (the head, at least) but never a final chunk.
+                let _ = writer.write_all(head).and_then(|()| writer.flush());
+                return Relayed::BackendFailed { status: code, error };
+            }
+        };
+        body_bytes += read as u64;
+        let piece: &[u8] = if read == 0 {
+            if framing == Framing::Chunked { b"0\r\n\r\n" } else { b"" }
+        } else if framing == Framing::Chunked {
+            frame_chunk(body, read)
+        } else {
+            &body[LINE_ROOM..LINE_ROOM + read]
+        };
+        let written = if first {
+            first = false;
+            head.extend_from_slice(piece);
+            writer.write_all(head)
+        } else {
+            writer.write_all(piece)
+        };
+        if let Err(error) = written.and_then(|()| writer.flush()) {
+            return Relayed::ClientGone { status: code, error };
+        }
+        head.clear();
+        if read == 0 {
+            break;
+        }
+    }
+    if let Framing::Length(expected) = framing
+        && body_bytes != expected
+    {
+        let error = io::Error::new(io::ErrorKind::UnexpectedEof, "backend body shorter than its Content-Length");
+        return Relayed::BackendFailed { status: code, error };
+    }
+    if framing == Framing::UntilClose {
+        return Relayed::CloseDelimited { status: code, body_bytes };
+    }
+    Relayed::Complete { status: code, body_bytes }
+}
+
+/// Wraps the `len` data bytes at `buf[LINE_ROOM..]` in chunk framing, in place: the size line
+/// goes in the room before the data and CRLF after it, so a chunk costs one write and no copy.
+fn frame_chunk(buf: &mut [u8], len: usize) -> &[u8] {
+    let size_line = format!("{len:x}\r\n");
+    let start = LINE_ROOM - size_line.len();
+    buf[start..LINE_ROOM].copy_from_slice(size_line.as_bytes());
+    buf[LINE_ROOM + len..LINE_ROOM + len + 2].copy_from_slice(b"\r\n");
+    &buf[start..LINE_ROOM + len + 2]
+}
+
+fn push_status_line(out: &mut Vec<u8>, code: u16) {
+    let reason = http::StatusCode::from_u16(code)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    out.extend_from_slice(format!("HTTP/1.1 {code} {reason}\r\n").as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_are_framed_in_place() {
+        let mut buf = vec![0u8; LINE_ROOM + 10 + 2];
+        buf[LINE_ROOM..LINE_ROOM + 10].copy_from_slice(b"0123456789");
+        assert_eq!(frame_chunk(&mut buf, 10), b"a\r\n0123456789\r\n");
+    }
+
+    #[test]
+    fn unknown_statuses_get_an_empty_reason() {
+        let mut out = Vec::new();
+        push_status_line(&mut out, 599);
+        assert_eq!(out, b"HTTP/1.1 599 \r\n");
+        out.clear();
+        push_status_line(&mut out, 404);
+        assert_eq!(out, b"HTTP/1.1 404 Not Found\r\n");
+    }
+}
