@@ -210,7 +210,9 @@ impl Keys<'_> {
                     format!("{n} has no unit; write a string like \"{n}s\" or \"{n}ms\""),
                 ));
             }
-            Some(other) => return Err(error(key, format!("{other} is not a duration like \"2s\""))),
+            Some(other) => {
+                return Err(error(key, format!("{other} is not a duration like \"2s\"")));
+            }
         };
         parse_duration(text).map_err(|e| match e {
             DurationError::MissingUnit => error(
@@ -348,7 +350,12 @@ fn parse_server(key: &str, entry: &Value) -> Result<ServerConfig, ConfigError> {
             }
             let url = match fields.get("url") {
                 Some(Value::String(url)) => parse_backend_url(&format!("{key}.url"), url)?,
-                Some(other) => return Err(error(&format!("{key}.url"), format!("{other} is not a string"))),
+                Some(other) => {
+                    return Err(error(
+                        &format!("{key}.url"),
+                        format!("{other} is not a string"),
+                    ));
+                }
                 None => return Err(error(&format!("{key}.url"), "is missing")),
             };
             let weight = match fields.get("weight") {
@@ -402,7 +409,10 @@ fn parse_backend_url(key: &str, url: &str) -> Result<BackendUrl, ConfigError> {
         return Err(error(key, format!("{url:?} has no host")));
     }
     if authority.contains('@') {
-        return Err(error(key, format!("{url:?}: user names in backend URLs are not supported")));
+        return Err(error(
+            key,
+            format!("{url:?}: user names in backend URLs are not supported"),
+        ));
     }
     if path.contains(['?', '#']) {
         return Err(error(
@@ -476,25 +486,61 @@ mod tests {
     fn every_bad_value_names_its_key() {
         let cases = [
             (r#"{"port": ":8080",}"#, "invalid JSON at line 1, column 18"),
-            (r#"{"port": ":8080", "servers": ["http://a:1"], "algoritm": "x"}"#, "\"algoritm\": unknown key"),
+            (
+                r#"{"port": ":8080", "servers": ["http://a:1"], "algoritm": "x"}"#,
+                "\"algoritm\": unknown key",
+            ),
             (r#"{"port": ":8080"}"#, "servers: is missing"),
             (r#"{"servers": ["http://a:1"]}"#, "port: is missing"),
             (r#"{"port": ":8080", "servers": []}"#, "servers: is empty"),
-            (r#"{"port": ":8080", "servers": ["localhost:5003"]}"#, "servers[0]: \"localhost:5003\" has no scheme; write \"http://localhost:5003\""),
-            (r#"{"port": ":8080", "servers": ["https://a:1"]}"#, "https backends are not supported"),
-            (r#"{"port": ":8080", "servers": [{"url": "http://a:1", "weight": 0}]}"#, "servers[0].weight: 0 is not allowed"),
-            (r#"{"port": ":8080", "servers": ["http://a:1"], "healthCheckInterval": "2"}"#, "healthCheckInterval: \"2\" has no unit"),
-            (r#"{"port": ":8080", "servers": ["http://a:1"], "healthCheckInterval": 2}"#, "healthCheckInterval: 2 has no unit"),
-            (r#"{"port": ":8080", "servers": ["http://a:1"], "algorithm": "fastest"}"#, "algorithm: \"fastest\" is not one of round-robin"),
-            (r#"{"port": "8080", "servers": ["http://a:1"]}"#, "write \":8080\""),
-            (r#"{"port": 8080, "servers": ["http://a:1"]}"#, "port: 8080 is not an address"),
-            (r#"{"port": ":8080", "servers": ["http://a:x"]}"#, "bad host or port"),
-            (r#"{"port": ":8080", "servers": ["http://a:1"], "workers": 0}"#, "workers: 0 must be a whole number"),
+            (
+                r#"{"port": ":8080", "servers": ["localhost:5003"]}"#,
+                "servers[0]: \"localhost:5003\" has no scheme; write \"http://localhost:5003\"",
+            ),
+            (
+                r#"{"port": ":8080", "servers": ["https://a:1"]}"#,
+                "https backends are not supported",
+            ),
+            (
+                r#"{"port": ":8080", "servers": [{"url": "http://a:1", "weight": 0}]}"#,
+                "servers[0].weight: 0 is not allowed",
+            ),
+            (
+                r#"{"port": ":8080", "servers": ["http://a:1"], "healthCheckInterval": "2"}"#,
+                "healthCheckInterval: \"2\" has no unit",
+            ),
+            (
+                r#"{"port": ":8080", "servers": ["http://a:1"], "healthCheckInterval": 2}"#,
+                "healthCheckInterval: 2 has no unit",
+            ),
+            (
+                r#"{"port": ":8080", "servers": ["http://a:1"], "algorithm": "fastest"}"#,
+                "algorithm: \"fastest\" is not one of round-robin",
+            ),
+            (
+                r#"{"port": "8080", "servers": ["http://a:1"]}"#,
+                "write \":8080\"",
+            ),
+            (
+                r#"{"port": 8080, "servers": ["http://a:1"]}"#,
+                "port: 8080 is not an address",
+            ),
+            (
+                r#"{"port": ":8080", "servers": ["http://a:x"]}"#,
+                "bad host or port",
+            ),
+            (
+                r#"{"port": ":8080", "servers": ["http://a:1"], "workers": 0}"#,
+                "workers: 0 must be a whole number",
+            ),
             (r#"[1]"#, "top level must be a JSON object"),
         ];
         for (text, expected) in cases {
             let message = parse_err(text);
-            assert!(message.contains(expected), "{text}\n  gave: {message}\n  wanted: {expected}");
+            assert!(
+                message.contains(expected),
+                "{text}\n  gave: {message}\n  wanted: {expected}"
+            );
         }
     }
 }

@@ -98,7 +98,8 @@ impl Forwarder {
                         .then_some(backend.url.original.as_str());
                     let client_addr_for_log = client_addr;
                     let mut writer = request.into_writer();
-                    let outcome = relay::relay_response(&mut *writer, response, &client, forwarded, buffers);
+                    let outcome =
+                        relay::relay_response(&mut *writer, response, &client, forwarded, buffers);
                     drop(in_flight);
                     self.finish_relay(outcome, writer, client_addr_for_log, &method, started);
                     return;
@@ -128,7 +129,8 @@ impl Forwarder {
             Some(failure) => (failure.status(), failure.message()),
             None => (503, "No healthy server available"),
         };
-        let must_close = matches!(last_failure, Some(Failure::ClientBody(_))) || framing != BodyFraming::Empty;
+        let must_close =
+            matches!(last_failure, Some(Failure::ClientBody(_))) || framing != BodyFraming::Empty;
         self.answer(request, &client, status, message, None, must_close, buffers);
     }
 
@@ -192,18 +194,25 @@ impl Forwarder {
         drop(writer);
         match outcome {
             Relayed::Complete { status, body_bytes } => {
-                log::debug!("{method} -> {status}, {body_bytes} bytes in {:?}", started.elapsed());
+                log::debug!(
+                    "{method} -> {status}, {body_bytes} bytes in {:?}",
+                    started.elapsed()
+                );
             }
             Relayed::ClientGone { status, error } => {
                 log::debug!("{method} -> {status}: client went away ({error})");
                 self.hangups.hang_up(client_addr.as_ref());
             }
             Relayed::BackendFailed { status, error } => {
-                log::warn!("{method} -> {status}: backend body broke off ({error}); closing the client connection");
+                log::warn!(
+                    "{method} -> {status}: backend body broke off ({error}); closing the client connection"
+                );
                 self.hangups.hang_up(client_addr.as_ref());
             }
             Relayed::CloseDelimited { status, body_bytes } => {
-                log::debug!("{method} -> {status}, {body_bytes} bytes, connection closed to end the body");
+                log::debug!(
+                    "{method} -> {status}, {body_bytes} bytes, connection closed to end the body"
+                );
                 self.hangups.hang_up(client_addr.as_ref());
             }
         }
@@ -211,7 +220,13 @@ impl Forwarder {
 
     /// Refuses a request before forwarding anything, and ends its connection: the unread body
     /// would otherwise be parsed as the next request.
-    fn reject(&self, request: Request, client: &ClientSide, rejection: &Rejection, buffers: &mut Buffers) {
+    fn reject(
+        &self,
+        request: Request,
+        client: &ClientSide,
+        rejection: &Rejection,
+        buffers: &mut Buffers,
+    ) {
         log::info!(
             "refused {} {} from {:?}: {}",
             request.method(),
@@ -219,7 +234,15 @@ impl Forwarder {
             request.remote_addr(),
             rejection.reason
         );
-        self.answer(request, client, rejection.status, rejection.reason, None, true, buffers);
+        self.answer(
+            request,
+            client,
+            rejection.status,
+            rejection.reason,
+            None,
+            true,
+            buffers,
+        );
     }
 
     /// Writes tinylb's own answer; `must_close` ends the connection after it.
@@ -240,7 +263,15 @@ impl Forwarder {
             self.hangups.remember(client_addr.as_ref());
         }
         let mut writer = request.into_writer();
-        let written = relay::write_simple(&mut *writer, client, status, message, extra_header, must_close, buffers);
+        let written = relay::write_simple(
+            &mut *writer,
+            client,
+            status,
+            message,
+            extra_header,
+            must_close,
+            buffers,
+        );
         drop(writer);
         if let Err(error) = written {
             log::debug!("could not send {status} to {client_addr:?}: {error}");
@@ -268,7 +299,8 @@ fn build_upstream_request(
     client_addr: Option<SocketAddr>,
     framing: BodyFraming,
 ) -> Result<http::Request<()>, Failure> {
-    let target = origin_form(request.url()).ok_or(Failure::BadRequest("Bad Request: invalid request target"))?;
+    let target = origin_form(request.url())
+        .ok_or(Failure::BadRequest("Bad Request: invalid request target"))?;
     let uri = format!("{}{}{}", backend.url.origin, backend.url.prefix, target);
     let method = http::Method::from_bytes(request.method().as_str().as_bytes())
         .map_err(|_| Failure::BadRequest("Bad Request: invalid method"))?;
@@ -282,7 +314,8 @@ fn build_upstream_request(
 
     let raw = request.headers();
     let tokens = ConnectionTokens::from_headers(
-        raw.iter().map(|h| (h.field.as_str().as_str(), h.value.as_str().as_bytes())),
+        raw.iter()
+            .map(|h| (h.field.as_str().as_str(), h.value.as_str().as_bytes())),
     );
     let mut forwarded_for: Option<String> = None;
     let mut host: Option<&str> = None;
@@ -308,8 +341,10 @@ fn build_upstream_request(
         if name.eq_ignore_ascii_case("host") {
             host = Some(value);
         }
-        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| Failure::BadRequest("Bad Request: invalid header name"))?;
-        let value = HeaderValue::from_bytes(value.as_bytes()).map_err(|_| Failure::BadRequest("Bad Request: invalid header value"))?;
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| Failure::BadRequest("Bad Request: invalid header name"))?;
+        let value = HeaderValue::from_bytes(value.as_bytes())
+            .map_err(|_| Failure::BadRequest("Bad Request: invalid header value"))?;
         headers.append(name, value);
     }
     if let Some(client) = client_addr {
@@ -320,7 +355,8 @@ fn build_upstream_request(
         list.push_str(&client.ip().to_string());
     }
     let mut add = |name: &'static str, value: &str| -> Result<(), Failure> {
-        let value = HeaderValue::from_str(value).map_err(|_| Failure::BadRequest("Bad Request: invalid header value"))?;
+        let value = HeaderValue::from_str(value)
+            .map_err(|_| Failure::BadRequest("Bad Request: invalid header value"))?;
         headers.insert(HeaderName::from_static(name), value);
         Ok(())
     };
@@ -334,7 +370,12 @@ fn build_upstream_request(
     match framing {
         BodyFraming::Length(n) => add("content-length", &n.to_string())?,
         // ureq would send an empty chunked body for these methods; say "no body" plainly.
-        BodyFraming::Empty if matches!(method, http::Method::POST | http::Method::PUT | http::Method::PATCH) => {
+        BodyFraming::Empty
+            if matches!(
+                method,
+                http::Method::POST | http::Method::PUT | http::Method::PATCH
+            ) =>
+        {
             add("content-length", "0")?
         }
         _ => {}
@@ -375,7 +416,12 @@ impl<'a> ClientBody<'a> {
         };
         // Only touch the reader when there is a body: as_reader() sends `100 Continue`.
         let inner = (framing != BodyFraming::Empty).then(|| request.as_reader());
-        ClientBody { inner, remaining, bytes_read: 0, failure: None }
+        ClientBody {
+            inner,
+            remaining,
+            bytes_read: 0,
+            failure: None,
+        }
     }
 }
 
@@ -436,9 +482,10 @@ fn is_connect_error(kind: io::ErrorKind) -> bool {
 
 fn describe_failure(failure: &Failure) -> String {
     match failure {
-        Failure::Connect(text) | Failure::Timeout(text) | Failure::Broken(text) | Failure::ClientBody(text) => {
-            text.clone()
-        }
+        Failure::Connect(text)
+        | Failure::Timeout(text)
+        | Failure::Broken(text)
+        | Failure::ClientBody(text) => text.clone(),
         Failure::BadRequest(reason) => (*reason).to_string(),
     }
 }
@@ -446,7 +493,9 @@ fn describe_failure(failure: &Failure) -> String {
 /// A short, human reason for a ureq error, for log lines ("connection refused").
 pub fn describe_error(error: &ureq::Error) -> String {
     match error {
-        ureq::Error::Io(e) if e.kind() == io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        ureq::Error::Io(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            "connection refused".into()
+        }
         ureq::Error::Io(e) => e.to_string(),
         ureq::Error::Timeout(which) => format!("timed out ({which})"),
         ureq::Error::Protocol(e) => format!("not a valid HTTP response ({e})"),

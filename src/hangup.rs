@@ -84,7 +84,10 @@ fn shutdown_client_socket(peer: SocketAddr, local_port: u16) -> bool {
     for entry in entries.flatten() {
         let is_socket = std::fs::read_link(entry.path())
             .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
-        let fd = entry.file_name().to_str().and_then(|n| n.parse::<RawFd>().ok());
+        let fd = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<RawFd>().ok());
         let (true, Some(fd)) = (is_socket, fd) else {
             continue;
         };

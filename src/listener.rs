@@ -7,6 +7,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, TrySendError};
 
@@ -33,25 +34,53 @@ pub fn spawn_intake(
     forwarder: Arc<Forwarder>,
     stopping: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new().name("intake".into()).spawn(move || {
-        let mut buffers = Buffers::default();
-        loop {
-            let request = match server.recv() {
-                Ok(request) => request,
-                Err(_) if stopping.load(Ordering::Relaxed) => return,
-                Err(error) => {
-                    log::error!("the listener reported an error: {error}");
-                    continue;
+    std::thread::Builder::new()
+        .name("intake".into())
+        .spawn(move || {
+            let mut buffers = Buffers::default();
+            let mut refusals = RefusalLog::default();
+            loop {
+                let request = match server.recv() {
+                    Ok(request) => request,
+                    Err(_) if stopping.load(Ordering::Relaxed) => return,
+                    Err(error) => {
+                        log::error!("the listener reported an error: {error}");
+                        continue;
+                    }
+                };
+                match queue.try_send(request) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(request)) => {
+                        refusals.count_one();
+                        forwarder.refuse_busy(request, &mut buffers);
+                    }
+                    Err(TrySendError::Disconnected(_)) => return,
                 }
-            };
-            match queue.try_send(request) {
-                Ok(()) => {}
-                Err(TrySendError::Full(request)) => {
-                    log::warn!("every worker is busy and the queue is full: answering 503");
-                    forwarder.refuse_busy(request, &mut buffers);
-                }
-                Err(TrySendError::Disconnected(_)) => return,
             }
+        })
+}
+
+/// Counts 503s for a full queue and logs them at most once a second: under overload a line per
+/// refusal would cost more than the refusal itself.
+#[derive(Default)]
+struct RefusalLog {
+    since_last_line: u64,
+    last_line: Option<Instant>,
+}
+
+impl RefusalLog {
+    fn count_one(&mut self) {
+        self.since_last_line += 1;
+        if self
+            .last_line
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+        {
+            log::warn!(
+                "every worker is busy and the queue is full: answered {} requests with 503",
+                self.since_last_line
+            );
+            self.since_last_line = 0;
+            self.last_line = Some(Instant::now());
         }
-    })
+    }
 }

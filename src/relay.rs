@@ -139,7 +139,8 @@ pub fn relay_response(
             .map(|v| ("connection", v.as_bytes())),
     );
     for (name, value) in headers {
-        let drop_length = name == header::CONTENT_LENGTH && !matches!(framing, Framing::None | Framing::Length(_));
+        let drop_length = name == header::CONTENT_LENGTH
+            && !matches!(framing, Framing::None | Framing::Length(_));
         if tokens.is_hop_by_hop(name.as_str()) || drop_length {
             continue;
         }
@@ -161,8 +162,14 @@ pub fn relay_response(
 
     if framing == Framing::None {
         return match writer.write_all(head).and_then(|()| writer.flush()) {
-            Ok(()) => Relayed::Complete { status: code, body_bytes: 0 },
-            Err(error) => Relayed::ClientGone { status: code, error },
+            Ok(()) => Relayed::Complete {
+                status: code,
+                body_bytes: 0,
+            },
+            Err(error) => Relayed::ClientGone {
+                status: code,
+                error,
+            },
         };
     }
 
@@ -176,12 +183,19 @@ pub fn relay_response(
             Err(error) => {
                 // Send what we have (the head, at least) but never a final chunk.
                 let _ = writer.write_all(head).and_then(|()| writer.flush());
-                return Relayed::BackendFailed { status: code, error };
+                return Relayed::BackendFailed {
+                    status: code,
+                    error,
+                };
             }
         };
         body_bytes += read as u64;
         let piece: &[u8] = if read == 0 {
-            if framing == Framing::Chunked { b"0\r\n\r\n" } else { b"" }
+            if framing == Framing::Chunked {
+                b"0\r\n\r\n"
+            } else {
+                b""
+            }
         } else if framing == Framing::Chunked {
             frame_chunk(body, read)
         } else {
@@ -195,7 +209,10 @@ pub fn relay_response(
             writer.write_all(piece)
         };
         if let Err(error) = written.and_then(|()| writer.flush()) {
-            return Relayed::ClientGone { status: code, error };
+            return Relayed::ClientGone {
+                status: code,
+                error,
+            };
         }
         head.clear();
         if read == 0 {
@@ -205,13 +222,25 @@ pub fn relay_response(
     if let Framing::Length(expected) = framing
         && body_bytes != expected
     {
-        let error = io::Error::new(io::ErrorKind::UnexpectedEof, "backend body shorter than its Content-Length");
-        return Relayed::BackendFailed { status: code, error };
+        let error = io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "backend body shorter than its Content-Length",
+        );
+        return Relayed::BackendFailed {
+            status: code,
+            error,
+        };
     }
     if framing == Framing::UntilClose {
-        return Relayed::CloseDelimited { status: code, body_bytes };
+        return Relayed::CloseDelimited {
+            status: code,
+            body_bytes,
+        };
     }
-    Relayed::Complete { status: code, body_bytes }
+    Relayed::Complete {
+        status: code,
+        body_bytes,
+    }
 }
 
 /// Wraps the `len` data bytes at `buf[LINE_ROOM..]` in chunk framing, in place: the size line

@@ -69,7 +69,10 @@ pub fn check_request(request: &Request) -> Result<BodyFraming, Rejection> {
         return if only_chunked {
             Ok(BodyFraming::Chunked)
         } else {
-            Err(reject(501, "unsupported Transfer-Encoding; only chunked is accepted"))
+            Err(reject(
+                501,
+                "unsupported Transfer-Encoding; only chunked is accepted",
+            ))
         };
     }
     let mut length: Option<u64> = None;

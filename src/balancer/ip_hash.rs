@@ -91,7 +91,10 @@ mod tests {
             let before = IpHash.pick(&all, client(n)).unwrap();
             let after = IpHash.pick(&without_c, client(n)).unwrap();
             if before != 2 {
-                assert_eq!(before, after, "client {n} moved although its backend stayed");
+                assert_eq!(
+                    before, after,
+                    "client {n} moved although its backend stayed"
+                );
             } else {
                 moved += 1;
             }

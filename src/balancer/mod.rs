@@ -129,7 +129,10 @@ impl Balancer {
             key: b.key,
         }));
         let index = strategy.pick(peers, client)?;
-        debug_assert!(peers[index].available, "a strategy picked an unavailable peer");
+        debug_assert!(
+            peers[index].available,
+            "a strategy picked an unavailable peer"
+        );
         Some((index, self.backends[index].start_request()))
     }
 }

@@ -55,6 +55,9 @@ mod tests {
     fn none_available_gives_none() {
         let mut peers = peers(&[1, 1]);
         peers.iter_mut().for_each(|p| p.available = false);
-        assert_eq!(RoundRobin::default().pick(&peers, [127, 0, 0, 1].into()), None);
+        assert_eq!(
+            RoundRobin::default().pick(&peers, [127, 0, 0, 1].into()),
+            None
+        );
     }
 }

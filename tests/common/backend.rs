@@ -13,6 +13,7 @@
 //! - `/sha256`: answers the request body's sha256 in hex and its length.
 //! - `/cookies`: two `Set-Cookie` headers. `/gzip`: `Content-Encoding: gzip` with raw bytes.
 //! - `/hop`: response with hop-by-hop headers (`Connection: X-Hop`, `X-Hop`, `Keep-Alive`).
+//!
 //! Every response carries `X-Backend: NAME`.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -78,7 +79,11 @@ impl Backend {
             connections: Mutex::new(Vec::new()),
         });
         let acceptor = Some(spawn_acceptor(listener, Arc::clone(&shared)));
-        Backend { addr, shared, acceptor }
+        Backend {
+            addr,
+            shared,
+            acceptor,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -111,7 +116,10 @@ impl Backend {
 
     /// Requests seen other than HEAD health checks.
     pub fn seen_proxied(&self) -> Vec<Seen> {
-        self.seen().into_iter().filter(|s| !(s.method == "HEAD" && s.target == "/")).collect()
+        self.seen()
+            .into_iter()
+            .filter(|s| !(s.method == "HEAD" && s.target == "/"))
+            .collect()
     }
 
     /// Stops like a killed process: the port refuses and open connections are closed.
@@ -164,15 +172,20 @@ fn serve_connection(stream: TcpStream, shared: &Shared) {
     let mut reader = BufReader::new(stream.try_clone().expect("clone"));
     let mut writer = stream;
     loop {
-        let Some((method, target, headers)) = read_head(&mut reader) else { return };
+        let Some((method, target, headers)) = read_head(&mut reader) else {
+            return;
+        };
         let header = |name: &str| {
             headers
                 .iter()
                 .find(|(n, _)| n.eq_ignore_ascii_case(name))
                 .map(|(_, v)| v.trim().to_string())
         };
-        let chunked = header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
-        let length: u64 = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let chunked =
+            header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+        let length: u64 = header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         let mut hasher = Sha256::new();
         let body_len = if chunked {
             read_chunked(&mut reader, &mut hasher)
@@ -181,10 +194,19 @@ fn serve_connection(stream: TcpStream, shared: &Shared) {
         };
         let Some(body_len) = body_len else { return };
         let close = header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        let seen = Seen { method: method.clone(), target: target.clone(), headers, body_len };
+        let seen = Seen {
+            method: method.clone(),
+            target: target.clone(),
+            headers,
+            body_len,
+        };
         shared.seen.lock().push(seen.clone());
         shared.count.fetch_add(1, Ordering::SeqCst);
-        let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let digest: String = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         if respond(&mut writer, &shared.name, &seen, &digest, close).is_err() || close {
             let _ = writer.shutdown(Shutdown::Both);
             return;
@@ -193,7 +215,10 @@ fn serve_connection(stream: TcpStream, shared: &Shared) {
 }
 
 /// Reads a request head; `None` at end of stream or on garbage.
-fn read_head(reader: &mut impl BufRead) -> Option<(String, String, Vec<(String, String)>)> {
+/// Method, target and header lines of one request head.
+type Head = (String, String, Vec<(String, String)>);
+
+fn read_head(reader: &mut impl BufRead) -> Option<Head> {
     let mut line = String::new();
     if reader.read_line(&mut line).ok()? == 0 {
         return None;
@@ -267,12 +292,25 @@ pub fn pattern_sha256(len: u64) -> String {
         hasher.update(&buf[..n]);
         offset += n as u64;
     }
-    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
-fn respond(out: &mut TcpStream, name: &str, seen: &Seen, digest: &str, close: bool) -> std::io::Result<()> {
+fn respond(
+    out: &mut TcpStream,
+    name: &str,
+    seen: &Seen,
+    digest: &str,
+    close: bool,
+) -> std::io::Result<()> {
     let path = seen.target.split('?').next().unwrap_or("");
-    let number = |prefix: &str| path.strip_prefix(prefix).and_then(|n| n.parse::<u64>().ok());
+    let number = |prefix: &str| {
+        path.strip_prefix(prefix)
+            .and_then(|n| n.parse::<u64>().ok())
+    };
     let mut status = 200;
     let mut extra = String::new();
     let mut body: Vec<u8>;
@@ -296,7 +334,9 @@ fn respond(out: &mut TcpStream, name: &str, seen: &Seen, digest: &str, close: bo
         extra.push_str("Content-Encoding: gzip\r\n");
         body = vec![0x1f, 0x8b, 0x08, 0x00, 0xde, 0xad, 0xbe, 0xef];
     } else if path == "/hop" {
-        extra.push_str("Connection: X-Hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\nX-End: kept\r\n");
+        extra.push_str(
+            "Connection: X-Hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\nX-End: kept\r\n",
+        );
         body = b"hop\n".to_vec();
     } else {
         if let Some(ms) = number("/slow/") {
@@ -326,7 +366,10 @@ fn respond(out: &mut TcpStream, name: &str, seen: &Seen, digest: &str, close: bo
 }
 
 fn describe(name: &str, seen: &Seen) -> String {
-    let mut text = format!("backend {name}\nmethod {}\ntarget {}\n", seen.method, seen.target);
+    let mut text = format!(
+        "backend {name}\nmethod {}\ntarget {}\n",
+        seen.method, seen.target
+    );
     for (n, v) in &seen.headers {
         text.push_str(&format!("header {n}: {v}\n"));
     }
@@ -334,14 +377,23 @@ fn describe(name: &str, seen: &Seen) -> String {
     text
 }
 
-fn send_pattern(out: &mut TcpStream, name: &str, seen: &Seen, len: u64, chunked: bool, close: bool) -> std::io::Result<()> {
+fn send_pattern(
+    out: &mut TcpStream,
+    name: &str,
+    seen: &Seen,
+    len: u64,
+    chunked: bool,
+    close: bool,
+) -> std::io::Result<()> {
     let connection = if close { "Connection: close\r\n" } else { "" };
     let framing = if chunked {
         "Transfer-Encoding: chunked\r\n".to_string()
     } else {
         format!("Content-Length: {len}\r\n")
     };
-    out.write_all(format!("HTTP/1.1 200 OK\r\nX-Backend: {name}\r\n{connection}{framing}\r\n").as_bytes())?;
+    out.write_all(
+        format!("HTTP/1.1 200 OK\r\nX-Backend: {name}\r\n{connection}{framing}\r\n").as_bytes(),
+    )?;
     if seen.method == "HEAD" {
         return out.flush();
     }

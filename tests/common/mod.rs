@@ -53,7 +53,10 @@ impl Drop for TestLb {
 /// Starts tinylb on 127.0.0.1:0 in front of `backends`. `extra` is more JSON keys, for example
 /// `r#""algorithm": "ip-hash", "healthCheckInterval": "100ms""#` (or "" for none).
 pub fn start_lb(backends: &[&Backend], extra: &str) -> TestLb {
-    let servers: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.url())).collect();
+    let servers: Vec<String> = backends
+        .iter()
+        .map(|b| format!("\"{}\"", b.url()))
+        .collect();
     start_lb_with_servers(&servers.join(", "), extra)
 }
 

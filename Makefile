@@ -1,0 +1,38 @@
+# Convenience targets for tinylb. `make run` starts the demo backends
+# (examples/backend.rs) and the load balancer in front of them.
+
+CARGO ?= cargo
+CONFIG ?= config.json
+# The demo backends; keep in sync with the servers listed in $(CONFIG).
+BACKEND_PORTS ?= 5001 5002 5003 5004 5005
+
+.PHONY: build run test check bench clean
+
+build:
+	$(CARGO) build --release --bins --examples
+
+# One shell for the whole recipe, so the trap sees the backends' PID and
+# stops them whenever tinylb ends (Ctrl-C, a signal, or an error). The short
+# pause lets a backend that cannot bind its port fail before tinylb starts.
+run:
+	$(CARGO) build --release --bin tinylb --example backend
+	set -e; \
+	./target/release/examples/backend $(BACKEND_PORTS) & BACKENDS=$$!; \
+	trap 'kill $$BACKENDS 2>/dev/null || true' EXIT INT TERM; \
+	sleep 0.5; \
+	kill -0 $$BACKENDS; \
+	./target/release/tinylb --config $(CONFIG)
+
+test:
+	$(CARGO) test --release --all-targets
+
+check:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+bench:
+	@echo 'make bench: not yet implemented (see issue "Fast and frugal")' >&2
+	@exit 1
+
+clean:
+	$(CARGO) clean
