@@ -63,19 +63,42 @@ impl Failure {
     }
 }
 
+/// A request on its way from the intake to a worker, with the verdict of its head check.
+pub struct Job {
+    request: Request,
+    verdict: Result<BodyFraming, Rejection>,
+}
+
 impl Forwarder {
-    /// Answers one client request; never panics on bad input, always answers or hangs up.
-    pub fn handle(&self, mut request: Request, buffers: &mut Buffers) {
-        let started = Instant::now();
-        let client_addr = request.remote_addr().copied();
-        if self.hangups.is_hung_up(client_addr.as_ref()) {
+    /// Runs on the intake thread, which sees each connection's requests in order: drops a
+    /// request whose connection tinylb already ended, and marks a connection as ending when its
+    /// request will be refused, so that no request tiny_http parses after it (from a body
+    /// tinylb will never read) can reach a worker and a backend.
+    pub fn admit(&self, request: Request) -> Option<Job> {
+        let client_addr = request.remote_addr();
+        if self.hangups.is_hung_up(client_addr) {
             log::debug!("dropping a request from {client_addr:?}: its connection was ended");
             // Nothing may be written: the connection was already ended.
             drop(request.into_writer());
-            return;
+            return None;
         }
+        let verdict = request_check::check_request(&request);
+        if verdict.is_err() {
+            self.hangups.remember(client_addr);
+        }
+        Some(Job { request, verdict })
+    }
+
+    /// Answers one client request; never panics on bad input, always answers or hangs up.
+    pub fn handle(&self, job: Job, buffers: &mut Buffers) {
+        let started = Instant::now();
+        let Job {
+            mut request,
+            verdict,
+        } = job;
+        let client_addr = request.remote_addr().copied();
         let client = client_side(&request);
-        let framing = match request_check::check_request(&request) {
+        let framing = match verdict {
             Ok(framing) => framing,
             Err(rejection) => return self.reject(request, &client, &rejection, buffers),
         };
@@ -135,9 +158,10 @@ impl Forwarder {
     }
 
     /// Answers 503 with `Retry-After` when every worker is busy and the queue is full.
-    pub fn refuse_busy(&self, request: Request, buffers: &mut Buffers) {
+    pub fn refuse_busy(&self, job: Job, buffers: &mut Buffers) {
+        let Job { request, verdict } = job;
         let client = client_side(&request);
-        let unread_body = request_check::check_request(&request) != Ok(BodyFraming::Empty);
+        let unread_body = verdict != Ok(BodyFraming::Empty);
         self.answer(
             request,
             &client,
@@ -191,7 +215,8 @@ impl Forwarder {
         method: &str,
         started: Instant,
     ) {
-        drop(writer);
+        // Hang up while still holding the writer: once it is dropped, tiny_http may write an
+        // answer of its own (to bytes it parsed after this request) before the socket closes.
         match outcome {
             Relayed::Complete { status, body_bytes } => {
                 log::debug!(
@@ -216,6 +241,7 @@ impl Forwarder {
                 self.hangups.hang_up(client_addr.as_ref());
             }
         }
+        drop(writer);
     }
 
     /// Refuses a request before forwarding anything, and ends its connection: the unread body
@@ -272,12 +298,13 @@ impl Forwarder {
             must_close,
             buffers,
         );
+        if must_close {
+            // Before the writer is dropped, as in `finish_relay`.
+            self.hangups.close_socket(client_addr.as_ref());
+        }
         drop(writer);
         if let Err(error) = written {
             log::debug!("could not send {status} to {client_addr:?}: {error}");
-        }
-        if must_close {
-            self.hangups.hang_up(client_addr.as_ref());
         }
     }
 }

@@ -64,6 +64,11 @@ impl Hangups {
     /// socket was found.
     pub fn hang_up(&self, client: Option<&SocketAddr>) -> bool {
         self.remember(client);
+        self.close_socket(client)
+    }
+
+    /// The second half of [`Hangups::hang_up`], for callers that already called `remember`.
+    pub fn close_socket(&self, client: Option<&SocketAddr>) -> bool {
         match client {
             Some(client) => shutdown_client_socket(*client, self.local_port),
             None => false,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, TrySendError};
 
-use crate::forward::Forwarder;
+use crate::forward::{Forwarder, Job};
 use crate::relay::Buffers;
 
 /// Binds the proxy's address; the error names it, since "address in use" alone does not say
@@ -30,7 +30,7 @@ pub fn bind(addr: SocketAddr) -> Result<(tiny_http::Server, SocketAddr), String>
 /// it then drops `queue`, which lets the workers drain and exit.
 pub fn spawn_intake(
     server: Arc<tiny_http::Server>,
-    queue: Sender<tiny_http::Request>,
+    queue: Sender<Job>,
     forwarder: Arc<Forwarder>,
     stopping: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
@@ -48,11 +48,14 @@ pub fn spawn_intake(
                         continue;
                     }
                 };
-                match queue.try_send(request) {
+                let Some(job) = forwarder.admit(request) else {
+                    continue;
+                };
+                match queue.try_send(job) {
                     Ok(()) => {}
-                    Err(TrySendError::Full(request)) => {
+                    Err(TrySendError::Full(job)) => {
                         refusals.count_one();
-                        forwarder.refuse_busy(request, &mut buffers);
+                        forwarder.refuse_busy(job, &mut buffers);
                     }
                     Err(TrySendError::Disconnected(_)) => return,
                 }

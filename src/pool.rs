@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, select};
 
-use crate::forward::Forwarder;
+use crate::forward::{Forwarder, Job};
 use crate::relay::Buffers;
 
 /// The running workers.
@@ -29,7 +29,7 @@ impl WorkerPool {
     /// Starts `size` workers reading from `requests`.
     pub fn start(
         size: usize,
-        requests: Receiver<tiny_http::Request>,
+        requests: Receiver<Job>,
         forwarder: Arc<Forwarder>,
     ) -> std::io::Result<WorkerPool> {
         let busy = Arc::new(AtomicUsize::new(0));
@@ -45,12 +45,12 @@ impl WorkerPool {
                 .name(format!("worker-{n}"))
                 .spawn(move || {
                     let mut buffers = Buffers::default();
-                    for request in requests.iter() {
+                    for job in requests.iter() {
                         busy.fetch_add(1, Ordering::Relaxed);
                         // A bug must cost one request, not a worker: the dropped Request
                         // answers 500 by itself.
                         let result = catch_unwind(AssertUnwindSafe(|| {
-                            forwarder.handle(request, &mut buffers);
+                            forwarder.handle(job, &mut buffers);
                         }));
                         if result.is_err() {
                             log::error!("a worker panicked while forwarding a request");
