@@ -27,6 +27,7 @@ const KNOWN_KEYS: &[&str] = &[
     "queueSize",
     "forwardedServerHeader",
     "shutdownGracePeriod",
+    "clientTimeout",
 ];
 
 /// Default worker threads. Measured (docs in README.md): 8 workers served as many requests per
@@ -35,6 +36,11 @@ pub const DEFAULT_WORKERS: usize = 8;
 /// Default queue between the listener and the workers: deep enough that 256 keep-alive clients
 /// never see a 503, short enough that an overload is answered at once instead of piling up.
 pub const DEFAULT_QUEUE_SIZE: usize = 512;
+
+/// Default `clientTimeout`. tiny_http holds a thread per open connection, so an idle client
+/// costs a thread until this runs out: 20 s frees them quickly yet outlasts a slow mobile
+/// client's pauses (Apache's mod_reqtimeout allows 20 s for a request head).
+pub const DEFAULT_CLIENT_TIMEOUT: &str = "20s";
 
 /// A checked configuration: every value here has passed validation.
 #[derive(Debug, Clone)]
@@ -60,6 +66,9 @@ pub struct Config {
     pub forwarded_server_header: bool,
     /// How long a SIGINT/SIGTERM waits for requests in flight before exiting anyway.
     pub shutdown_grace_period: Duration,
+    /// A client connection that sends nothing (or reads nothing) for this long is closed: an
+    /// idle keep-alive connection, a stalled request head or body, a client not reading.
+    pub client_timeout: Duration,
 }
 
 /// One backend as configured.
@@ -165,6 +174,7 @@ impl Config {
             queue_size: keys.count("queueSize", DEFAULT_QUEUE_SIZE as u64, 1..=1_000_000)? as usize,
             forwarded_server_header: keys.boolean("forwardedServerHeader", false)?,
             shutdown_grace_period: keys.duration("shutdownGracePeriod", "10s")?,
+            client_timeout: keys.positive_duration("clientTimeout", DEFAULT_CLIENT_TIMEOUT)?,
         };
         Ok(config)
     }

@@ -34,7 +34,9 @@ enum Failure {
     Connect(String),
     /// The backend did not answer within `backendTimeout`.
     Timeout(String),
-    /// The connection broke or the backend answered something that is not HTTP.
+    /// The connection closed or was reset before an answer came.
+    Closed(String),
+    /// The backend answered something that is not HTTP.
     Broken(String),
     /// The client's request cannot be expressed upstream (bad header value or target).
     BadRequest(&'static str),
@@ -47,7 +49,7 @@ impl Failure {
     /// slow one, 400 for a request that cannot be forwarded.
     fn status(&self) -> u16 {
         match self {
-            Failure::Connect(_) | Failure::Broken(_) => 502,
+            Failure::Connect(_) | Failure::Closed(_) | Failure::Broken(_) => 502,
             Failure::Timeout(_) => 504,
             Failure::BadRequest(_) | Failure::ClientBody(_) => 400,
         }
@@ -55,12 +57,18 @@ impl Failure {
 
     fn message(&self) -> &'static str {
         match self {
-            Failure::Connect(_) | Failure::Broken(_) => "Bad Gateway",
+            Failure::Connect(_) | Failure::Closed(_) | Failure::Broken(_) => "Bad Gateway",
             Failure::Timeout(_) => "Gateway Timeout",
             Failure::BadRequest(reason) => reason,
             Failure::ClientBody(_) => "Bad Request: the request body ended early",
         }
     }
+}
+
+/// Where a failed request goes next.
+enum Retry {
+    SameBackend,
+    OtherBackend,
 }
 
 /// A request on its way from the intake to a worker, with the verdict of its head check.
@@ -111,42 +119,59 @@ impl Forwarder {
 
         let mut tried: Vec<usize> = Vec::new();
         let mut last_failure: Option<Failure> = None;
-        while let Some((index, in_flight)) = self.balancer.pick(client_ip, &tried) {
+        'backends: while let Some((index, in_flight)) = self.balancer.pick(client_ip, &tried) {
             let backend = in_flight.backend();
-            let attempt = self.attempt(&mut request, backend, client_addr, framing);
-            let (failure, body_started) = match attempt {
-                Ok(response) => {
-                    let forwarded = self
-                        .forwarded_server_header
-                        .then_some(backend.url.original.as_str());
-                    let client_addr_for_log = client_addr;
-                    let mut writer = request.into_writer();
-                    let outcome =
-                        relay::relay_response(&mut *writer, response, &client, forwarded, buffers);
-                    drop(in_flight);
-                    self.finish_relay(outcome, writer, client_addr_for_log, &method, started);
-                    return;
+            // A pooled keep-alive connection can be closed by the backend just as a request is
+            // sent on it; a request that is safe to repeat gets one more try, on a fresh one.
+            let mut may_retry_here = idempotent;
+            loop {
+                let attempt = self.attempt(&mut request, backend, client_addr, framing);
+                let (failure, body_started) = match attempt {
+                    Ok(response) => {
+                        let forwarded = self
+                            .forwarded_server_header
+                            .then_some(backend.url.original.as_str());
+                        let mut writer = request.into_writer();
+                        let outcome = relay::relay_response(
+                            &mut *writer,
+                            response,
+                            &client,
+                            forwarded,
+                            buffers,
+                        );
+                        drop(in_flight);
+                        self.finish_relay(outcome, writer, client_addr, &method, started);
+                        return;
+                    }
+                    Err(failed) => failed,
+                };
+                log::warn!(
+                    "{method} to {} failed: {}",
+                    backend.url.original,
+                    describe_failure(&failure)
+                );
+                let replayable = !body_started;
+                let next = match &failure {
+                    Failure::Connect(reason) => {
+                        backend.mark_down(reason);
+                        replayable.then_some(Retry::OtherBackend)
+                    }
+                    Failure::Closed(_) if replayable && may_retry_here => Some(Retry::SameBackend),
+                    Failure::Closed(_) | Failure::Broken(_) if replayable && idempotent => {
+                        Some(Retry::OtherBackend)
+                    }
+                    _ => None,
+                };
+                last_failure = Some(failure);
+                match next {
+                    Some(Retry::SameBackend) => may_retry_here = false,
+                    Some(Retry::OtherBackend) => {
+                        tried.push(index);
+                        continue 'backends;
+                    }
+                    None => break 'backends,
                 }
-                Err(failed) => failed,
-            };
-            log::warn!(
-                "{method} to {} failed: {}",
-                backend.url.original,
-                describe_failure(&failure)
-            );
-            let retry = match &failure {
-                Failure::Connect(reason) => {
-                    backend.mark_down(reason);
-                    !body_started
-                }
-                Failure::Broken(_) => idempotent && !body_started,
-                _ => false,
-            };
-            last_failure = Some(failure);
-            if !retry {
-                break;
             }
-            tried.push(index);
         }
         let (status, message) = match &last_failure {
             Some(failure) => (failure.status(), failure.message()),
@@ -493,6 +518,7 @@ fn classify(error: &ureq::Error) -> Failure {
         ureq::Error::Io(e) if is_connect_error(e.kind()) => Failure::Connect(text),
         ureq::Error::Timeout(_) => Failure::Timeout(text),
         ureq::Error::Io(e) if e.kind() == io::ErrorKind::TimedOut => Failure::Timeout(text),
+        ureq::Error::Io(e) if is_closed_error(e.kind()) => Failure::Closed(text),
         _ => Failure::Broken(text),
     }
 }
@@ -507,9 +533,20 @@ fn is_connect_error(kind: io::ErrorKind) -> bool {
     )
 }
 
+fn is_closed_error(kind: io::ErrorKind) -> bool {
+    matches!(
+        kind,
+        io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+    )
+}
+
 fn describe_failure(failure: &Failure) -> String {
     match failure {
         Failure::Connect(text)
+        | Failure::Closed(text)
         | Failure::Timeout(text)
         | Failure::Broken(text)
         | Failure::ClientBody(text) => text.clone(),

@@ -34,6 +34,7 @@ pub mod listener;
 pub mod pool;
 pub mod relay;
 pub mod request_check;
+pub mod socket_options;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,7 +54,6 @@ use crate::pool::WorkerPool;
 /// A running load balancer: listener, intake, workers and health thread.
 pub struct LoadBalancer {
     local_addr: SocketAddr,
-    server: Arc<tiny_http::Server>,
     stopping: Arc<AtomicBool>,
     intake: JoinHandle<()>,
     pool: WorkerPool,
@@ -76,13 +76,13 @@ impl LoadBalancer {
     /// Binds the listen address, runs the first health-check round, and starts every thread.
     /// The error is one line that names what failed (for example the address in use).
     pub fn start(config: Config) -> Result<LoadBalancer, String> {
-        let (server, local_addr) = listener::bind(config.listen)?;
-        let server = Arc::new(server);
+        let listener = listener::Listener::bind(config.listen, config.client_timeout)?;
+        let local_addr = listener.local_addr();
         let backends: Arc<[Backend]> = backend::backends_for(&config).into();
         health::first_round(&backends, &config.health);
 
         let forwarder = Arc::new(Forwarder {
-            balancer: Balancer::new(Arc::clone(&backends), config.algorithm),
+            balancer: Balancer::new(Arc::clone(&backends), config.algorithm, config.workers),
             hangups: Hangups::new(local_addr.port()),
             forwarded_server_header: config.forwarded_server_header,
         });
@@ -92,12 +92,11 @@ impl LoadBalancer {
             .map_err(spawn_error)?;
         let stopping = Arc::new(AtomicBool::new(false));
         let intake = listener::spawn_intake(
-            Arc::clone(&server),
+            listener,
             queue,
             Arc::clone(&forwarder),
             Arc::clone(&stopping),
-        )
-        .map_err(spawn_error)?;
+        )?;
         let (stop_health, health_stopped) = crossbeam_channel::bounded(1);
         let health = health::spawn(Arc::clone(&backends), config.health, health_stopped)
             .map_err(spawn_error)?;
@@ -109,7 +108,6 @@ impl LoadBalancer {
         );
         Ok(LoadBalancer {
             local_addr,
-            server,
             stopping,
             intake,
             pool,
@@ -136,10 +134,9 @@ impl LoadBalancer {
         let served_before = self.pool.served();
         let busy = self.pool.busy();
         self.stopping.store(true, Ordering::Relaxed);
-        self.server.unblock();
+        // The intake notices within a quarter second; it drops the listening socket (no new
+        // connections) and the channel's sender (the workers drain the queue, then exit).
         let _ = self.intake.join();
-        // The intake's clone is gone; dropping ours stops tiny_http's accept thread.
-        drop(self.server);
         log::info!(
             "shutting down: no longer accepting; {busy} requests in flight, waiting up to {}",
             duration::format_duration(self.grace_period)

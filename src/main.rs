@@ -94,6 +94,12 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging();
+    // Every client connection is a file descriptor; the usual soft limit (1024) is far below
+    // what the machine allows, and running out stops accept().
+    match tinylb::socket_options::raise_open_files_limit() {
+        Ok(limit) => log::info!("open files limit: {limit}"),
+        Err(error) => log::warn!("cannot raise the open files limit: {error}"),
+    }
 
     let (signal_sender, signals) = crossbeam_channel::unbounded();
     if let Err(error) = ctrlc::set_handler(move || {

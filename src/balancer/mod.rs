@@ -91,6 +91,11 @@ pub trait Strategy: Send {
 /// The backends plus the algorithm's state, shared by every worker.
 pub struct Balancer {
     backends: Arc<[Backend]>,
+    /// Most requests one backend may hold while another healthy backend exists: half the
+    /// workers (rounded up), so a backend that hangs cannot take every worker from the others.
+    /// Two healthy backends' limits always add up to at least the worker count, so the limit
+    /// never turns a request away; it only steers it to the backend that is not stuck.
+    per_backend_limit: usize,
     state: Mutex<PickState>,
 }
 
@@ -101,9 +106,10 @@ struct PickState {
 }
 
 impl Balancer {
-    /// A balancer over these backends with the given algorithm.
-    pub fn new(backends: Arc<[Backend]>, algorithm: Algorithm) -> Balancer {
+    /// A balancer over these backends with the given algorithm, for `workers` workers.
+    pub fn new(backends: Arc<[Backend]>, algorithm: Algorithm, workers: usize) -> Balancer {
         Balancer {
+            per_backend_limit: workers.div_ceil(2).max(1),
             state: Mutex::new(PickState {
                 strategy: algorithm.strategy(),
                 peers: Vec::with_capacity(backends.len()),
@@ -122,8 +128,14 @@ impl Balancer {
         let mut state = self.state.lock();
         let PickState { strategy, peers } = &mut *state;
         peers.clear();
+        let healthy = self.backends.iter().filter(|b| b.is_healthy()).count();
+        let limit = if healthy >= 2 {
+            self.per_backend_limit
+        } else {
+            usize::MAX
+        };
         peers.extend(self.backends.iter().enumerate().map(|(i, b)| Peer {
-            available: b.is_healthy() && !exclude.contains(&i),
+            available: b.is_healthy() && !exclude.contains(&i) && b.in_flight() < limit,
             weight: b.weight,
             in_flight: b.in_flight(),
             key: b.key,
