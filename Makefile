@@ -11,16 +11,19 @@ BACKEND_PORTS ?= 5001 5002 5003 5004 5005
 build:
 	$(CARGO) build --release --bins --examples
 
-# One shell for the whole recipe, so the trap sees the backends' PID and
+# One backend process per port, so one can be stopped on its own to watch
+# tinylb route around it. One shell for the whole recipe, so the trap sees the backends' PIDs and
 # stops them whenever tinylb ends (Ctrl-C, a signal, or an error). The short
 # pause lets a backend that cannot bind its port fail before tinylb starts.
 run:
 	$(CARGO) build --release --bin tinylb --example backend
-	set -e; \
-	./target/release/examples/backend $(BACKEND_PORTS) & BACKENDS=$$!; \
-	trap 'kill $$BACKENDS 2>/dev/null || true' EXIT INT TERM; \
+	set -e; pids=""; \
+	for port in $(BACKEND_PORTS); do \
+		./target/release/examples/backend $$port & pids="$$pids $$!"; \
+	done; \
+	trap 'kill $$pids 2>/dev/null || true' EXIT INT TERM; \
 	sleep 0.5; \
-	kill -0 $$BACKENDS; \
+	for pid in $$pids; do kill -0 $$pid; done; \
 	./target/release/tinylb --config $(CONFIG)
 
 test:
