@@ -31,9 +31,22 @@ use crate::socket_options;
 /// [`MAX_BACKOFF`] while failures continue, so an exhausted machine is not hammered.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_millis(3200);
+/// Connections the kernel may hold before tiny_http accepts them; std's default of 128 drops
+/// connection attempts in a burst, and the clients only retry a second later.
+const LISTEN_BACKLOG: i32 = 1024;
 /// A replaced server is dropped after this long without a request: by then its connections
 /// have all timed out (each idle gap is bounded by `clientTimeout`).
 const RETIRED_SERVER_LIFETIME: Duration = Duration::from_secs(600);
+
+/// While requests are arriving, the intake pings this often. tiny_http's thread pool can queue
+/// a connection from a burst behind a thread that is already taken (its idle count is read
+/// stale), and such a connection waits until some other connection ends. Every ping either
+/// starts a fresh pool thread, which picks up one queued connection when the ping ends, or
+/// wakes an idle one that does; 20 a second rescue a burst quickly and cost about 0.1% of a
+/// core. When idle, one ping per half `clientTimeout` is enough to keep accept() alive.
+const BUSY_PING: Duration = Duration::from_millis(50);
+/// How long after the last request the intake keeps pinging at the busy rate.
+const BUSY_FOR: Duration = Duration::from_secs(2);
 
 /// Accept threads of tiny_http that panicked, process-wide; see [`watch_for_accept_panics`].
 static ACCEPT_PANICS: AtomicUsize = AtomicUsize::new(0);
@@ -54,6 +67,7 @@ impl Listener {
         let local_addr = socket.local_addr().map_err(fail)?;
         socket_options::set_client_timeouts(&socket, client_timeout).map_err(fail)?;
         socket_options::set_nodelay(&socket).map_err(fail)?;
+        socket_options::set_backlog(&socket, LISTEN_BACKLOG).map_err(fail)?;
         Ok(Listener {
             socket,
             local_addr,
@@ -137,16 +151,21 @@ struct Intake {
 
 impl Intake {
     fn run(&mut self, stopping: &AtomicBool) {
-        let ping_every = self.listener.client_timeout / 2;
-        let idle_wait = (ping_every / 2).min(Duration::from_millis(250));
+        let idle_ping = self.listener.client_timeout / 2;
+        let idle_wait = (idle_ping / 2).min(Duration::from_millis(250));
+        let mut last_request = Instant::now() - BUSY_FOR;
         while !stopping.load(Ordering::Relaxed) {
-            let wait = if self.retired.is_empty() {
+            let busy = last_request.elapsed() < BUSY_FOR;
+            let wait = if self.retired.is_empty() && !busy {
                 idle_wait
             } else {
-                Duration::from_millis(20)
+                BUSY_PING
             };
             match self.current.recv_timeout(wait) {
-                Ok(Some(request)) => self.dispatch(request),
+                Ok(Some(request)) => {
+                    last_request = Instant::now();
+                    self.dispatch(request);
+                }
                 Ok(None) => {}
                 Err(error) => self.accept_loop_died(&format!("accept failed: {error}")),
             }
@@ -156,11 +175,12 @@ impl Intake {
                 self.accept_loop_died("tiny_http's accept thread panicked");
             }
             self.poll_retired();
+            let ping_every = if busy { BUSY_PING } else { idle_ping };
             if self.last_ping.elapsed() >= ping_every {
                 self.last_ping = Instant::now();
                 // Connecting is enough to restart accept()'s timeout; the connection is closed
                 // at once and tiny_http's thread for it reads end-of-file and ends.
-                let _ = TcpStream::connect_timeout(&self.listener.ping_addr(), ping_every);
+                let _ = TcpStream::connect_timeout(&self.listener.ping_addr(), idle_ping);
             }
             if self.restart_at.is_some_and(|at| Instant::now() >= at) {
                 self.restart();

@@ -50,13 +50,14 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Command, String> {
 }
 
 fn init_logging() {
-    // with_level before env(): RUST_LOG overrides the default (shared/crates.md). ureq and
-    // tiny_http log every request at debug; keep them quiet unless they warn.
+    // with_level before env(): RUST_LOG overrides the default (shared/crates.md). ureq logs
+    // every request at debug; keep it quiet unless it warns. tiny_http's only messages are
+    // accept errors, which tinylb reports itself (once, with what it does about them).
     let logger = simple_logger::SimpleLogger::new()
         .with_level(log::LevelFilter::Info)
         .with_module_level("ureq", log::LevelFilter::Warn)
         .with_module_level("ureq_proto", log::LevelFilter::Warn)
-        .with_module_level("tiny_http", log::LevelFilter::Warn)
+        .with_module_level("tiny_http", log::LevelFilter::Off)
         .env()
         .with_utc_timestamps();
     // Only fails if a logger is already set, which cannot happen in main.

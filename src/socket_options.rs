@@ -27,6 +27,16 @@ pub fn set_nodelay(listener: &TcpListener) -> io::Result<()> {
     set_option(listener, libc::IPPROTO_TCP, libc::TCP_NODELAY, &on)
 }
 
+/// Sets the listen backlog (calling listen() again on a listening socket updates it on Linux).
+pub fn set_backlog(listener: &TcpListener, backlog: i32) -> io::Result<()> {
+    // SAFETY: listen() only takes the descriptor, open for the lifetime of `listener`.
+    if unsafe { libc::listen(listener.as_raw_fd(), backlog) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 fn set_option<T>(
     listener: &TcpListener,
     level: libc::c_int,

@@ -130,3 +130,80 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
 pub fn is_healthy(lb: &TestLb, index: usize) -> bool {
     lb.lb().backends()[index].is_healthy()
 }
+
+/// A number from `/proc/PID/status`: `Threads`, or `VmRSS` / `VmHWM` in KiB.
+pub fn proc_status(pid: u32, field: &str) -> u64 {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    text.lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {path}"))
+}
+
+/// How many file descriptors the process has open.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| dir.count())
+}
+
+/// Reads one response from a raw connection: the status and the body, framed by
+/// Content-Length, chunked, or (with neither) the end of the stream. Not for HEAD, 1xx, 204 or
+/// 304 answers, which have no body whatever their headers say.
+pub fn read_response(reader: &mut impl std::io::BufRead) -> std::io::Result<(u16, Vec<u8>)> {
+    use std::io::{Error, ErrorKind};
+    let bad = |what: &str| Error::new(ErrorKind::InvalidData, what.to_string());
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Err(Error::new(
+            ErrorKind::UnexpectedEof,
+            "closed before a response",
+        ));
+    }
+    let status: u16 = line
+        .strip_prefix("HTTP/1.")
+        .and_then(|rest| rest.get(2..5)?.parse().ok())
+        .ok_or_else(|| bad(&format!("not a status line: {line:?}")))?;
+    let (mut length, mut chunked) = (None, false);
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(Error::new(
+                ErrorKind::UnexpectedEof,
+                "closed inside the head",
+            ));
+        }
+        let header = line.trim_end_matches(['\r', '\n']);
+        if header.is_empty() {
+            break;
+        }
+        let (name, value) = header.split_once(':').ok_or_else(|| bad(header))?;
+        if name.eq_ignore_ascii_case("content-length") {
+            length = Some(value.trim().parse::<usize>().map_err(|_| bad(header))?);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value.trim().eq_ignore_ascii_case("chunked");
+        }
+    }
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            line.clear();
+            reader.read_line(&mut line)?;
+            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                .map_err(|_| bad(&format!("bad chunk size {line:?}")))?;
+            let start = body.len();
+            body.resize(start + size, 0);
+            reader.read_exact(&mut body[start..])?;
+            line.clear();
+            reader.read_line(&mut line)?;
+            if size == 0 {
+                break;
+            }
+        }
+    } else if let Some(length) = length {
+        body.resize(length, 0);
+        reader.read_exact(&mut body)?;
+    } else {
+        reader.read_to_end(&mut body)?;
+    }
+    Ok((status, body))
+}
