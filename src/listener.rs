@@ -45,6 +45,8 @@ const RETIRED_SERVER_LIFETIME: Duration = Duration::from_secs(600);
 /// wakes an idle one that does; 20 a second rescue a burst quickly and cost about 0.1% of a
 /// core. When idle, one ping per half `clientTimeout` is enough to keep accept() alive.
 const BUSY_PING: Duration = Duration::from_millis(50);
+/// Longest wait for a ping's handshake.
+const PING_TIMEOUT: Duration = Duration::from_millis(20);
 /// How long after the last request the intake keeps pinging at the busy rate.
 const BUSY_FOR: Duration = Duration::from_secs(2);
 
@@ -155,7 +157,13 @@ impl Intake {
         let idle_wait = (idle_ping / 2).min(Duration::from_millis(250));
         let mut last_request = Instant::now() - BUSY_FOR;
         while !stopping.load(Ordering::Relaxed) {
-            let busy = last_request.elapsed() < BUSY_FOR;
+            // No busy pings while file descriptors run short: each ping holds two until a pool
+            // thread reads it, and those are what the listener is waiting for.
+            let struggling = self.restart_at.is_some()
+                || self
+                    .last_failure
+                    .is_some_and(|at| at.elapsed() < BUSY_FOR * 5);
+            let busy = last_request.elapsed() < BUSY_FOR && !struggling;
             let wait = if self.retired.is_empty() && !busy {
                 idle_wait
             } else {
@@ -179,8 +187,10 @@ impl Intake {
             if self.last_ping.elapsed() >= ping_every {
                 self.last_ping = Instant::now();
                 // Connecting is enough to restart accept()'s timeout; the connection is closed
-                // at once and tiny_http's thread for it reads end-of-file and ends.
-                let _ = TcpStream::connect_timeout(&self.listener.ping_addr(), idle_ping);
+                // at once and tiny_http's thread for it reads end-of-file and ends. A loopback
+                // handshake takes microseconds; a longer wait means the accept queue is full,
+                // and the intake must not stall on it.
+                let _ = TcpStream::connect_timeout(&self.listener.ping_addr(), PING_TIMEOUT);
             }
             if self.restart_at.is_some_and(|at| Instant::now() >= at) {
                 self.restart();
