@@ -32,6 +32,7 @@ test:
 check:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	./.ci/check-metrics
 
 bench:
 	@echo 'make bench: not yet implemented (see issue "Fast and frugal")' >&2
