@@ -34,9 +34,12 @@ check:
 	$(CARGO) clippy --all-targets -- -D warnings
 	./.ci/check-metrics
 
+# tinylb side by side with nginx as a load balancer, interleaved in one run (a few minutes);
+# prints a markdown report and writes docs/benchmarks.md. Installs wrk and nginx with apt-get
+# if they are missing. Options: make bench BENCH_ARGS="--quick" (see benches/bench.py --help).
+BENCH_ARGS ?=
 bench:
-	@echo 'make bench: not yet implemented (see issue "Fast and frugal")' >&2
-	@exit 1
+	python3 benches/bench.py $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean

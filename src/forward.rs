@@ -316,7 +316,7 @@ impl Forwarder {
     ) -> Result<http::Response<ureq::Body>, (Failure, bool)> {
         let upstream = build_upstream_request(request, backend, client_addr, framing)
             .map_err(|f| (f, false))?;
-        let mut body = ClientBody::new(request, framing);
+        let mut body = ClientBody::new(request, framing, &self.hangups, client_addr);
         let agent = backend.agent();
         let result = match framing {
             BodyFraming::Empty => agent.run(upstream),
@@ -519,6 +519,14 @@ fn build_upstream_request(
         }
         if name.eq_ignore_ascii_case("host") {
             host = Some(value);
+            // An absolute-form target names the host itself (RFC 9112, 3.2.2): it wins.
+            if let Some(authority) = target_authority(request.url()) {
+                host = Some(authority);
+                let value = HeaderValue::from_str(authority)
+                    .map_err(|_| Failure::BadRequest("Bad Request: invalid request target"))?;
+                headers.append(http::header::HOST, value);
+                continue;
+            }
         }
         let name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| Failure::BadRequest("Bad Request: invalid header name"))?;
@@ -576,6 +584,15 @@ fn origin_form(target: &str) -> Option<&str> {
     Some(rest.find('/').map_or("/", |i| &rest[i..]))
 }
 
+/// The authority of an absolute-form target (`http://example.com/x` gives `example.com`).
+fn target_authority(target: &str) -> Option<&str> {
+    let rest = target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))?;
+    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    (!authority.is_empty()).then_some(authority)
+}
+
 /// The client's request body as ureq reads it: counts what was consumed (a consumed body cannot
 /// be replayed on another backend) and turns a short body into an error, because ureq spins
 /// forever on a reader that ends before Content-Length (shared/crates.md).
@@ -585,10 +602,18 @@ struct ClientBody<'a> {
     remaining: Option<u64>,
     bytes_read: u64,
     failure: Option<String>,
+    /// For chunked bodies: to ask whether an end of body was really the client leaving.
+    hangups: &'a Hangups,
+    client: Option<SocketAddr>,
 }
 
 impl<'a> ClientBody<'a> {
-    fn new(request: &'a mut Request, framing: BodyFraming) -> ClientBody<'a> {
+    fn new(
+        request: &'a mut Request,
+        framing: BodyFraming,
+        hangups: &'a Hangups,
+        client: Option<SocketAddr>,
+    ) -> ClientBody<'a> {
         let remaining = match framing {
             BodyFraming::Length(n) => Some(n),
             _ => None,
@@ -600,6 +625,8 @@ impl<'a> ClientBody<'a> {
             remaining,
             bytes_read: 0,
             failure: None,
+            hangups,
+            client,
         }
     }
 }
@@ -616,7 +643,10 @@ impl Read for ClientBody<'_> {
         };
         let result = inner.read(&mut buf[..limit]);
         let read = match result {
-            Ok(0) if self.remaining.is_some() => {
+            Ok(0)
+                if self.remaining.is_some()
+                    || self.hangups.client_sent_eof(self.client.as_ref()) =>
+            {
                 let message = "the client closed the connection before sending its whole body";
                 self.failure = Some(message.into());
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, message));
@@ -705,5 +735,19 @@ mod tests {
         assert_eq!(origin_form("http://example.com"), Some("/"));
         assert_eq!(origin_form("example.com:443"), None);
         assert_eq!(origin_form("*"), None);
+    }
+
+    #[test]
+    fn absolute_form_targets_name_their_host() {
+        use super::target_authority;
+        assert_eq!(
+            target_authority("http://example.com/p?q"),
+            Some("example.com")
+        );
+        assert_eq!(
+            target_authority("http://example.com:8080"),
+            Some("example.com:8080")
+        );
+        assert_eq!(target_authority("/p"), None);
     }
 }

@@ -67,6 +67,13 @@ impl Hangups {
         self.close_socket(client)
     }
 
+    /// Whether the client has already closed its side of the connection. tiny_http's chunked
+    /// decoder reports end-of-file inside a chunk as a clean end of the body, so a body that
+    /// ends must be checked this way before it is passed on as complete.
+    pub fn client_sent_eof(&self, client: Option<&SocketAddr>) -> bool {
+        client.is_some_and(|client| client_sent_eof(*client, self.local_port))
+    }
+
     /// The second half of [`Hangups::hang_up`], for callers that already called `remember`.
     pub fn close_socket(&self, client: Option<&SocketAddr>) -> bool {
         match client {
@@ -76,16 +83,18 @@ impl Hangups {
     }
 }
 
-/// Finds the socket connected to `peer` on our `local_port` and shuts down its write side.
+/// Runs `action` on the client socket connected to `peer` on our `local_port`, if found.
 #[cfg(target_os = "linux")]
-fn shutdown_client_socket(peer: SocketAddr, local_port: u16) -> bool {
+fn with_client_socket<R>(
+    peer: SocketAddr,
+    local_port: u16,
+    action: impl FnOnce(&std::net::TcpStream) -> R,
+) -> Option<R> {
     use std::mem::ManuallyDrop;
     use std::net::TcpStream;
     use std::os::fd::{FromRawFd, RawFd};
 
-    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
-        return false;
-    };
+    let entries = std::fs::read_dir("/proc/self/fd").ok()?;
     for entry in entries.flatten() {
         let is_socket = std::fs::read_link(entry.path())
             .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
@@ -97,20 +106,50 @@ fn shutdown_client_socket(peer: SocketAddr, local_port: u16) -> bool {
             continue;
         };
         // SAFETY: `fd` was an open socket of this process a moment ago. ManuallyDrop means we
-        // never close it; we only ask for its addresses and, if they match, shut it down. Were
+        // never close it; we only ask for its addresses and, if they match, act on it. Were
         // it closed and reused meanwhile, the address check would not match.
         let socket = ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(fd) });
         let matches = socket.peer_addr().is_ok_and(|a| a == peer)
             && socket.local_addr().is_ok_and(|a| a.port() == local_port);
         if matches {
-            return socket.shutdown(Shutdown::Write).is_ok();
+            return Some(action(&socket));
         }
     }
-    false
+    None
+}
+
+#[cfg(target_os = "linux")]
+fn shutdown_client_socket(peer: SocketAddr, local_port: u16) -> bool {
+    with_client_socket(peer, local_port, |s| s.shutdown(Shutdown::Write).is_ok()).unwrap_or(false)
+}
+
+/// Whether the client has sent end-of-file: a peek that does not wait reads 0 bytes.
+#[cfg(target_os = "linux")]
+fn client_sent_eof(peer: SocketAddr, local_port: u16) -> bool {
+    use std::os::fd::AsRawFd;
+    with_client_socket(peer, local_port, |socket| {
+        let mut byte = 0u8;
+        // SAFETY: recv writes at most 1 byte into `byte`, which lives for the call.
+        let read = unsafe {
+            libc::recv(
+                socket.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        read == 0
+    })
+    .unwrap_or(false)
 }
 
 /// Elsewhere only the remembering half works; the connection ends on the client's timeout.
 #[cfg(not(target_os = "linux"))]
 fn shutdown_client_socket(_peer: SocketAddr, _local_port: u16) -> bool {
+    false
+}
+
+#[cfg(not(target_os = "linux"))]
+fn client_sent_eof(_peer: SocketAddr, _local_port: u16) -> bool {
     false
 }

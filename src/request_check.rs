@@ -30,8 +30,27 @@ fn reject(status: u16, reason: &'static str) -> Rejection {
     Rejection { status, reason }
 }
 
-/// Checks framing, Host and upgrades; returns how to read the body.
+/// Longest request target forwarded. tiny_http reads any length; the http crate refuses
+/// targets past 64 KiB with a vaguer error, and nginx's default limit is 8 KiB.
+pub const MAX_TARGET_BYTES: usize = 16 * 1024;
+/// Largest request head (target plus header lines) forwarded: beyond it ureq's output buffer
+/// cannot hold the head, and no sane client needs more (nginx allows 4 x 8 KiB by default).
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Checks size, framing, Host and upgrades; returns how to read the body.
 pub fn check_request(request: &Request) -> Result<BodyFraming, Rejection> {
+    if request.url().len() > MAX_TARGET_BYTES {
+        return Err(reject(414, "the request target is longer than 16 KiB"));
+    }
+    let head_bytes = request.url().len()
+        + request
+            .headers()
+            .iter()
+            .map(|h| h.field.as_str().len() + h.value.len() + 4)
+            .sum::<usize>();
+    if head_bytes > MAX_HEAD_BYTES {
+        return Err(reject(431, "the request headers are larger than 64 KiB"));
+    }
     let values = |name: &'static str| {
         request
             .headers()

@@ -1,0 +1,1213 @@
+#!/usr/bin/env python3
+"""`make bench`: tinylb side by side with nginx, in one run, on this machine.
+
+What it measures
+----------------
+One nginx process is the backend: it listens on five ports of 127.0.0.1 and answers a small
+body on `/` and a 64 MiB file on `/big`. In front of those five backends it starts three load
+balancers: tinylb (the release build of this repository), nginx with one worker, and nginx with
+one worker per core (both with upstream keep-alive). Then, with wrk, at 1, 16, 64 and 256
+connections it measures four targets:
+
+- `backend direct`: wrk straight at one backend port, the ceiling no load balancer can reach;
+- `tinylb`, `nginx 1 worker`, `nginx 2 workers` (the load balancers).
+
+For each target and connection count it reports requests/s, p50 and p99 latency (wrk's
+`--latency` distribution), errors (socket errors plus responses with status >= 400), the
+CPU-seconds the load balancer's processes used during the runs (utime + stime from
+/proc/PID/stat), requests per CPU-second, and peak RSS (VmHWM from /proc/PID/status). Then it
+downloads the 64 MiB file through each target with curl (MiB/s, and tinylb's VmHWM before and
+after: streaming must keep memory flat), and records the stripped size of the tinylb binary.
+
+Why ratios measured in one run
+------------------------------
+The machines this runs on are shared and noisy: two runs of the same thing differ by 15 % or
+more. Absolute numbers from different runs cannot be compared, but two targets measured in the
+same minute on the same cores suffer the same noise. So the rounds are interleaved (for each
+connection count and each round every target runs once, in a rotated order) and the report
+gives tinylb's ratio to nginx from this run. Those ratios are the numbers to quote.
+
+Everything it starts runs in its own process group and is killed when the bench ends, fails or
+is interrupted (Ctrl-C); the temporary directory (configs, logs, the 64 MiB file) is removed.
+Python 3.11 standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import http.client
+import json
+import os
+import platform
+import random
+import re
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TINYLB = ROOT / "target" / "release" / "tinylb"
+DEFAULT_OUT = ROOT / "docs" / "benchmarks.md"
+END_MARKER = "<!-- end of generated report -->"
+BACKEND_COUNT = 5
+SMALL_BODY = "hello from backend\n"
+BIG_MIB = 64
+DOWNLOAD_REPEATS = 3
+WARMUP_SECONDS = 1
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+MIB = 1024 * 1024
+# RSS growth during the 64 MiB downloads below which tinylb's memory counts as flat.
+FLAT_RSS_LIMIT_MIB = 2.0
+# "Anything odd" flags tinylb's p99 above this many times its p50, and any cell whose rounds
+# differ by more than this factor in req/s.
+TAIL_FACTOR = 20
+NOISY_SPREAD = 1.3
+# ... and any run in which the target's processes used less than this share of one core: the
+# target was starved of CPU by something else on the machine, or stalled.
+STALL_CPU_SHARE = 0.25
+
+
+class BenchError(Exception):
+    """A failure that ends the bench with a one-line message (exit status 1)."""
+
+
+class Interrupted(Exception):
+    """SIGINT, SIGTERM or SIGHUP arrived; the bench cleans up and exits 130."""
+
+
+def log(message: str) -> None:
+    """Progress and warnings go to stderr, so stdout carries only the report."""
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The flags; `--quick` overrides rounds and duration."""
+    parser = argparse.ArgumentParser(
+        prog="bench.py",
+        description="Benchmark tinylb against nginx as a load balancer, side by side.",
+    )
+    parser.add_argument("--duration", type=int, default=4, help="seconds per wrk run (4)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds per connection count (2)")
+    parser.add_argument(
+        "--connections",
+        default="1,16,64,256",
+        help="comma-separated connection counts (1,16,64,256)",
+    )
+    parser.add_argument("--quick", action="store_true", help="1 round of 2 s: a smoke run")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="markdown file to write (docs/benchmarks.md)",
+    )
+    parser.add_argument(
+        "--tinylb-config",
+        default="{}",
+        metavar="JSON",
+        help="extra tinylb config keys, e.g. '{\"workers\": 16}', for sweeps",
+    )
+    parser.add_argument(
+        "--keep-tmp", action="store_true", help="keep the temp dir (configs, logs) for debugging"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.duration = 1, 2
+    try:
+        args.connections = [int(c) for c in args.connections.split(",") if c.strip()]
+    except ValueError:
+        parser.error(f"--connections: {args.connections!r} is not a list of numbers")
+    if not args.connections or min(args.connections) < 1:
+        parser.error("--connections: give at least one count, each 1 or more")
+    if args.duration < 1 or args.rounds < 1:
+        parser.error("--duration and --rounds must be 1 or more")
+    try:
+        args.tinylb_extra = json.loads(args.tinylb_config)
+    except json.JSONDecodeError as err:
+        parser.error(f"--tinylb-config: not JSON: {err}")
+    if not isinstance(args.tinylb_extra, dict):
+        parser.error("--tinylb-config: must be a JSON object")
+    return args
+
+
+def exact_command(argv: list[str]) -> str:
+    """The command line as the user typed it (through make, if that is how it ran)."""
+    if os.environ.get("MAKELEVEL"):
+        return f"make bench BENCH_ARGS={shlex.quote(shlex.join(argv))}" if argv else "make bench"
+    return shlex.join(["python3", "benches/bench.py", *argv])
+
+
+# --------------------------------------------------------------------------------------------
+# Tools: wrk, nginx, curl, cargo
+# --------------------------------------------------------------------------------------------
+
+
+def find_tool(name: str) -> str | None:
+    """`which`, also looking in the sbin directories a non-root PATH often lacks (nginx)."""
+    extra = os.pathsep.join(["/usr/sbin", "/sbin", "/usr/local/sbin"])
+    return shutil.which(name, path=os.environ.get("PATH", "") + os.pathsep + extra)
+
+
+def ensure_tools() -> dict[str, str]:
+    """Paths of wrk, nginx and curl, installing missing ones with apt-get (said on stderr)."""
+    wanted = ["wrk", "nginx", "curl"]
+    missing = [t for t in wanted if find_tool(t) is None]
+    if missing:
+        command = f"apt-get update && apt-get install -y {' '.join(missing)}"
+        if os.geteuid() != 0 and shutil.which("sudo"):
+            command = f"sudo apt-get update && sudo apt-get install -y {' '.join(missing)}"
+        log(f"{', '.join(missing)} not found; installing them with: {command}")
+        if shutil.which("apt-get") is None:
+            raise BenchError(f"apt-get is not available; install {' '.join(missing)} yourself")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        result = subprocess.run(["sh", "-c", command], env=env, stdout=sys.stderr)
+        still = [t for t in wanted if find_tool(t) is None]
+        if still:
+            raise BenchError(
+                f"could not install {' '.join(still)} (apt-get exit status {result.returncode});"
+                f" install them yourself, then run make bench again"
+            )
+        if result.returncode != 0:
+            log(f"apt-get exited with {result.returncode}, but the tools are there; going on")
+    return {t: find_tool(t) for t in wanted}  # type: ignore[misc]
+
+
+def tool_versions(tools: dict[str, str]) -> dict[str, str]:
+    """First line of `nginx -v`, `wrk -v`, `curl --version` and `tinylb --version`."""
+
+    def first_line(argv: list[str]) -> str:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        text = (out.stdout + out.stderr).strip()
+        return text.splitlines()[0] if text else "unknown"
+
+    wrk = first_line([tools["wrk"], "-v"])
+    return {
+        "nginx": first_line([tools["nginx"], "-v"]).removeprefix("nginx version: "),
+        "wrk": wrk.split(" Copyright")[0],
+        "curl": " ".join(first_line([tools["curl"], "--version"]).split()[:2]),
+        "tinylb": first_line([str(TINYLB), "--version"]),
+    }
+
+
+def build_tinylb() -> None:
+    """`cargo build --release --bin tinylb`; cargo's output goes to stderr."""
+    log("building tinylb: cargo build --release --bin tinylb")
+    result = subprocess.run(
+        ["cargo", "build", "--release", "--bin", "tinylb"], cwd=ROOT, stdout=sys.stderr
+    )
+    if result.returncode != 0 or not TINYLB.exists():
+        raise BenchError("cargo build --release --bin tinylb failed (see above)")
+
+
+def stripped_size(tmp: Path) -> int | None:
+    """Size in bytes of a stripped copy of target/release/tinylb, or None without `strip`."""
+    strip = shutil.which("strip")
+    if strip is None:
+        return None
+    copy = tmp / "tinylb.stripped"
+    shutil.copyfile(TINYLB, copy)
+    subprocess.run([strip, str(copy)], check=True)
+    return copy.stat().st_size
+
+
+# --------------------------------------------------------------------------------------------
+# Processes and /proc
+# --------------------------------------------------------------------------------------------
+
+
+class Processes:
+    """Every long-running process the bench starts, each in its own process group."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, argv: list[str], log_path: Path, env: dict | None = None):
+        """Starts `argv` in a new session (so Ctrl-C reaches only us), output to `log_path`."""
+        with open(log_path, "ab") as out:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        self.started.append((name, proc))
+        return proc
+
+    @staticmethod
+    def stop(proc: subprocess.Popen, grace: float = 5.0) -> int | None:
+        """SIGTERM to the process group, SIGKILL after `grace` s; returns the exit status."""
+        pgid = proc.pid  # start_new_session makes the child its own group leader
+        _signal_group(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+        # nginx workers outlive a killed master; wait for the whole group, then force it.
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _group_alive(pgid) or proc.poll() is None:
+            _signal_group(pgid, signal.SIGKILL)
+            proc.wait()
+        return proc.returncode
+
+    def stop_all(self) -> None:
+        """Stops everything still running, newest first (load balancers before the backend)."""
+        for name, proc in reversed(self.started):
+            if proc.poll() is None or _group_alive(proc.pid):
+                log(f"stopping {name} (pid {proc.pid})")
+                self.stop(proc)
+        self.started.clear()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    """Sends `sig` to a process group that may already be gone."""
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group is left (nginx workers can outlive their master)."""
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+@dataclass
+class ProcStat:
+    """The fields of /proc/PID/stat the bench uses."""
+
+    ppid: int
+    cpu_seconds: float
+
+
+def read_stat(pid: int) -> ProcStat:
+    """Parses /proc/PID/stat: ppid is field 4, utime and stime are fields 14 and 15 (ticks)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    rest = text[text.rindex(")") + 2 :].split()  # the command name may contain spaces
+    return ProcStat(ppid=int(rest[1]), cpu_seconds=(int(rest[11]) + int(rest[12])) / CLK_TCK)
+
+
+def children(ppid: int) -> list[int]:
+    """The pids whose parent is `ppid` (nginx's workers), from a scan of /proc."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if read_stat(int(entry.name)).ppid == ppid:
+                    found.append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue  # the process ended during the scan
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of these processes (for a process, /proc sums all of its threads)."""
+    return sum(read_stat(pid).cpu_seconds for pid in pids)
+
+
+def status_kib(pid: int, key: str) -> int:
+    """A `kB` line of /proc/PID/status, such as VmHWM (peak RSS) or VmRSS."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise BenchError(f"/proc/{pid}/status has no {key}")
+
+
+def reset_peak_rss(pids: list[int]) -> bool:
+    """Resets VmHWM to the current RSS (`echo 5 > /proc/PID/clear_refs`); False if refused."""
+    try:
+        for pid in pids:
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# Ports, configs and start-up
+# --------------------------------------------------------------------------------------------
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` free TCP ports on 127.0.0.1, below the kernel's ephemeral range.
+
+    Below it so that wrk's and the proxies' outgoing connections never take one of them.
+    Each candidate is checked by binding it (without SO_REUSEADDR, so TIME_WAIT counts).
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    top = max(low - 1, 20000 + 100 * count)
+    candidates = list(range(20000, top))
+    random.shuffle(candidates)
+    ports: list[int] = []
+    for port in candidates:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise BenchError(f"could not find {count} free ports on 127.0.0.1")
+
+
+def make_big_file(path: Path) -> None:
+    """The 64 MiB body: random bytes (a 1 MiB block repeated), so nothing compresses it."""
+    block = os.urandom(MIB)
+    with open(path, "wb") as out:
+        for _ in range(BIG_MIB):
+            out.write(block)
+    path.chmod(0o644)
+
+
+def nginx_main(tmp: Path, name: str, workers: int) -> str:
+    """The main context of an nginx config: workers, and pid and error log inside `tmp`."""
+    return f"""# Written by benches/bench.py for one bench run.
+worker_processes {workers};
+pid {tmp}/{name}.pid;
+error_log {tmp}/{name}-error.log warn;
+worker_rlimit_nofile 16384;
+events {{ worker_connections 8192; }}
+"""
+
+
+def nginx_temp_paths(tmp: Path, name: str) -> str:
+    """http-context temp paths inside `tmp` (the compiled-in ones are system directories)."""
+    return "\n".join(
+        f"    {kind}_temp_path {tmp}/{name}-{kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+
+
+def backend_config(tmp: Path, ports: list[int]) -> str:
+    """One nginx serving every backend port: a small body on `/`, the 64 MiB file on `/big`."""
+    listens = "\n".join(f"        listen 127.0.0.1:{p};" for p in ports)
+    return f"""{nginx_main(tmp, "backend", 1)}
+http {{
+    access_log off;
+    keepalive_requests 100000;
+    sendfile on;
+{nginx_temp_paths(tmp, "backend")}
+    server {{
+{listens}
+        location / {{ return 200 "{SMALL_BODY.strip()}\\n"; }}
+        location = /big {{ alias {tmp}/big.bin; }}
+    }}
+}}
+"""
+
+
+def lb_config(tmp: Path, name: str, workers: int, port: int, backends: list[int]) -> str:
+    """nginx as a load balancer in front of `backends`, with upstream keep-alive."""
+    servers = "\n".join(f"        server 127.0.0.1:{p};" for p in backends)
+    return f"""{nginx_main(tmp, name, workers)}
+http {{
+    access_log off;
+    keepalive_requests 100000;
+{nginx_temp_paths(tmp, name)}
+    upstream backends {{
+{servers}
+        keepalive 64;
+        keepalive_requests 100000;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://backends;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            # Stream large bodies through memory buffers, as tinylb does; the default spills
+            # them to a temp file, which would measure the disk instead of the proxy.
+            proxy_max_temp_file_size 0;
+        }}
+    }}
+}}
+"""
+
+
+def tinylb_config(port: int, backends: list[int], extra: dict) -> dict:
+    """tinylb's config.json: the same five backends, defaults for everything else."""
+    config = {
+        "port": f"127.0.0.1:{port}",
+        "servers": [f"http://127.0.0.1:{p}" for p in backends],
+        "shutdownGracePeriod": "2s",
+    }
+    config.update(extra)
+    return config
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    """The last lines of a log file, for error messages."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def wait_ready(
+    name: str, proc: subprocess.Popen, port: int, log_path: Path, pid_file: Path | None = None
+) -> None:
+    """Waits until `port` accepts connections; fails at once if the process has exited.
+
+    For nginx, `pid_file` must exist too: nginx writes it only after binding every listen
+    port, so a port that someone else took in the meantime is not mistaken for ours.
+    """
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(
+                f"{name} exited with status {proc.returncode} at start:\n{tail(log_path)}"
+            )
+        if pid_file is None or pid_file.exists():
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    return
+            except OSError:
+                pass
+        time.sleep(0.05)
+    raise BenchError(f"{name} did not listen on 127.0.0.1:{port} within 15 s:\n{tail(log_path)}")
+
+
+def start_nginx(procs: Processes, nginx: str, tmp: Path, name: str, config: str, port: int):
+    """Writes `config` and runs nginx in the foreground with prefix, pid and logs in `tmp`."""
+    conf = tmp / f"{name}.conf"
+    conf.write_text(config)
+    log_path = tmp / f"{name}.out"
+    argv = [nginx, "-p", f"{tmp}/", "-e", str(tmp / f"{name}-error.log"), "-c", str(conf)]
+    argv += ["-g", "daemon off;"]
+    proc = procs.start(name, argv, log_path)
+    wait_ready(name, proc, port, tmp / f"{name}-error.log", tmp / f"{name}.pid")
+    return proc
+
+
+# --------------------------------------------------------------------------------------------
+# Targets and measurements
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """Something wrk and curl are pointed at, and the process(es) whose cost is counted."""
+
+    key: str
+    label: str
+    port: int
+    proc: subprocess.Popen
+    is_nginx: bool
+
+    def pids(self) -> list[int]:
+        """tinylb: its one process. nginx: the master and its workers."""
+        if self.is_nginx:
+            return [self.proc.pid, *children(self.proc.pid)]
+        return [self.proc.pid]
+
+    def check_alive(self) -> None:
+        """Fails the bench with a clear message if the process has died."""
+        if self.proc.poll() is not None:
+            raise BenchError(
+                f"{self.label} (pid {self.proc.pid}) died: status {self.proc.returncode}"
+            )
+
+    def peak_rss_kib(self) -> int:
+        """VmHWM: tinylb's own; for nginx the SUM over master and workers."""
+        return sum(status_kib(pid, "VmHWM") for pid in self.pids())
+
+
+@dataclass
+class WrkRun:
+    """One wrk run against one target."""
+
+    rps: float
+    requests: int
+    p50: float  # seconds
+    p99: float
+    socket_errors: int
+    bad_status: int
+    cpu: float  # CPU-seconds of the target's processes during the run
+
+
+@dataclass
+class Cell:
+    """All runs of one target at one connection count, and its peak RSS at that count."""
+
+    runs: list[WrkRun] = field(default_factory=list)
+    peak_rss_kib: int | None = None
+
+    def median(self, attr: str) -> float:
+        """Median of one WrkRun field over the rounds."""
+        return statistics.median(getattr(r, attr) for r in self.runs)
+
+    def errors(self) -> int:
+        """Socket errors plus bad statuses, summed over the rounds."""
+        return sum(r.socket_errors + r.bad_status for r in self.runs)
+
+    def req_per_cpu(self) -> float | None:
+        """All requests ÷ all CPU-seconds of the rounds (None if no CPU was counted)."""
+        cpu = sum(r.cpu for r in self.runs)
+        return sum(r.requests for r in self.runs) / cpu if cpu > 0 else None
+
+
+UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_wrk(output: str) -> tuple[float, int, float, float, int, int]:
+    """req/s, requests, p50, p99 (s), socket errors and non-2xx/3xx from wrk's output."""
+
+    def latency(percent: str) -> float:
+        match = re.search(rf"^\s*{percent}%\s+([\d.]+)(us|ms|s|m|h)\s*$", output, re.M)
+        if not match:
+            raise BenchError(f"no {percent}% latency in wrk's output:\n{output}")
+        return float(match.group(1)) * UNITS[match.group(2)]
+
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.M)
+    requests = re.search(r"^\s*(\d+) requests in", output, re.M)
+    if not rps or not requests:
+        raise BenchError(f"cannot read wrk's output:\n{output}")
+    sock = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    socket_errors = sum(int(g) for g in sock.groups()) if sock else 0
+    status = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    bad_status = int(status.group(1)) if status else 0
+    return (
+        float(rps.group(1)),
+        int(requests.group(1)),
+        latency("50"),
+        latency("99"),
+        socket_errors,
+        bad_status,
+    )
+
+
+def run_wrk(wrk: str, target: Target, connections: int, duration: int) -> WrkRun:
+    """One `wrk -t2 -cN -dDs --latency` run, with the target's CPU use during it."""
+    threads = min(2, connections)
+    argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency"]
+    argv.append(f"http://127.0.0.1:{target.port}/")
+    pids = target.pids()
+    before = cpu_seconds(pids)
+    try:
+        out = subprocess.run(
+            argv, capture_output=True, text=True, timeout=duration + 30, start_new_session=True
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchError(
+            f"wrk against {target.label} did not end within {duration + 30} s"
+        ) from None
+    used = cpu_seconds(pids) - before
+    if out.returncode != 0:
+        raise BenchError(f"wrk failed against {target.label}: {out.stderr.strip()}")
+    rps, requests, p50, p99, sock, bad = parse_wrk(out.stdout)
+    return WrkRun(rps, requests, p50, p99, sock, bad, used)
+
+
+def check_small_body(target: Target) -> None:
+    """One GET / through the target must give 200 and the backend's body (retried for 5 s)."""
+    deadline = time.monotonic() + 5
+    last = ""
+    while time.monotonic() < deadline:
+        conn = http.client.HTTPConnection("127.0.0.1", target.port, timeout=2)
+        try:
+            conn.request("GET", "/")
+            response = conn.getresponse()
+            body = response.read().decode(errors="replace")
+            if response.status == 200 and body == SMALL_BODY:
+                return
+            last = f"status {response.status}, body {body[:80]!r}"
+        except OSError as err:
+            last = str(err)
+        finally:
+            conn.close()
+        time.sleep(0.2)
+    raise BenchError(f"{target.label} does not answer GET / correctly: {last}")
+
+
+def rotated(items: list, by: int) -> list:
+    """`items` rotated left by `by`, so each target takes every position in turn."""
+    by %= len(items)
+    return items[by:] + items[:by]
+
+
+def measure_small(wrk: str, targets: list[Target], args) -> tuple[dict, bool]:
+    """The interleaved wrk rounds.
+
+    Returns {(target key, connections): Cell} and whether peak RSS could be reset per level.
+    """
+    cells: dict[tuple[str, int], Cell] = {}
+    total = len(args.connections) * args.rounds * len(targets)
+    done = 0
+    per_level = True
+    for t in targets:  # warm up connection pools and caches; not measured
+        run_wrk(wrk, t, 16, WARMUP_SECONDS)
+    for level, conns in enumerate(args.connections):
+        per_level &= reset_peak_rss([pid for t in targets for pid in t.pids()])
+        for rnd in range(args.rounds):
+            for t in rotated(targets, level + rnd):
+                t.check_alive()
+                run = run_wrk(wrk, t, conns, args.duration)
+                cells.setdefault((t.key, conns), Cell()).runs.append(run)
+                done += 1
+                log(
+                    f"[{done:>2}/{total}] {conns:>3} conns, round {rnd + 1}/{args.rounds}, "
+                    f"{t.label:<16} {run.rps:>9,.0f} req/s  p99 {fmt_latency(run.p99):>8}  "
+                    f"errors {run.socket_errors + run.bad_status}  cpu {run.cpu:.2f} s"
+                )
+        for t in targets:
+            cells[(t.key, conns)].peak_rss_kib = t.peak_rss_kib()
+    return cells, per_level
+
+
+@dataclass
+class Download:
+    """The 64 MiB downloads through one target."""
+
+    speeds: list[float] = field(default_factory=list)  # MiB/s
+    cpu: list[float] = field(default_factory=list)  # CPU-s of the target per download
+    failures: list[str] = field(default_factory=list)
+    peak_rss_kib: int | None = None
+
+
+def curl_big(curl: str, target: Target) -> tuple[float | None, float, str]:
+    """One download of /big: (MiB/s or None on failure, CPU-s used, failure text)."""
+    argv = [curl, "-s", "-o", "/dev/null", "--max-time", "120"]
+    argv += ["-w", "%{http_code} %{size_download} %{speed_download}"]
+    argv.append(f"http://127.0.0.1:{target.port}/big")
+    pids = target.pids()
+    before = cpu_seconds(pids)
+    try:
+        out = subprocess.run(
+            argv, capture_output=True, text=True, timeout=130, start_new_session=True
+        )
+    except subprocess.TimeoutExpired:
+        return None, cpu_seconds(pids) - before, "curl did not end within 130 s"
+    used = cpu_seconds(pids) - before
+    try:
+        code, size, speed = out.stdout.split()
+    except ValueError:
+        return None, used, f"curl exit {out.returncode}"
+    if out.returncode != 0 or code != "200" or int(size) != BIG_MIB * MIB:
+        return None, used, f"curl exit {out.returncode}, status {code}, {size} bytes"
+    return float(speed) / MIB, used, ""
+
+
+def measure_downloads(curl: str, targets: list[Target]) -> tuple[dict, tuple | None]:
+    """Interleaved 64 MiB downloads; also tinylb's VmHWM before and after them."""
+    results = {t.key: Download() for t in targets}
+    all_pids = [pid for t in targets for pid in t.pids()]
+    reset_ok = reset_peak_rss(all_pids)
+    tinylb = next(t for t in targets if t.key == "tinylb")
+    before = status_kib(tinylb.proc.pid, "VmHWM")
+    for rep in range(DOWNLOAD_REPEATS):
+        for t in rotated(targets, rep):
+            t.check_alive()
+            speed, used, failure = curl_big(curl, t)
+            result = results[t.key]
+            result.cpu.append(used)
+            if speed is None:
+                result.failures.append(failure)
+            else:
+                result.speeds.append(speed)
+            log(f"64 MiB via {t.label:<16} " + (f"{speed:,.0f} MiB/s" if speed else failure))
+    for t in targets:
+        results[t.key].peak_rss_kib = t.peak_rss_kib()
+    after = status_kib(tinylb.proc.pid, "VmHWM")
+    return results, (before, after, reset_ok)
+
+
+# --------------------------------------------------------------------------------------------
+# The report
+# --------------------------------------------------------------------------------------------
+
+
+def plural(count: int, word: str) -> str:
+    """`1 connection`, `16 connections`."""
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def fmt_latency(seconds: float) -> str:
+    """A latency in µs, ms or s."""
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.2f} s"
+
+
+def fmt_mib(kib: int | None) -> str:
+    """KiB from /proc as MiB."""
+    return "n/a" if kib is None else f"{kib / 1024:.1f} MiB"
+
+
+def fmt_ratio(value: float | None) -> str:
+    """A ratio such as `0.72×`."""
+    return "n/a" if value is None else f"{value:.2f}×"
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    """a ÷ b, or None when either is missing (or b is 0)."""
+    return a / b if a is not None and b else None
+
+
+def machine_description() -> str:
+    """nproc, the CPU model and the kernel."""
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    nproc = len(os.sched_getaffinity(0))
+    return f"{os.cpu_count()} cores (nproc {nproc}), {model}, Linux {platform.release()}"
+
+
+def small_tables(cells: dict, targets: list[Target], args, rss_per_level: bool) -> list[str]:
+    """One table per connection count: every target's numbers side by side."""
+    rss_note = "peak RSS" if rss_per_level else "peak RSS since start"
+    lines = []
+    for conns in args.connections:
+        lines += [
+            f"### {plural(conns, 'connection')}",
+            "",
+            f"| target | req/s | p50 | p99 | errors | CPU-s per run | req/CPU-s | {rss_note} |",
+            "|---|--:|--:|--:|--:|--:|--:|--:|",
+        ]
+        for t in targets:
+            cell = cells[(t.key, conns)]
+            per_cpu = cell.req_per_cpu()
+            lines.append(
+                f"| {t.label} | {cell.median('rps'):,.0f} | {fmt_latency(cell.median('p50'))} "
+                f"| {fmt_latency(cell.median('p99'))} | {cell.errors()} "
+                f"| {cell.median('cpu'):.2f} | {'n/a' if per_cpu is None else f'{per_cpu:,.0f}'} "
+                f"| {fmt_mib(cell.peak_rss_kib)} |"
+            )
+        lines.append("")
+    return lines
+
+
+def ratio_table(cells: dict, args) -> list[str]:
+    """tinylb divided by nginx (1 worker, and 2 workers) per connection count."""
+    lines = [
+        "| connections | req/s ÷ nginx 1w | req/CPU-s ÷ nginx 1w | p99 ÷ nginx 1w "
+        "| req/s ÷ nginx 2w | req/s ÷ backend direct |",
+        "|--:|--:|--:|--:|--:|--:|",
+    ]
+    for conns in args.connections:
+        tl, n1 = cells[("tinylb", conns)], cells[("nginx1", conns)]
+        n2, direct = cells[("nginx2", conns)], cells[("direct", conns)]
+        lines.append(
+            f"| {conns} | {fmt_ratio(ratio(tl.median('rps'), n1.median('rps')))} "
+            f"| {fmt_ratio(ratio(tl.req_per_cpu(), n1.req_per_cpu()))} "
+            f"| {fmt_ratio(ratio(tl.median('p99'), n1.median('p99')))} "
+            f"| {fmt_ratio(ratio(tl.median('rps'), n2.median('rps')))} "
+            f"| {fmt_ratio(ratio(tl.median('rps'), direct.median('rps')))} |"
+        )
+    return lines + [""]
+
+
+def download_table(downloads: dict, targets: list[Target], hwm: tuple) -> list[str]:
+    """MiB/s per target, and tinylb's VmHWM around the downloads."""
+    lines = [
+        f"| target | MiB/s (median of {DOWNLOAD_REPEATS}) | CPU-s per download "
+        "| peak RSS during downloads | failures |",
+        "|---|--:|--:|--:|--:|",
+    ]
+    for t in targets:
+        d = downloads[t.key]
+        speed = f"{statistics.median(d.speeds):,.0f}" if d.speeds else "n/a"
+        lines.append(
+            f"| {t.label} | {speed} | {statistics.median(d.cpu):.2f} "
+            f"| {fmt_mib(d.peak_rss_kib)} | {'; '.join([str(len(d.failures)), *d.failures])} |"
+        )
+    before, after, reset_ok = hwm
+    what = "reset to the current RSS just before" if reset_ok else "since start (reset refused)"
+    lines += [
+        "",
+        f"tinylb VmHWM {what} the downloads: {fmt_mib(before)}; after "
+        f"{DOWNLOAD_REPEATS} × {BIG_MIB} MiB through it: {fmt_mib(after)} "
+        f"(growth {(after - before) / 1024:.1f} MiB).",
+        "",
+    ]
+    return lines
+
+
+def median_speed(downloads: dict, key: str) -> float | None:
+    """Median MiB/s of a target's successful downloads."""
+    speeds = downloads[key].speeds
+    return statistics.median(speeds) if speeds else None
+
+
+def targets_table(cells: dict, downloads: dict, hwm: tuple, size: int | None) -> list[str]:
+    """Issue 4's targets, each with this run's value and whether it is met."""
+    rows = []
+
+    def row(what: str, goal: str, value: float | None, ok, shown: str | None = None) -> None:
+        text = shown if shown is not None else fmt_ratio(value)
+        verdict = "not measured" if value is None else ("met" if ok(value) else "**not met**")
+        rows.append(f"| {what} | {goal} | {text} | {verdict} |")
+
+    def cell_ratio(conns: int, attr: str) -> float | None:
+        if ("tinylb", conns) not in cells:
+            return None
+        tl, n1 = cells[("tinylb", conns)], cells[("nginx1", conns)]
+        if attr == "req_per_cpu":
+            return ratio(tl.req_per_cpu(), n1.req_per_cpu())
+        return ratio(tl.median(attr), n1.median(attr))
+
+    for conns, goal in ((16, 0.6), (64, 1.0), (256, 1.0)):
+        row(
+            f"req/s at {conns} connections",
+            f"≥ {goal}× nginx 1w",
+            cell_ratio(conns, "rps"),
+            lambda v, g=goal: v >= g,
+        )
+    row("req/CPU-s at 64", "≥ 0.5× nginx 1w", cell_ratio(64, "req_per_cpu"), lambda v: v >= 0.5)
+    row("p99 at 64", "≤ 2× nginx 1w", cell_ratio(64, "p99"), lambda v: v <= 2.0)
+    row(
+        "64 MiB MiB/s",
+        "≥ 0.8× nginx 1w",
+        ratio(median_speed(downloads, "tinylb"), median_speed(downloads, "nginx1")),
+        lambda v: v >= 0.8,
+    )
+    growth = (hwm[1] - hwm[0]) / 1024
+    row(
+        "RSS growth over the downloads",
+        f"flat (< {FLAT_RSS_LIMIT_MIB:g} MiB)",
+        growth,
+        lambda v: v < FLAT_RSS_LIMIT_MIB,
+        f"{growth:.1f} MiB",
+    )
+    peak = cells.get(("tinylb", 256))
+    peak_mib = peak.peak_rss_kib / 1024 if peak and peak.peak_rss_kib else None
+    row(
+        "peak RSS at 256 connections",
+        "< 32 MiB",
+        peak_mib,
+        lambda v: v < 32,
+        "n/a" if peak_mib is None else f"{peak_mib:.1f} MiB",
+    )
+    size_mib = size / MIB if size else None
+    row(
+        "stripped binary",
+        "< 1.5 MiB",
+        size_mib,
+        lambda v: v < 1.5,
+        "n/a" if size is None else f"{size:,} bytes ({size_mib:.2f} MiB)",
+    )
+    return [
+        "A verdict that rests on a run listed under *Anything odd* as starved or noisy is not to"
+        " be trusted: run the bench again on a quieter machine.",
+        "",
+        "| target | goal | this run | |",
+        "|---|---|--:|---|",
+        *rows,
+        "",
+    ]
+
+
+def oddities(cells: dict, duration: int, tinylb_log: Path, shutdown: str) -> list[str]:
+    """What looked wrong: errors, stalled or noisy runs, tinylb's long tails and warnings, and
+    how tinylb shut down."""
+    lines = []
+    for (key, conns), cell in sorted(cells.items()):
+        where = f"{key} at {plural(conns, 'connection')}"
+        sock = sum(r.socket_errors for r in cell.runs)
+        bad = sum(r.bad_status for r in cell.runs)
+        if sock or bad:
+            lines.append(f"- {where}: {sock} socket errors, {bad} responses with status ≥ 400")
+        for i, r in enumerate(cell.runs):
+            if r.cpu < STALL_CPU_SHARE * duration:
+                lines.append(
+                    f"- {where}, round {i + 1}: only {r.cpu:.2f} CPU-s in {duration} s"
+                    f" ({r.rps:,.0f} req/s): starved by other load on the machine, or stalled;"
+                    " its ratios are not to be trusted"
+                )
+        if key == "tinylb" and cell.median("p99") > TAIL_FACTOR * cell.median("p50"):
+            lines.append(
+                f"- {where}: p99 {fmt_latency(cell.median('p99'))} is more than"
+                f" {TAIL_FACTOR}× its p50 {fmt_latency(cell.median('p50'))} (a long tail)"
+            )
+        rates = [r.rps for r in cell.runs]
+        if len(rates) > 1 and max(rates) > NOISY_SPREAD * min(rates):
+            lines.append(
+                f"- {where}: rounds ranged from {min(rates):,.0f} to {max(rates):,.0f} req/s"
+                " (noisy: was the machine busy?)"
+            )
+    text = tinylb_log.read_text(errors="replace") if tinylb_log.exists() else ""
+    warnings = [line for line in text.splitlines() if " WARN " in line or " ERROR " in line]
+    if warnings:
+        distinct: dict[str, int] = {}
+        for line in warnings:
+            message = re.sub(r"^\S+\s+", "", line)  # drop the timestamp
+            distinct[message] = distinct.get(message, 0) + 1
+        lines.append(
+            f"- tinylb logged {len(warnings)} warnings/errors (RUST_LOG=warn); the most common:"
+        )
+        for message, count in sorted(distinct.items(), key=lambda kv: -kv[1])[:5]:
+            lines.append(f"  - {count} × `{message[:160]}`")
+    else:
+        lines.append("- tinylb logged no warnings or errors (RUST_LOG=warn).")
+    lines.append(f"- {shutdown}")
+    return lines
+
+
+def how_to_read(args) -> list[str]:
+    """The short guide under the header of the report."""
+    return [
+        "## How to read this",
+        "",
+        "- Every target ran in the same run, interleaved: for each connection count and round,"
+        " each target ran once, in a rotated order. Compare **ratios within this report**; an"
+        " absolute number from another run (or another machine) differs by 15 % or more.",
+        f"- Each cell is the median over {args.rounds} run(s) of `wrk -t2 -cN -d{args.duration}s"
+        " --latency` (1 thread at 1 connection) against `/`, a 19-byte body."
+        " p50/p99 come from wrk's latency distribution.",
+        "- wrk, the backend nginx and the load balancer share the same cores, so a load balancer"
+        " that uses less CPU leaves more for the others: *req/CPU-s* (requests ÷ CPU-seconds the"
+        " load balancer's processes used during the runs, from /proc/PID/stat) is the efficiency"
+        " number, req/s the speed.",
+        "- *errors* = wrk's socket errors (connect, read, write, timeout) + responses with status"
+        " ≥ 400, summed over the rounds.",
+        "- *peak RSS* is VmHWM, reset (clear_refs) at the start of each connection count. For nginx"
+        " it is the **sum** over the master and its workers (shared pages counted in each), so it"
+        " overstates nginx a little.",
+        "- *backend direct* is wrk straight at one backend port (the ceiling); in that row CPU and"
+        " RSS are the backend nginx's own. The backend is one nginx process with"
+        " **worker_processes 1** serving all five ports.",
+        "- Ratios are tinylb ÷ nginx: above 1 is better for req/s and req/CPU-s, below 1 is"
+        " better for p99.",
+        "",
+    ]
+
+
+def build_report(ctx: dict) -> str:
+    """The generated part of docs/benchmarks.md."""
+    args, targets, cells = ctx["args"], ctx["targets"], ctx["cells"]
+    v = ctx["versions"]
+    size = ctx["stripped_size"]
+    lines = [
+        "# Benchmarks",
+        "",
+        "<!-- Generated by benches/bench.py (`make bench`). Everything above the end marker is"
+        " replaced on each run; write notes below it. -->",
+        "",
+        f"- **Date:** {ctx['date']}",
+        f"- **Machine:** {ctx['machine']}; load average {ctx['load_start']} at the start,"
+        f" {ctx['load_end']} at the end",
+        f"- **Command:** `{ctx['command']}` ({args.rounds} round(s) × {args.duration} s per wrk"
+        f" run, {ctx['elapsed']:.0f} s in all)",
+        f"- **Versions:** {v['tinylb']}; {v['nginx']}; {v['wrk']}; {v['curl']}",
+        f"- **tinylb config:** `{json.dumps(ctx['tinylb_config'])}`, RUST_LOG=warn",
+        "- **nginx load balancers:** `worker_processes 1` and `worker_processes 2`, upstream of"
+        " the same five backends with `keepalive 64`, `proxy_http_version 1.1`,"
+        ' `proxy_set_header Connection ""`, `keepalive_requests 100000`,'
+        " `proxy_max_temp_file_size 0` (large bodies stream through memory, no temp file),"
+        " no access log",
+        f"- **tinylb binary:** {size:,} bytes stripped"
+        if size
+        else "- **tinylb binary:** strip not found",
+        "",
+        *how_to_read(args),
+        "## tinylb ÷ nginx (same run)",
+        "",
+        *ratio_table(cells, args),
+        "## Issue 4's targets",
+        "",
+        *targets_table(cells, ctx["downloads"], ctx["hwm"], size),
+        "## Small requests",
+        "",
+        *small_tables(cells, targets, args, ctx["rss_per_level"]),
+        f"## One {BIG_MIB} MiB download through each",
+        "",
+        f"`curl -s -o /dev/null` of `/big`, {DOWNLOAD_REPEATS} times per target, interleaved.",
+        "",
+        *download_table(ctx["downloads"], targets, ctx["hwm"]),
+        "## Anything odd",
+        "",
+        *oddities(cells, args.duration, ctx["tinylb_log"], ctx["shutdown"]),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(out: Path, report: str) -> None:
+    """Replaces the generated part of `out`, keeping everything below the end marker.
+
+    A file without the marker is kept whole below it, so nothing hand-written is lost.
+    """
+    kept = "\n## Notes\n\nHand-written notes (profiles, sweeps) go here; `make bench` keeps them.\n"
+    if out.exists():
+        old = out.read_text()
+        if END_MARKER in old:
+            kept = old.split(END_MARKER, 1)[1]
+        else:
+            log(f"{out} has no end marker; keeping its old text below the new report")
+            kept = "\n" + old
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report.rstrip("\n") + "\n\n" + END_MARKER + kept)
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+
+def estimate_seconds(args, targets: int = 4) -> float:
+    """Roughly how long the load takes: wrk runs, warm-up, downloads, start-up."""
+    wrk_runs = len(args.connections) * args.rounds * targets
+    return wrk_runs * (args.duration + 0.3) + targets * (WARMUP_SECONDS + 0.3) + 15
+
+
+def start_everything(procs: Processes, tools: dict, tmp: Path, args) -> tuple[list[Target], dict]:
+    """Backend, the two nginx load balancers and tinylb; returns the targets to measure."""
+    backend_ports = free_ports(BACKEND_COUNT + 3)
+    tinylb_port, lb1_port, lb2_port = backend_ports[BACKEND_COUNT:]
+    backend_ports = backend_ports[:BACKEND_COUNT]
+    make_big_file(tmp / "big.bin")
+    nginx = tools["nginx"]
+    log(f"backend: one nginx (1 worker) on 127.0.0.1 ports {backend_ports}")
+    backend = start_nginx(
+        procs, nginx, tmp, "backend", backend_config(tmp, backend_ports), backend_ports[0]
+    )
+    for port in backend_ports[1:]:
+        wait_ready("backend", backend, port, tmp / "backend-error.log")
+    lb1 = start_nginx(
+        procs, nginx, tmp, "nginx1", lb_config(tmp, "nginx1", 1, lb1_port, backend_ports), lb1_port
+    )
+    lb2 = start_nginx(
+        procs, nginx, tmp, "nginx2", lb_config(tmp, "nginx2", 2, lb2_port, backend_ports), lb2_port
+    )
+    config = tinylb_config(tinylb_port, backend_ports, args.tinylb_extra)
+    (tmp / "tinylb.json").write_text(json.dumps(config, indent=2))
+    env = dict(os.environ, RUST_LOG="warn")
+    tinylb_log = tmp / "tinylb.log"
+    tinylb = procs.start(
+        "tinylb", [str(TINYLB), "--config", str(tmp / "tinylb.json")], tinylb_log, env
+    )
+    wait_ready("tinylb", tinylb, tinylb_port, tinylb_log)
+    log(f"tinylb on {tinylb_port}, nginx 1 worker on {lb1_port}, nginx 2 workers on {lb2_port}")
+    targets = [
+        Target("direct", "backend direct", backend_ports[0], backend, True),
+        Target("tinylb", "tinylb", tinylb_port, tinylb, False),
+        Target("nginx1", "nginx 1 worker", lb1_port, lb1, True),
+        Target("nginx2", "nginx 2 workers", lb2_port, lb2, True),
+    ]
+    for t in targets:
+        check_small_body(t)
+    return targets, config
+
+
+def stop_tinylb(procs: Processes, tinylb: Target) -> str:
+    """SIGTERM tinylb and describe how it went (it should exit 0 at once)."""
+    started = time.monotonic()
+    status = procs.stop(tinylb.proc, grace=5.0)
+    took = time.monotonic() - started
+    verdict = "as expected" if status == 0 else "**expected 0**"
+    return f"tinylb exited with status {status} {took:.1f} s after SIGTERM ({verdict})."
+
+
+def run(args: argparse.Namespace, argv: list[str], procs: Processes, tmp: Path) -> None:
+    """The whole bench; raises BenchError or Interrupted on failure."""
+    started = time.monotonic()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    log(
+        f"estimated time: about {estimate_seconds(args) / 60:.1f} min after the build "
+        f"({len(args.connections)} connection counts × {args.rounds} rounds × 4 targets × "
+        f"{args.duration} s, plus downloads)"
+    )
+    tools = ensure_tools()
+    build_tinylb()
+    load_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    targets, config = start_everything(procs, tools, tmp, args)
+    cells, rss_per_level = measure_small(tools["wrk"], targets, args)
+    downloads, hwm = measure_downloads(tools["curl"], targets)
+    shutdown = stop_tinylb(procs, targets[1])
+    ctx = {
+        "args": args,
+        "targets": targets,
+        "cells": cells,
+        "downloads": downloads,
+        "hwm": hwm,
+        "rss_per_level": rss_per_level,
+        "versions": tool_versions(tools),
+        "stripped_size": stripped_size(tmp),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine_description(),
+        "load_start": load_start,
+        "load_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "command": exact_command(argv),
+        "elapsed": time.monotonic() - started,
+        "tinylb_config": config,
+        "tinylb_log": tmp / "tinylb.log",
+        "shutdown": shutdown,
+    }
+    report = build_report(ctx)
+    print(report)
+    out = args.out if args.out.is_absolute() else Path.cwd() / args.out
+    write_report(out, report)
+    log(f"wrote {out}")
+
+
+def main() -> int:
+    """Runs the bench with cleanup on every path: normal end, error, Ctrl-C, SIGTERM."""
+
+    def on_signal(signum, _frame):
+        raise Interrupted(signal.Signals(signum).name)
+
+    argv = sys.argv[1:]
+    args = parse_args(argv)  # exits with status 2 on bad flags, before anything starts
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    procs = Processes()
+    tmp: Path | None = None
+    status = 1
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix="tinylb-bench-"))
+        tmp.chmod(0o755)  # nginx workers run as an unprivileged user when we are root
+        run(args, argv, procs, tmp)
+        status = 0
+    except Interrupted as err:
+        log(f"interrupted ({err}); cleaning up")
+        status = 130
+    except BenchError as err:
+        log(f"error: {err}")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not stop the cleanup
+        procs.stop_all()
+        if tmp is not None:
+            if args.keep_tmp:
+                log(f"kept {tmp}")
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1106 @@
+//! Hostile requests (issue 3, "Requests that must not pass"): invalid chunks (400, nothing
+//! complete upstream), bodies cut short by a disconnecting client (upstream aborted, no spinning,
+//! the only worker free again), upgrades refused at once, and oversized heads, thousands of
+//! headers, odd bytes, absolute-form targets, HTTP/1.0 without Host, HTTP/2 request lines and
+//! the HTTP/2 preface: what each gets, and what it costs the tinylb binary in threads, file
+//! descriptors and memory (printed with `eprintln!`, bounded by assertions).
+
+mod common;
+use common::process::{Running, TempConfig};
+use common::*;
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+// ---------------------------------------------------------------------------------------------
+// Raw HTTP on the client side.
+// ---------------------------------------------------------------------------------------------
+
+/// Sends `request` on a new connection and reads until tinylb closes it or `limit` passes.
+/// Returns what arrived and how long the close took (`None`: still open at the limit). A write
+/// that fails (tinylb closed first) is not an error: the answer so far is returned.
+fn send_until_close(
+    addr: SocketAddr,
+    request: &[u8],
+    limit: Duration,
+) -> (Vec<u8>, Option<Duration>) {
+    let mut stream = TcpStream::connect(addr).expect("connect to tinylb");
+    let started = Instant::now();
+    let _ = stream.write_all(request);
+    read_until_close(&mut stream, started, limit)
+}
+
+fn read_until_close(
+    stream: &mut TcpStream,
+    started: Instant,
+    limit: Duration,
+) -> (Vec<u8>, Option<Duration>) {
+    let deadline = started + limit;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return (answer, None);
+        }
+        stream.set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut buf) {
+            Ok(0) => return (answer, Some(started.elapsed())),
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            // A reset after the answer is a close too (tinylb closed with unread input).
+            Err(_) => return (answer, Some(started.elapsed())),
+        }
+    }
+}
+
+/// The status code of the first response in `answer`, if there is one.
+fn status_of(answer: &[u8]) -> Option<u16> {
+    let text = String::from_utf8_lossy(answer);
+    let line = text.lines().next()?;
+    let code = line.strip_prefix("HTTP/1.1 ")?.get(..3)?;
+    code.parse().ok()
+}
+
+/// The first line of an answer, for messages.
+fn first_line(answer: &[u8]) -> String {
+    let text = String::from_utf8_lossy(answer);
+    text.lines().next().unwrap_or("<nothing>").to_string()
+}
+
+/// How many responses a byte stream contains: lines that start like `HTTP/1.1 400 `.
+fn count_status_lines(bytes: &[u8]) -> usize {
+    let text = String::from_utf8_lossy(bytes);
+    text.split('\n')
+        .filter(|line| {
+            let code = line.strip_prefix("HTTP/1.1 ").unwrap_or("");
+            code.len() >= 4
+                && code.as_bytes()[..3].iter().all(u8::is_ascii_digit)
+                && code.as_bytes()[3] == b' '
+        })
+        .count()
+}
+
+/// A plain request through tinylb gets a 200 from the backend within 5 s.
+fn assert_serves_normally(addr: SocketAddr, target: &str) {
+    let request = format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let (answer, closed) = send_until_close(addr, request.as_bytes(), Duration::from_secs(5));
+    assert_eq!(
+        status_of(&answer),
+        Some(200),
+        "a normal request afterwards got: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(closed.is_some(), "Connection: close was asked for");
+}
+
+/// What a lenient parser would read as the next requests after a body tinylb refused.
+fn smuggled() -> String {
+    "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n".repeat(5)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tinylb binary as a child process, and what it holds (/proc/PID).
+// ---------------------------------------------------------------------------------------------
+
+struct ChildLb {
+    run: Running,
+    addr: SocketAddr,
+    _config: TempConfig,
+}
+
+impl ChildLb {
+    /// Starts the binary on 127.0.0.1:0 in front of `servers`, with `extra` JSON keys.
+    fn start(label: &str, servers: &[String], extra: &str) -> ChildLb {
+        let servers: Vec<String> = servers.iter().map(|url| format!("\"{url}\"")).collect();
+        let separator = if extra.is_empty() { "" } else { ", " };
+        let config = TempConfig::new(
+            &format!("hostile-{label}"),
+            &format!(
+                r#"{{"port": "127.0.0.1:0", "healthCheckInterval": "100ms", "servers": [{}]{separator}{extra}}}"#,
+                servers.join(", ")
+            ),
+        );
+        let mut run = Running::start(&config);
+        let addr = run.listening_addr();
+        ChildLb {
+            run,
+            addr,
+            _config: config,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.run.pid()
+    }
+
+    fn stats(&self) -> Stats {
+        Stats::of(self.pid())
+    }
+}
+
+/// What the process holds right now.
+#[derive(Debug, Clone, Copy)]
+struct Stats {
+    threads: i64,
+    fds: i64,
+    rss_kib: i64,
+    /// Peak resident memory since start.
+    hwm_kib: i64,
+}
+
+impl Stats {
+    fn of(pid: u32) -> Stats {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_else(|e| panic!("tinylb (pid {pid}) is gone: {e}"));
+        let field = |name: &str| -> i64 {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+        };
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("list /proc/PID/fd")
+            .count() as i64;
+        Stats {
+            threads: field("Threads:"),
+            fds,
+            rss_kib: field("VmRSS:"),
+            hwm_kib: field("VmHWM:"),
+        }
+    }
+}
+
+/// CPU time (user + system) the process has used, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    // The command name (field 2) may contain spaces; everything after its ')' is field 3 on.
+    let rest = &stat[stat.rfind(')').expect("comm field") + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |field: usize| -> u64 { fields[field - 3].parse().expect("numeric tick count") };
+    // SAFETY: sysconf only reads a configuration value.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(14) + ticks(15)) as f64 / per_second
+}
+
+/// Waits until the process holds at most `fds` descriptors (for up to 5 s); returns its stats.
+fn wait_for_fds_at_most(lb: &ChildLb, fds: i64) -> Stats {
+    wait_until(Duration::from_secs(5), || lb.stats().fds <= fds);
+    lb.stats()
+}
+
+fn mib(kib: i64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+// ---------------------------------------------------------------------------------------------
+// A backend on a raw TcpListener that records each upload as it arrives: how many body bytes,
+// and whether the body completed, the connection was closed under it (aborted), or it stalled.
+// HEAD health checks get a 200.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Reading,
+    Complete,
+    /// The sender closed or reset the connection before the body's end.
+    Aborted,
+    /// Nothing arrived for 10 s: the sender left the connection hanging.
+    Stalled,
+}
+
+#[derive(Debug, Clone)]
+struct Upload {
+    target: String,
+    body_bytes: u64,
+    outcome: Outcome,
+}
+
+struct RecordingBackend {
+    addr: SocketAddr,
+    uploads: Arc<Mutex<Vec<Upload>>>,
+    stopping: Arc<AtomicBool>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl RecordingBackend {
+    fn start() -> RecordingBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("recording backend binds");
+        let addr = listener.local_addr().unwrap();
+        let uploads = Arc::new(Mutex::new(Vec::new()));
+        let stopping = Arc::new(AtomicBool::new(false));
+        let acceptor = {
+            let uploads = Arc::clone(&uploads);
+            let stopping = Arc::clone(&stopping);
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stopping.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    let uploads = Arc::clone(&uploads);
+                    std::thread::spawn(move || serve_recording(stream, &uploads));
+                }
+            })
+        };
+        RecordingBackend {
+            addr,
+            uploads,
+            stopping,
+            acceptor: Some(acceptor),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn uploads(&self) -> Vec<Upload> {
+        self.uploads.lock().clone()
+    }
+
+    fn upload(&self, index: usize) -> Option<Upload> {
+        self.uploads.lock().get(index).cloned()
+    }
+}
+
+impl Drop for RecordingBackend {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr); // wakes the accept loop
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+    }
+}
+
+fn serve_recording(stream: TcpStream, uploads: &Mutex<Vec<Upload>>) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut writer = stream.try_clone().expect("clone");
+    let mut reader = BufReader::new(stream);
+    for _ in 0..1000 {
+        let Some((request_line, headers)) = read_raw_head(&mut reader) else {
+            return;
+        };
+        let mut parts = request_line.split(' ');
+        let method = parts.next().unwrap_or("").to_string();
+        let target = parts.next().unwrap_or("").to_string();
+        if method == "HEAD" {
+            if writer
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                .is_err()
+            {
+                return;
+            }
+            continue;
+        }
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+        };
+        let chunked = header("transfer-encoding").is_some_and(|v| v.contains("chunked"));
+        let length: u64 = header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let index = {
+            let mut uploads = uploads.lock();
+            uploads.push(Upload {
+                target,
+                body_bytes: 0,
+                outcome: Outcome::Reading,
+            });
+            uploads.len() - 1
+        };
+        let progress = |n: usize| uploads.lock()[index].body_bytes += n as u64;
+        let result = if chunked {
+            read_chunked_body(&mut reader, progress)
+        } else {
+            read_exact_body(&mut reader, length, progress)
+        };
+        let outcome = match result {
+            Ok(()) => Outcome::Complete,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                Outcome::Stalled
+            }
+            Err(_) => Outcome::Aborted,
+        };
+        let body_bytes = {
+            let mut uploads = uploads.lock();
+            uploads[index].outcome = outcome;
+            uploads[index].body_bytes
+        };
+        if outcome != Outcome::Complete {
+            return;
+        }
+        let body = format!("got {body_bytes}\n");
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if writer.write_all(answer.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// Request line and header lines; `None` at end of stream.
+fn read_raw_head(reader: &mut impl BufRead) -> Option<(String, Vec<(String, String)>)> {
+    let mut line = Vec::new();
+    if reader.read_until(b'\n', &mut line).ok()? == 0 {
+        return None;
+    }
+    let request_line = String::from_utf8_lossy(&line).trim_end().to_string();
+    let mut headers = Vec::new();
+    for _ in 0..20_000 {
+        line.clear();
+        if reader.read_until(b'\n', &mut line).ok()? == 0 {
+            return None;
+        }
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end_matches(['\r', '\n']);
+        if text.is_empty() {
+            return Some((request_line, headers));
+        }
+        let (name, value) = text.split_once(':')?;
+        headers.push((name.to_string(), value.trim().to_string()));
+    }
+    None
+}
+
+fn unexpected_eof() -> std::io::Error {
+    std::io::Error::new(
+        ErrorKind::UnexpectedEof,
+        "connection closed inside the body",
+    )
+}
+
+fn read_exact_body(
+    reader: &mut impl Read,
+    mut remaining: u64,
+    mut progress: impl FnMut(usize),
+) -> std::io::Result<()> {
+    let mut buf = [0u8; 16384];
+    while remaining > 0 {
+        let want = buf
+            .len()
+            .min(usize::try_from(remaining).unwrap_or(usize::MAX));
+        let n = reader.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(unexpected_eof());
+        }
+        progress(n);
+        remaining -= n as u64;
+    }
+    Ok(())
+}
+
+/// A strict chunked decoder: a bad size line or a missing CRLF is an error.
+fn read_chunked_body(
+    reader: &mut impl BufRead,
+    mut progress: impl FnMut(usize),
+) -> std::io::Result<()> {
+    let invalid = |what: &str| std::io::Error::new(ErrorKind::InvalidData, what.to_string());
+    let mut line = Vec::new();
+    for _ in 0..1_000_000 {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return Err(unexpected_eof());
+        }
+        let text = String::from_utf8_lossy(&line);
+        let size_text = text.trim_end().split(';').next().unwrap_or("").trim();
+        let size = u64::from_str_radix(size_text, 16).map_err(|_| invalid("chunk size"))?;
+        if size == 0 {
+            // Trailer section: lines until an empty one.
+            for _ in 0..100 {
+                line.clear();
+                if reader.read_until(b'\n', &mut line)? == 0 {
+                    return Err(unexpected_eof());
+                }
+                if line == b"\r\n" || line == b"\n" {
+                    return Ok(());
+                }
+            }
+            return Err(invalid("trailers"));
+        }
+        read_exact_body(reader, size, &mut progress)?;
+        let mut crlf = [0u8; 2];
+        reader.read_exact(&mut crlf)?;
+        if &crlf != b"\r\n" {
+            return Err(invalid("chunk not followed by CRLF"));
+        }
+    }
+    Err(invalid("too many chunks"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// An invalid chunk: 400, nothing complete reaches the backend, the connection is closed.
+// ---------------------------------------------------------------------------------------------
+
+/// Sends `request` (a chunked upload with a broken chunk, followed by pipelined requests a
+/// lenient parser would take for the next ones) on ten connections; each gets exactly one 400
+/// and is closed, and the backend records no complete request.
+fn assert_invalid_chunk_refused(request: &[u8]) {
+    let a = Backend::start("a");
+    let lb = start_lb(&[&a], "");
+    for attempt in 0..10 {
+        let (answer, closed) = send_until_close(lb.addr, request, Duration::from_secs(3));
+        let text = String::from_utf8_lossy(&answer);
+        assert!(
+            closed.is_some(),
+            "attempt {attempt}: tinylb kept the connection open after: {text:?}"
+        );
+        assert!(
+            status_of(&answer) == Some(400) && count_status_lines(&answer) == 1,
+            "attempt {attempt}: expected exactly one 400, got {text:?}"
+        );
+    }
+    // The fixture records only requests whose body it read completely; give a wrongly
+    // forwarded one time to land.
+    let landed = wait_until(Duration::from_millis(300), || !a.seen_proxied().is_empty());
+    let forwarded: Vec<String> = a
+        .seen_proxied()
+        .into_iter()
+        .map(|s| format!("{} {} ({} body bytes)", s.method, s.target, s.body_len))
+        .collect();
+    assert!(!landed && forwarded.is_empty(), "forwarded: {forwarded:?}");
+    assert_serves_normally(lb.addr, "/after-bad-chunk");
+    assert_eq!(a.proxied_count(), 1, "only the normal request got through");
+}
+
+#[test]
+fn invalid_chunk_size_line_gets_400_and_no_complete_request_upstream() {
+    let request = format!(
+        "POST /bad-size HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+         5\r\nhello\r\nzz\r\nabc\r\n0\r\n\r\n{}",
+        smuggled()
+    );
+    assert_invalid_chunk_refused(request.as_bytes());
+}
+
+#[test]
+fn chunk_longer_than_its_size_gets_400_and_no_complete_request_upstream() {
+    let request = format!(
+        "POST /long-chunk HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+         3\r\nabcdefgh\r\n0\r\n\r\n{}",
+        smuggled()
+    );
+    assert_invalid_chunk_refused(request.as_bytes());
+}
+
+// ---------------------------------------------------------------------------------------------
+// A body cut short by a disconnecting client: the upload is aborted, nothing spins, the only
+// worker is free again. Measured on the binary, so the CPU time is tinylb's alone.
+// ---------------------------------------------------------------------------------------------
+
+/// Starts an upload with `head` and `first_bytes` through a tinylb with one worker, waits until
+/// the backend has received `upstream_bytes` of it, then closes the client socket. The backend
+/// must see the upload aborted (not completed, not left hanging), tinylb must use under 0.3 s of
+/// CPU in the following second, and the one worker must serve the next request.
+fn assert_cut_upload_is_aborted(label: &str, head: &str, first_bytes: &[u8], upstream_bytes: u64) {
+    let backend = RecordingBackend::start();
+    let lb = ChildLb::start(label, &[backend.url()], r#""workers": 1"#);
+    let mut client = TcpStream::connect(lb.addr).expect("connect");
+    client.write_all(head.as_bytes()).unwrap();
+    client.write_all(first_bytes).unwrap();
+    let started = wait_until(Duration::from_secs(5), || {
+        backend
+            .upload(0)
+            .is_some_and(|u| u.body_bytes == upstream_bytes)
+    });
+    assert!(
+        started,
+        "the backend should have received {upstream_bytes} body bytes: {:?}",
+        backend.uploads()
+    );
+    drop(client);
+
+    let aborted = wait_until(Duration::from_secs(3), || {
+        backend
+            .upload(0)
+            .is_some_and(|u| u.outcome != Outcome::Reading)
+    });
+    let upload = backend.upload(0).expect("recorded");
+    assert!(
+        aborted && upload.outcome == Outcome::Aborted,
+        "after the client disconnected, the upstream request must be aborted; backend saw {upload:?}"
+    );
+    assert_eq!(upload.body_bytes, upstream_bytes, "{upload:?}");
+
+    let pid = lb.pid();
+    let before = cpu_seconds(pid);
+    std::thread::sleep(Duration::from_secs(1)); // the measuring window
+    let used = cpu_seconds(pid) - before;
+    eprintln!("{label}: tinylb used {used:.2} s of CPU in the 1 s after the client disconnected");
+    assert!(used < 0.3, "tinylb spins: {used:.2} s of CPU in 1 s");
+
+    // The only worker is free: a small upload goes through and completes.
+    let (answer, _) = send_until_close(
+        lb.addr,
+        b"POST /after HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+        Duration::from_secs(5),
+    );
+    assert_eq!(
+        status_of(&answer),
+        Some(200),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(answer.ends_with(b"got 5\n"));
+    let uploads = backend.uploads();
+    assert_eq!(uploads.len(), 2, "nothing was retried: {uploads:?}");
+    assert_eq!(
+        (uploads[1].target.as_str(), uploads[1].outcome),
+        ("/after", Outcome::Complete)
+    );
+}
+
+#[test]
+fn client_leaving_mid_length_body_aborts_the_upload_and_frees_the_worker() {
+    assert_cut_upload_is_aborted(
+        "cut-length",
+        "POST /cut HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n",
+        &[b'x'; 1000],
+        1000,
+    );
+}
+
+#[test]
+fn client_leaving_mid_chunk_aborts_the_upload_and_frees_the_worker() {
+    // A chunk of 0x3e8 = 1000 bytes, of which 500 arrive.
+    let mut body = b"3e8\r\n".to_vec();
+    body.extend_from_slice(&[b'y'; 500]);
+    assert_cut_upload_is_aborted(
+        "cut-mid-chunk",
+        "POST /cut HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+        &body,
+        500,
+    );
+}
+
+#[test]
+fn client_leaving_between_chunks_aborts_the_upload_and_frees_the_worker() {
+    // One whole chunk of 500 bytes, then nothing: no final chunk.
+    let mut body = b"1f4\r\n".to_vec();
+    body.extend_from_slice(&[b'z'; 500]);
+    body.extend_from_slice(b"\r\n");
+    assert_cut_upload_is_aborted(
+        "cut-between-chunks",
+        "POST /cut HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+        &body,
+        500,
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upgrades: 501 at once, even though the client keeps the socket open and sends nothing more.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn upgrade_is_refused_at_once_while_the_client_holds_the_socket_open() {
+    let a = Backend::start("a");
+    // A long client timeout, so that a close caused by it cannot pass for a prompt answer.
+    let lb = start_lb(&[&a], r#""clientTimeout": "10s""#);
+    let requests = [
+        "GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        // A body announced and never sent: reading it would block until the client timeout.
+        "POST /chat HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\
+         Content-Length: 100000\r\n\r\n",
+        // curl's h2c probe.
+        "GET /h2c HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+         HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+    ];
+    for request in requests {
+        let mut stream = TcpStream::connect(lb.addr).expect("connect");
+        stream.write_all(request.as_bytes()).unwrap();
+        let started = Instant::now();
+        // The socket stays open on our side; only tinylb can end this read.
+        let (answer, closed) = read_until_close(&mut stream, started, Duration::from_secs(5));
+        let text = String::from_utf8_lossy(&answer);
+        assert_eq!(status_of(&answer), Some(501), "{request:?} got {text:?}");
+        let closed = closed.unwrap_or_else(|| panic!("{request:?}: connection left open"));
+        eprintln!(
+            "upgrade: 501 and close after {closed:?} for {:?}",
+            first_line(request.as_bytes())
+        );
+        assert!(
+            closed < Duration::from_secs(1),
+            "{request:?}: closed only after {closed:?}"
+        );
+    }
+    assert!(a.seen_proxied().is_empty(), "{:?}", a.seen_proxied());
+    assert_serves_normally(lb.addr, "/after-upgrade");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Oversized heads and thousands of headers, on the binary: the answer, and the threads,
+// descriptors and memory it costs.
+// ---------------------------------------------------------------------------------------------
+
+const MIB: usize = 1024 * 1024;
+
+/// A tinylb binary in front of one fixture backend, warmed up by one request.
+fn start_measured(label: &str) -> (Backend, ChildLb) {
+    let a = Backend::start("a");
+    let lb = ChildLb::start(label, &[a.url()], "");
+    assert_serves_normally(lb.addr, "/warm-up");
+    (a, lb)
+}
+
+/// Sends `request` (every one here says `Connection: close`), prints the process's stats
+/// before, right after the answer and once the connection is gone, and asserts that
+/// descriptors and threads come back, that the peak memory stays under `peak_bound_mib`, and
+/// that normal requests are still served. Returns the answer.
+fn measure_one(lb: &mut ChildLb, label: &str, request: &[u8], peak_bound_mib: f64) -> Vec<u8> {
+    let before = lb.stats();
+    let started = Instant::now();
+    let (answer, closed) = send_until_close(lb.addr, request, Duration::from_secs(20));
+    let took = started.elapsed();
+    let during = lb.stats();
+    let after = wait_for_fds_at_most(lb, before.fds);
+    eprintln!(
+        "{label}: {} request bytes -> {:?} ({} answer bytes, {took:?}); threads {} -> {} -> {}, \
+         fds {} -> {} -> {}, VmRSS {:.1} -> {:.1} -> {:.1} MiB, VmHWM {:.1} MiB",
+        request.len(),
+        first_line(&answer),
+        answer.len(),
+        before.threads,
+        during.threads,
+        after.threads,
+        before.fds,
+        during.fds,
+        after.fds,
+        mib(before.rss_kib),
+        mib(during.rss_kib),
+        mib(after.rss_kib),
+        mib(after.hwm_kib),
+    );
+    if status_of(&answer) == Some(502) {
+        let line = lb.run.wait_for_line(" failed: ", Duration::from_secs(5));
+        eprintln!("{label}: tinylb logged: {line}");
+    }
+    assert!(closed.is_some(), "{label}: connection left open");
+    assert!(
+        after.fds <= before.fds,
+        "{label}: descriptors not released: {} -> {}",
+        before.fds,
+        after.fds
+    );
+    // The connection's tiny_http thread idles in its pool for 5 s before it exits; it is not
+    // held by the connection.
+    assert!(
+        after.threads <= before.threads + 2,
+        "{label}: threads {} -> {}",
+        before.threads,
+        after.threads
+    );
+    assert!(
+        mib(after.hwm_kib) < peak_bound_mib,
+        "{label}: peak memory {:.1} MiB",
+        mib(after.hwm_kib)
+    );
+    assert_serves_normally(lb.addr, &format!("/after-{label}"));
+    answer
+}
+
+/// `X-Big: aaaa...` of `len` bytes in all.
+fn header_line(len: usize) -> String {
+    format!("X-Big: {}\r\n", "a".repeat(len - "X-Big: \r\n".len()))
+}
+
+/// The targets the backend received, health checks aside.
+fn targets(a: &Backend) -> Vec<String> {
+    a.seen_proxied().into_iter().map(|s| s.target).collect()
+}
+
+/// tiny_http reads any head whole; tinylb then refuses a head over 64 KiB with 431 before
+/// anything is forwarded.
+#[test]
+fn megabyte_header_line_gets_431_unforwarded_and_its_memory_measured() {
+    let (a, mut lb) = start_measured("header-1mib");
+    let request = format!(
+        "GET /big-header HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{}\r\n",
+        header_line(MIB)
+    );
+    let answer = measure_one(&mut lb, "header-1mib", request.as_bytes(), 64.0);
+    assert_eq!(
+        status_of(&answer),
+        Some(431),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(targets(&a), ["/warm-up", "/after-header-1mib"]);
+}
+
+#[test]
+fn eight_megabyte_header_lines_get_431_and_memory_grows_with_what_clients_send() {
+    let (a, mut lb) = start_measured("header-8mib");
+    let request = format!(
+        "GET /huge-header HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{}\r\n",
+        header_line(8 * MIB)
+    );
+    let answer = measure_one(&mut lb, "header-8mib", request.as_bytes(), 128.0);
+    assert_eq!(
+        status_of(&answer),
+        Some(431),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    let after_one = lb.stats();
+
+    // glibc keeps what a thread freed in that thread's arena: RSS grows by up to about 24 MiB
+    // per 8 MiB head until every arena holds some (measured in release on 2 CPUs: a plateau
+    // near 190 MiB after about 20 sequential heads). Bounded, but not given back.
+    for i in 0..3 {
+        let (answer, _) = send_until_close(lb.addr, request.as_bytes(), Duration::from_secs(20));
+        assert_eq!(status_of(&answer), Some(431), "repeat {i}");
+    }
+    let after_four = wait_for_fds_at_most(&lb, after_one.fds);
+    eprintln!(
+        "header-8mib: VmRSS after 1 request {:.1} MiB, after 4 {:.1} MiB (peak {:.1} MiB)",
+        mib(after_one.rss_kib),
+        mib(after_four.rss_kib),
+        mib(after_four.hwm_kib)
+    );
+    assert!(
+        after_four.rss_kib < after_one.rss_kib + 3 * 32 * 1024,
+        "more than 32 MiB kept per 8 MiB head: {after_one:?} -> {after_four:?}"
+    );
+
+    // Unfinished heads are held whole while their clients keep sending (no size limit in
+    // tiny_http): four clients with 8 MiB each of one header line and no line end.
+    let partial = format!(
+        "GET /unfinished HTTP/1.1\r\nHost: x\r\nX-Big: {}",
+        "b".repeat(8 * MIB)
+    );
+    let before = lb.stats();
+    let clients: Vec<TcpStream> = std::thread::scope(|scope| {
+        let senders: Vec<_> = (0..4)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut stream = TcpStream::connect(lb.addr).expect("connect");
+                    stream.write_all(partial.as_bytes()).expect("send");
+                    stream
+                })
+            })
+            .collect();
+        senders.into_iter().map(|s| s.join().unwrap()).collect()
+    });
+    // The last bytes may still sit in the socket buffers; give tiny_http time to read them.
+    wait_until(Duration::from_secs(5), || {
+        lb.stats().rss_kib >= before.rss_kib + 4 * 8 * 1024
+    });
+    let held = lb.stats();
+    drop(clients);
+    let released = wait_for_fds_at_most(&lb, before.fds);
+    eprintln!(
+        "header-8mib: 4 unfinished 8 MiB heads: VmRSS {:.1} -> {:.1} MiB while held ({:.1} MiB \
+         per head), {:.1} MiB once the clients left; threads {} -> {} -> {}, fds {} -> {} -> {}",
+        mib(before.rss_kib),
+        mib(held.rss_kib),
+        mib(held.rss_kib - before.rss_kib) / 4.0,
+        mib(released.rss_kib),
+        before.threads,
+        held.threads,
+        released.threads,
+        before.fds,
+        held.fds,
+        released.fds
+    );
+    assert!(
+        held.rss_kib - before.rss_kib < 4 * 3 * 8 * 1024,
+        "more than 3 bytes of memory per byte of unfinished head"
+    );
+    assert!(released.fds <= before.fds, "{before:?} -> {released:?}");
+    assert_serves_normally(lb.addr, "/after-unfinished");
+    assert!(
+        targets(&a)
+            .iter()
+            .all(|t| t.starts_with("/warm-up") || t.starts_with("/after")),
+        "{:?}",
+        targets(&a)
+    );
+}
+
+/// Targets over 16 KiB get 414 without forwarding.
+#[test]
+fn megabyte_request_target_gets_414_unforwarded_and_its_memory_measured() {
+    let (a, mut lb) = start_measured("target-1mib");
+    let request = format!(
+        "GET /{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "t".repeat(MIB)
+    );
+    let answer = measure_one(&mut lb, "target-1mib", request.as_bytes(), 64.0);
+    assert_eq!(
+        status_of(&answer),
+        Some(414),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(targets(&a), ["/warm-up", "/after-target-1mib"]);
+}
+
+/// A head over 64 KiB (10,000 headers) gets 431 and is not forwarded; 1,000 short headers fit
+/// and all reach the backend.
+#[test]
+fn ten_thousand_headers_get_431_and_a_thousand_are_forwarded() {
+    let (a, mut lb) = start_measured("headers-10000");
+    let many_headers = |n: usize| {
+        let mut request =
+            format!("GET /many-headers-{n} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+        for i in 0..n {
+            request.push_str(&format!("X-H-{i}: {i}\r\n"));
+        }
+        request.push_str("\r\n");
+        request
+    };
+    let answer = measure_one(
+        &mut lb,
+        "headers-10000",
+        many_headers(10_000).as_bytes(),
+        64.0,
+    );
+    assert_eq!(status_of(&answer), Some(431), "{:?}", first_line(&answer));
+    assert!(!targets(&a).contains(&"/many-headers-10000".to_string()));
+
+    let (answer, _) = send_until_close(
+        lb.addr,
+        many_headers(1_000).as_bytes(),
+        Duration::from_secs(5),
+    );
+    assert_eq!(status_of(&answer), Some(200), "{:?}", first_line(&answer));
+    let seen = a.seen_proxied();
+    let forwarded = seen
+        .iter()
+        .find(|s| s.target == "/many-headers-1000")
+        .expect("forwarded");
+    let count = forwarded
+        .headers
+        .iter()
+        .filter(|(n, _)| n.to_ascii_lowercase().starts_with("x-h-"))
+        .count();
+    assert_eq!(count, 1_000);
+    assert_eq!(forwarded.header_values("x-h-999"), ["999"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Odd bytes in header values; absolute-form targets; HTTP/1.0 without Host.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn non_ascii_and_control_bytes_in_header_values_are_not_forwarded() {
+    let a = Backend::start("a");
+    let lb = ChildLb::start("odd-bytes", &[a.url()], "");
+    assert_serves_normally(lb.addr, "/warm-up");
+    let before = lb.stats();
+
+    let non_ascii = b"GET /e-acute HTTP/1.1\r\nHost: x\r\nX-Name: caf\xc3\xa9\r\n\r\n";
+    let (answer, closed) = send_until_close(lb.addr, non_ascii, Duration::from_secs(5));
+    eprintln!(
+        "non-ASCII header value: {:?} ({} bytes), closed after {closed:?}",
+        first_line(&answer),
+        answer.len()
+    );
+    assert!(closed.is_some(), "non-ASCII: connection left open");
+
+    let control =
+        b"GET /control HTTP/1.1\r\nHost: x\r\nX-Name: a\x01b\r\nConnection: close\r\n\r\n";
+    let (answer_control, closed_control) =
+        send_until_close(lb.addr, control, Duration::from_secs(5));
+    eprintln!(
+        "control byte in header value: {:?}, closed after {closed_control:?}",
+        first_line(&answer_control)
+    );
+
+    let after = wait_for_fds_at_most(&lb, before.fds);
+    eprintln!(
+        "odd bytes: threads {} -> {}, fds {} -> {}",
+        before.threads, after.threads, before.fds, after.fds
+    );
+    assert!(
+        answer.is_empty(),
+        "tiny_http closes on non-ASCII without answering; got {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(
+        status_of(&answer_control),
+        Some(400),
+        "{:?}",
+        String::from_utf8_lossy(&answer_control)
+    );
+    assert!(after.fds <= before.fds, "{before:?} -> {after:?}");
+    let seen: Vec<String> = a.seen_proxied().into_iter().map(|s| s.target).collect();
+    assert_eq!(seen, ["/warm-up"], "neither was forwarded");
+    assert_serves_normally(lb.addr, "/after-odd-bytes");
+}
+
+#[test]
+fn absolute_form_target_is_forwarded_in_origin_form_with_its_own_host() {
+    let a = Backend::start("a");
+    let lb = start_lb(&[&a], "");
+    let (answer, closed) = send_until_close(
+        lb.addr,
+        b"GET http://example.com/path?q HTTP/1.1\r\nHost: client.example\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert_eq!(
+        status_of(&answer),
+        Some(200),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(closed.is_some());
+    let seen = a.seen_proxied();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].target, "/path?q");
+    // RFC 9112, 3.2.2: the authority of an absolute-form target replaces Host.
+    assert_eq!(seen[0].header_values("host"), ["example.com"]);
+    assert_eq!(seen[0].header_values("x-forwarded-host"), ["example.com"]);
+    assert_serves_normally(lb.addr, "/after-absolute");
+}
+
+#[test]
+fn http10_request_without_host_is_forwarded() {
+    let a = Backend::start("a");
+    let lb = start_lb(&[&a], "");
+    let (answer, closed) = send_until_close(
+        lb.addr,
+        b"GET /old HTTP/1.0\r\nX-Old: 1\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    let text = String::from_utf8_lossy(&answer);
+    assert_eq!(status_of(&answer), Some(200), "{text:?}");
+    assert!(
+        closed.is_some(),
+        "HTTP/1.0 without keep-alive: tinylb closes"
+    );
+    assert!(text.contains("\ntarget /old\n"), "{text}");
+    let seen = a.seen_proxied();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    eprintln!(
+        "HTTP/1.0 without Host: backend saw Host {:?}, X-Forwarded-Host {:?}",
+        seen[0].header_values("host"),
+        seen[0].header_values("x-forwarded-host")
+    );
+    // ureq names the backend in Host, since the client named nothing.
+    assert_eq!(seen[0].header_values("host"), [a.addr().to_string()]);
+    assert!(seen[0].header_values("x-forwarded-host").is_empty());
+    assert_serves_normally(lb.addr, "/after-http10");
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP/2 request lines and the HTTP/2 preface: tiny_http deadlocks on them (shared/crates.md).
+// ---------------------------------------------------------------------------------------------
+
+const HTTP2_CLIENTS: i64 = 50;
+
+/// Sends `request` on 50 connections to a tinylb binary with a 1 s client timeout, closes them,
+/// waits past the client timeout, then sends 50 normal requests, and measures what stays held.
+/// tiny_http writes its 505 through a writer that waits for the request it is refusing, so the
+/// thread that reads such a request blocks for good, holding the socket (two descriptors:
+/// tiny_http's read and write halves). Connections that arrive while every pool thread is busy
+/// wait in tiny_http's unbounded task queue (descriptors held, no thread yet); the next thread
+/// that finishes a normal connection takes one of them and blocks in turn. tinylb never sees
+/// these requests, so it cannot help: the leak is asserted to be bounded per request, not absent.
+fn measure_http2_leak(label: &str, request: &[u8]) {
+    let a = Backend::start("a");
+    let lb = ChildLb::start(label, &[a.url()], r#""clientTimeout": "1s""#);
+    assert_serves_normally(lb.addr, "/warm-up");
+    let before = lb.stats();
+
+    let mut clients: Vec<TcpStream> = (0..HTTP2_CLIENTS)
+        .map(|_| {
+            let mut stream = TcpStream::connect(lb.addr).expect("connect");
+            stream.write_all(request).expect("send");
+            stream
+        })
+        .collect();
+    // Past the client timeout: whatever tinylb would send or close has happened by now.
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    let mut answered = 0;
+    let mut closed = 0;
+    for stream in &mut clients {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (answer, close) = read_until_close(stream, Instant::now(), left);
+        answered += usize::from(!answer.is_empty());
+        closed += usize::from(close.is_some());
+    }
+    let held = lb.stats();
+    drop(clients);
+    // Twice the client timeout for the process to release what it can.
+    wait_until(Duration::from_secs(2), || lb.stats().fds <= before.fds);
+    let after_close = lb.stats();
+    // Serving goes on; and each of these connections' threads, once done, takes a queued one.
+    let mut slowest = Duration::ZERO;
+    for i in 0..HTTP2_CLIENTS {
+        let started = Instant::now();
+        assert_serves_normally(lb.addr, &format!("/after-{label}-{i}"));
+        slowest = slowest.max(started.elapsed());
+    }
+    let drained = lb.stats();
+    let leaked_threads = drained.threads - before.threads;
+    let leaked_fds = drained.fds - before.fds;
+    eprintln!(
+        "{label}: {HTTP2_CLIENTS} clients, {answered} got an answer, {closed} were closed by \
+         tinylb. threads/fds: before {}/{}; clients connected {}/{}; 2 s after they closed \
+         (client timeout 1 s) {}/{}; after {HTTP2_CLIENTS} normal requests {}/{}. VmRSS {:.1} \
+         -> {:.1} MiB. Leaked per request: {:.2} threads, {:.2} fds, {:.1} KiB RSS. Slowest \
+         normal request: {slowest:?}",
+        before.threads,
+        before.fds,
+        held.threads,
+        held.fds,
+        after_close.threads,
+        after_close.fds,
+        drained.threads,
+        drained.fds,
+        mib(before.rss_kib),
+        mib(drained.rss_kib),
+        leaked_threads as f64 / HTTP2_CLIENTS as f64,
+        leaked_fds as f64 / HTTP2_CLIENTS as f64,
+        (drained.rss_kib - before.rss_kib) as f64 / HTTP2_CLIENTS as f64,
+    );
+    // The known tiny_http leak: at most one thread and two descriptors per such request (plus
+    // a few for idle pool threads and the intake's ping connection).
+    assert!(
+        leaked_threads <= HTTP2_CLIENTS + 4,
+        "{label}: {leaked_threads} threads leaked by {HTTP2_CLIENTS} requests"
+    );
+    assert!(
+        leaked_fds <= 2 * HTTP2_CLIENTS + 4,
+        "{label}: {leaked_fds} descriptors leaked by {HTTP2_CLIENTS} requests"
+    );
+    assert!(
+        drained.rss_kib - before.rss_kib < 32 * 1024,
+        "{label}: memory grew by {:.1} MiB",
+        mib(drained.rss_kib - before.rss_kib)
+    );
+    assert!(
+        a.seen_proxied()
+            .iter()
+            .all(|s| s.target.starts_with("/after") || s.target == "/warm-up"),
+        "an HTTP/2 request was forwarded"
+    );
+}
+
+#[test]
+fn http2_request_lines_leak_at_most_a_thread_and_two_fds_each_and_serving_goes_on() {
+    measure_http2_leak("http2-line", b"GET /h2 HTTP/2.0\r\nHost: x\r\n\r\n");
+}
+
+#[test]
+fn http2_prefaces_leak_at_most_a_thread_and_two_fds_each_and_serving_goes_on() {
+    measure_http2_leak("http2-preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+}
