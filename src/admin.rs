@@ -5,6 +5,7 @@
 //! One thread answers admin requests one at a time: they are rare and cheap, and this way a
 //! scrape can never take a worker from the proxy.
 
+use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -14,6 +15,9 @@ use tiny_http::{Header, Method, Request, Response, Server};
 use crate::Shared;
 use crate::status::Status;
 use crate::{metrics, status_page};
+
+/// Largest request body the admin listener reads (and ignores).
+const MAX_BODY: u64 = 64 * 1024;
 
 /// The running admin listener.
 pub struct Admin {
@@ -62,7 +66,16 @@ impl Admin {
     }
 }
 
-fn answer(request: Request, shared: &Shared) {
+fn answer(mut request: Request, shared: &Shared) {
+    // Read any body to its end first: tiny_http would otherwise parse what is left of a chunked
+    // body as the next request on this connection. Admin requests need no body, so a large one
+    // is refused.
+    let mut sink = std::io::sink();
+    let body = std::io::copy(&mut request.as_reader().take(MAX_BODY + 1), &mut sink);
+    if !matches!(body, Ok(n) if n <= MAX_BODY) {
+        let _ = request.respond(plain(413, "admin requests take no body\n"));
+        return;
+    }
     let path = request.url().split('?').next().unwrap_or("").to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let response = match (request.method(), segments.as_slice()) {

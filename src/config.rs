@@ -129,9 +129,17 @@ fn error(key: &str, message: impl fmt::Display) -> ConfigError {
 impl Config {
     /// Reads and checks a config file; the error says which file when it cannot be read.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with_source(path).map(|(config, _)| config)
+    }
+
+    /// Like [`Config::load`], also returning the text that was parsed: the reload watcher
+    /// starts from exactly these bytes, so an edit made while tinylb starts is not missed.
+    pub fn load_with_source(path: &Path) -> Result<(Config, String), ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
-        Config::parse(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+        let config =
+            Config::parse(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        Ok((config, text))
     }
 
     /// Parses the text of a config.json; the single place where config values are checked.

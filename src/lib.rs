@@ -167,10 +167,11 @@ impl LoadBalancer {
         })
     }
 
-    /// Re-reads `path` whenever it changes and applies it live (see [`reload`]).
-    pub fn watch_config(&mut self, path: PathBuf) -> Result<(), String> {
+    /// Re-reads `path` whenever it changes and applies it live (see [`reload`]). `loaded` is
+    /// the text the running config was parsed from: any other content is a change.
+    pub fn watch_config(&mut self, path: PathBuf, loaded: String) -> Result<(), String> {
         let (stop, stopped) = crossbeam_channel::bounded(1);
-        let thread = reload::spawn(path, Arc::clone(&self.shared), stopped)
+        let thread = reload::spawn(path, loaded.into_bytes(), Arc::clone(&self.shared), stopped)
             .map_err(|e| format!("cannot start a thread: {e}"))?;
         self.watcher = Some((thread, stop));
         Ok(())

@@ -82,8 +82,8 @@ fn main() -> ExitCode {
         }
         Command::Run { config, check_only } => (config, check_only),
     };
-    let config = match Config::load(&config_path) {
-        Ok(config) => config,
+    let (config, source) = match Config::load_with_source(&config_path) {
+        Ok(loaded) => loaded,
         Err(error) => {
             eprintln!("tinylb: bad config: {error}");
             return ExitCode::from(2);
@@ -116,7 +116,7 @@ fn main() -> ExitCode {
         }
     };
     // Live reload: edits to the config file are applied without a restart.
-    if let Err(error) = balancer.watch_config(config_path) {
+    if let Err(error) = balancer.watch_config(config_path, source) {
         log::warn!("config changes will need a restart: {error}");
     }
     // Blocks until SIGINT or SIGTERM; a second signal cuts the grace period short.

@@ -18,16 +18,18 @@ use crate::config::Config;
 /// and comparing bytes (not mtime) catches every kind of edit.
 const POLL: Duration = Duration::from_millis(500);
 
-/// Starts the watcher thread; it stops when `stop` fires or is dropped.
+/// Starts the watcher thread, which treats any content other than `loaded` (the bytes the
+/// running config came from) as a change; it stops when `stop` fires or is dropped.
 pub fn spawn(
     path: PathBuf,
+    loaded: Vec<u8>,
     shared: Arc<Shared>,
     stop: Receiver<()>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("reload".into())
         .spawn(move || {
-            let mut last_seen = std::fs::read(&path).ok();
+            let mut last_seen = Some(loaded);
             while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stop.recv_timeout(POLL) {
                 let Ok(bytes) = std::fs::read(&path) else {
                     continue; // mid-rename, or removed: keep the running config
