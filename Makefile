@@ -32,6 +32,7 @@ test:
 check:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	./.ci/check-metrics
 
 # tinylb side by side with nginx as a load balancer, interleaved in one run (a few minutes);
 # prints a markdown report and writes docs/benchmarks.md. Installs wrk and nginx with apt-get

@@ -1,37 +1,55 @@
-//! One backend server: where it is, its weight, whether it is healthy, how many requests it is
-//! serving, and the ureq Agent (with its own keep-alive pool) that talks to it. Health changes
-//! are events: they are logged once, when the state flips, never on every probe.
+//! One backend server: where it is, its weight, whether it is healthy or draining, how many
+//! requests it is serving, what happened to those it served, and the ureq Agent (with its own
+//! keep-alive pool) that talks to it. Health changes are events: they are logged once, when the
+//! state flips, never on every probe.
+//!
+//! Backends are shared as `Arc<Backend>`: a live reload replaces the list, but a request in
+//! flight keeps its backend alive until it is done.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use crate::config::{BackendUrl, Config, HealthConfig, ServerConfig};
+use crate::stats::BackendStats;
 
 /// A backend and everything the request path needs to know about it.
 pub struct Backend {
     /// Where requests go.
     pub url: BackendUrl,
-    /// Share of traffic for the weighted algorithms.
-    pub weight: u32,
-    /// Hash of the URL for ip-hash: stable across restarts and list reorderings.
+    /// Hash of the URL for ip-hash: stable across restarts, reloads and list reorderings.
     pub key: u64,
+    /// Share of traffic for the weighted algorithms; a reload may change it.
+    weight: AtomicU32,
     /// Read on every pick without a lock; written only by the health logic below.
     healthy: AtomicBool,
+    /// Set from the admin listener: no new requests, the ones in flight finish.
+    draining: AtomicBool,
     /// Requests in flight; counted by an [`InFlight`] guard so a panicking worker cannot leak one.
     in_flight: AtomicUsize,
-    /// Consecutive check results, for the rise/fall thresholds.
-    streak: Mutex<Streak>,
+    /// Health details for the status page.
+    health: Mutex<HealthRecord>,
+    /// Times the health state flipped, for metrics.
+    flips: AtomicU64,
+    /// Answers, errors and latency.
+    pub stats: BackendStats,
     /// One Agent per backend: ureq's pool scans every idle connection under one lock, so a
-    /// shared Agent was 25-35% slower (shared/crates.md).
-    agent: ureq::Agent,
+    /// shared Agent was 25-35% slower (shared/crates.md). Replaced when a reload changes the
+    /// timeouts; ureq's Agent is a cheap handle, cloned per request.
+    agent: RwLock<ureq::Agent>,
 }
 
-#[derive(Debug, Default)]
-struct Streak {
+/// Consecutive check results and what the status page shows about health.
+#[derive(Debug, Default, Clone)]
+pub struct HealthRecord {
     passed: u32,
     failed: u32,
+    /// The last active check: when, and `None` if it passed or the reason it failed.
+    pub last_check: Option<(SystemTime, Option<String>)>,
+    /// When the state last flipped (or was first set at start-up).
+    pub last_flip: Option<SystemTime>,
 }
 
 impl Backend {
@@ -40,17 +58,49 @@ impl Backend {
         Backend {
             key: url_key(&server.url.original),
             url: server.url.clone(),
-            weight: server.weight,
+            weight: AtomicU32::new(server.weight),
             healthy: AtomicBool::new(true),
+            draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
-            streak: Mutex::new(Streak::default()),
-            agent: proxy_agent(config),
+            health: Mutex::new(HealthRecord::default()),
+            flips: AtomicU64::new(0),
+            stats: BackendStats::default(),
+            agent: RwLock::new(proxy_agent(config)),
         }
     }
 
-    /// Whether the balancer may send requests here.
+    /// Whether the last health verdict is "up".
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Whether the balancer may send new requests here.
+    pub fn is_available(&self) -> bool {
+        self.is_healthy() && !self.is_draining()
+    }
+
+    /// Whether an operator asked to stop new traffic here.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Starts or stops draining; returns whether anything changed.
+    pub fn set_draining(&self, draining: bool) -> bool {
+        let changed = self.draining.swap(draining, Ordering::Relaxed) != draining;
+        if changed {
+            let what = if draining {
+                "draining"
+            } else {
+                "no longer draining"
+            };
+            log::info!("backend {} is {what}", self.url.original);
+        }
+        changed
+    }
+
+    /// Share of traffic for the weighted algorithms.
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
     }
 
     /// Requests being served right now.
@@ -58,20 +108,44 @@ impl Backend {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Times the health state flipped since start.
+    pub fn flips(&self) -> u64 {
+        self.flips.load(Ordering::Relaxed)
+    }
+
+    /// Health details for the status page.
+    pub fn health_record(&self) -> HealthRecord {
+        self.health.lock().clone()
+    }
+
     /// The Agent whose pool holds this backend's keep-alive connections.
-    pub fn agent(&self) -> &ureq::Agent {
-        &self.agent
+    pub fn agent(&self) -> ureq::Agent {
+        self.agent.read().clone()
+    }
+
+    /// Takes over what a reload may change without losing the state (health, counters, pool).
+    pub fn reconfigure(&self, server: &ServerConfig, config: &Config, timeouts_changed: bool) {
+        self.weight.store(server.weight, Ordering::Relaxed);
+        if timeouts_changed {
+            *self.agent.write() = proxy_agent(config);
+        }
     }
 
     /// Counts a request as in flight until the returned guard is dropped.
-    pub fn start_request(&self) -> InFlight<'_> {
+    pub fn start_request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight { backend: self }
+        InFlight {
+            backend: Arc::clone(self),
+        }
     }
 
     /// Sets the state without thresholds: used for the first round at start-up, where waiting
     /// for `fall` failures would send traffic to a backend we already know is dead.
     pub fn set_initial_health(&self, healthy: bool, reason: &str) {
+        let now = SystemTime::now();
+        let mut record = self.health.lock();
+        record.last_check = Some((now, (!healthy).then(|| reason.to_string())));
+        record.last_flip = Some(now);
         self.healthy.store(healthy, Ordering::Relaxed);
         if healthy {
             log::info!("backend {} is up", self.url.original);
@@ -83,27 +157,29 @@ impl Backend {
     /// Records one active check; flips the state after `rise` passes or `fall` failures in a
     /// row and logs only the flip, with the reason.
     pub fn record_check(&self, passed: bool, reason: &str, thresholds: &HealthConfig) {
-        let mut streak = self.streak.lock();
+        let now = SystemTime::now();
+        let mut record = self.health.lock();
+        record.last_check = Some((now, (!passed).then(|| reason.to_string())));
         if passed {
-            streak.passed += 1;
-            streak.failed = 0;
-            if !self.is_healthy() && streak.passed >= thresholds.rise {
-                self.healthy.store(true, Ordering::Relaxed);
+            record.passed += 1;
+            record.failed = 0;
+            if !self.is_healthy() && record.passed >= thresholds.rise {
+                self.flip(&mut record, true, now);
                 log::info!(
                     "backend {} is up ({} passed checks)",
                     self.url.original,
-                    streak.passed
+                    record.passed
                 );
             }
         } else {
-            streak.failed += 1;
-            streak.passed = 0;
-            if self.is_healthy() && streak.failed >= thresholds.fall {
-                self.healthy.store(false, Ordering::Relaxed);
+            record.failed += 1;
+            record.passed = 0;
+            if self.is_healthy() && record.failed >= thresholds.fall {
+                self.flip(&mut record, false, now);
                 log::warn!(
                     "backend {} is down ({} failed checks: {reason})",
                     self.url.original,
-                    streak.failed
+                    record.failed
                 );
             }
         }
@@ -112,42 +188,40 @@ impl Backend {
     /// Passive check: a request could not even connect, so stop sending traffic here now and
     /// let the active checks bring the backend back after `rise` passes.
     pub fn mark_down(&self, reason: &str) {
-        let mut streak = self.streak.lock();
-        streak.passed = 0;
-        if self.healthy.swap(false, Ordering::Relaxed) {
+        let mut record = self.health.lock();
+        record.passed = 0;
+        if self.is_healthy() {
+            self.flip(&mut record, false, SystemTime::now());
             log::warn!(
                 "backend {} is down (a request failed to connect: {reason})",
                 self.url.original
             );
         }
     }
+
+    fn flip(&self, record: &mut HealthRecord, healthy: bool, at: SystemTime) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+        self.flips.fetch_add(1, Ordering::Relaxed);
+        record.last_flip = Some(at);
+    }
 }
 
 /// Keeps a request counted as in flight on its backend until dropped.
-pub struct InFlight<'a> {
-    backend: &'a Backend,
+pub struct InFlight {
+    backend: Arc<Backend>,
 }
 
-impl InFlight<'_> {
+impl InFlight {
     /// The backend this request is counted on.
-    pub fn backend(&self) -> &Backend {
-        self.backend
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.backend
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.backend.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// Builds every backend of a config, in config order.
-pub fn backends_for(config: &Config) -> Vec<Backend> {
-    config
-        .servers
-        .iter()
-        .map(|server| Backend::new(server, config))
-        .collect()
 }
 
 /// An Agent configured for proxying (shared/crates.md): statuses and redirects passed through,

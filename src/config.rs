@@ -28,6 +28,8 @@ const KNOWN_KEYS: &[&str] = &[
     "forwardedServerHeader",
     "shutdownGracePeriod",
     "clientTimeout",
+    "adminAddress",
+    "accessLog",
 ];
 
 /// Default worker threads. Measured (docs in README.md): 8 workers served as many requests per
@@ -69,6 +71,10 @@ pub struct Config {
     /// A client connection that sends nothing (or reads nothing) for this long is closed: an
     /// idle keep-alive connection, a stalled request head or body, a client not reading.
     pub client_timeout: Duration,
+    /// Where the admin listener (status page, metrics, drain) listens; off when `None`.
+    pub admin_address: Option<SocketAddr>,
+    /// One log line per request in combined log format.
+    pub access_log: bool,
 }
 
 /// One backend as configured.
@@ -123,16 +129,31 @@ fn error(key: &str, message: impl fmt::Display) -> ConfigError {
 impl Config {
     /// Reads and checks a config file; the error says which file when it cannot be read.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with_source(path).map(|(config, _)| config)
+    }
+
+    /// Like [`Config::load`], also returning the text that was parsed: the reload watcher
+    /// starts from exactly these bytes, so an edit made while tinylb starts is not missed.
+    pub fn load_with_source(path: &Path) -> Result<(Config, String), ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
-        Config::parse(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+        let config =
+            Config::parse(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        Ok((config, text))
     }
 
     /// Parses the text of a config.json; the single place where config values are checked.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let root: Value = serde_json::from_str(text).map_err(|e| {
+            // serde_json ends its message with the position; say it once, up front.
+            let message = e.to_string();
+            let message = message
+                .split(" at line ")
+                .next()
+                .unwrap_or(&message)
+                .to_string();
             ConfigError(format!(
-                "invalid JSON at line {}, column {}: {e}",
+                "invalid JSON at line {}, column {}: {message}",
                 e.line(),
                 e.column()
             ))
@@ -175,6 +196,11 @@ impl Config {
             forwarded_server_header: keys.boolean("forwardedServerHeader", false)?,
             shutdown_grace_period: keys.duration("shutdownGracePeriod", "10s")?,
             client_timeout: keys.positive_duration("clientTimeout", DEFAULT_CLIENT_TIMEOUT)?,
+            admin_address: match keys.0.get("adminAddress") {
+                None | Some(Value::Null) => None,
+                Some(value) => Some(parse_address("adminAddress", value)?),
+            },
+            access_log: keys.boolean("accessLog", false)?,
         };
         Ok(config)
     }
@@ -295,9 +321,14 @@ impl Keys<'_> {
 /// `":8080"` (every interface, as Go writes it), `"127.0.0.1:8080"`, `"[::1]:8080"` or
 /// `"localhost:8080"`.
 fn parse_listen(value: &Value) -> Result<SocketAddr, ConfigError> {
+    parse_address("port", value)
+}
+
+/// A listen address for the config key `key`.
+fn parse_address(key: &str, value: &Value) -> Result<SocketAddr, ConfigError> {
     let Value::String(text) = value else {
         return Err(error(
-            "port",
+            key,
             format!("{value} is not an address; write it as a string like \":8080\""),
         ));
     };
@@ -319,7 +350,7 @@ fn parse_listen(value: &Value) -> Result<SocketAddr, ConfigError> {
             String::new()
         };
         error(
-            "port",
+            key,
             format!("{text:?} is not a listen address like \":8080\" or \"127.0.0.1:8080\"{hint}"),
         )
     })

@@ -5,26 +5,68 @@
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use tiny_http::{HTTPVersion, Method, Request};
 use ureq::http::{self, HeaderName, HeaderValue};
 use ureq::{SendBody, Timeout};
 
+use crate::access_log::AccessLine;
+use crate::backend::Backend;
 use crate::balancer::Balancer;
 use crate::hangup::Hangups;
 use crate::headers::ConnectionTokens;
 use crate::relay::{self, Buffers, ClientSide, Relayed};
 use crate::request_check::{self, BodyFraming, Rejection};
+use crate::stats::ErrorKind;
 
 /// Everything a worker needs to forward requests, shared by all workers.
 pub struct Forwarder {
     /// Picks backends and counts requests in flight.
-    pub balancer: Balancer,
+    pub balancer: Arc<Balancer>,
     /// Ends client connections that tiny_http would keep open.
     pub hangups: Hangups,
-    /// Whether to add the seed article's `X-Forwarded-Server` header.
-    pub forwarded_server_header: bool,
+    /// Whether to add the seed article's `X-Forwarded-Server` header (a reload may change it).
+    pub forwarded_server_header: AtomicBool,
+    /// Whether to write an access log line per request (a reload may change it).
+    pub access_log: AtomicBool,
+    /// Requests sent again after a failed attempt, for metrics.
+    pub retries: AtomicU64,
+}
+
+impl Forwarder {
+    /// A forwarder for this config, with the switches a reload may change later.
+    pub fn new(
+        balancer: Arc<Balancer>,
+        hangups: Hangups,
+        config: &crate::config::Config,
+    ) -> Forwarder {
+        let forwarder = Forwarder {
+            balancer,
+            hangups,
+            forwarded_server_header: AtomicBool::new(false),
+            access_log: AtomicBool::new(false),
+            retries: AtomicU64::new(0),
+        };
+        forwarder.set_switches(config);
+        forwarder
+    }
+
+    /// Takes over the switches of a (re)loaded config.
+    pub fn set_switches(&self, config: &crate::config::Config) {
+        self.forwarded_server_header
+            .store(config.forwarded_server_header, Ordering::Relaxed);
+        self.access_log.store(config.access_log, Ordering::Relaxed);
+    }
+}
+
+/// What the client finally got: for the access log and the statistics.
+struct Outcome {
+    status: u16,
+    body_bytes: u64,
+    backend: Option<Arc<Backend>>,
 }
 
 /// Why an attempt to forward failed, as far as the client's answer is concerned.
@@ -45,6 +87,16 @@ enum Failure {
 }
 
 impl Failure {
+    /// How the failure is counted against the backend, if it is the backend's.
+    fn error_kind(&self) -> Option<ErrorKind> {
+        match self {
+            Failure::Connect(_) => Some(ErrorKind::Connect),
+            Failure::Timeout(_) => Some(ErrorKind::Timeout),
+            Failure::Closed(_) | Failure::Broken(_) => Some(ErrorKind::Broken),
+            Failure::BadRequest(_) | Failure::ClientBody(_) => None,
+        }
+    }
+
     /// The one mapping from failure to status: 502 for a refused or broken backend, 504 for a
     /// slow one, 400 for a request that cannot be forwarded.
     fn status(&self) -> u16 {
@@ -100,6 +152,23 @@ impl Forwarder {
     /// Answers one client request; never panics on bad input, always answers or hangs up.
     pub fn handle(&self, job: Job, buffers: &mut Buffers) {
         let started = Instant::now();
+        let access = self
+            .access_log
+            .load(Ordering::Relaxed)
+            .then(|| AccessLine::of(&job.request));
+        let outcome = self.forward(job, buffers, started);
+        if let Some(line) = access {
+            let backend = outcome.backend.as_ref().map(|b| b.url.original.as_str());
+            line.log(
+                outcome.status,
+                outcome.body_bytes,
+                backend,
+                started.elapsed(),
+            );
+        }
+    }
+
+    fn forward(&self, job: Job, buffers: &mut Buffers, started: Instant) -> Outcome {
         let Job {
             mut request,
             verdict,
@@ -108,7 +177,14 @@ impl Forwarder {
         let client = client_side(&request);
         let framing = match verdict {
             Ok(framing) => framing,
-            Err(rejection) => return self.reject(request, &client, &rejection, buffers),
+            Err(rejection) => {
+                let status = self.reject(request, &client, &rejection, buffers);
+                return Outcome {
+                    status,
+                    body_bytes: 0,
+                    backend: None,
+                };
+            }
         };
         let client_ip = client_addr.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
         let method = request.method().to_string();
@@ -117,19 +193,21 @@ impl Forwarder {
             "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE"
         );
 
-        let mut tried: Vec<usize> = Vec::new();
+        let mut tried: Vec<u64> = Vec::new();
         let mut last_failure: Option<Failure> = None;
-        'backends: while let Some((index, in_flight)) = self.balancer.pick(client_ip, &tried) {
-            let backend = in_flight.backend();
+        let mut last_backend: Option<Arc<Backend>> = None;
+        'backends: while let Some(in_flight) = self.balancer.pick(client_ip, &tried) {
+            let backend = Arc::clone(in_flight.backend());
             // A pooled keep-alive connection can be closed by the backend just as a request is
             // sent on it; a request that is safe to repeat gets one more try, on a fresh one.
             let mut may_retry_here = idempotent;
             loop {
-                let attempt = self.attempt(&mut request, backend, client_addr, framing);
+                let attempt = self.attempt(&mut request, &backend, client_addr, framing);
                 let (failure, body_started) = match attempt {
                     Ok(response) => {
                         let forwarded = self
                             .forwarded_server_header
+                            .load(Ordering::Relaxed)
                             .then_some(backend.url.original.as_str());
                         let mut writer = request.into_writer();
                         let outcome = relay::relay_response(
@@ -140,8 +218,14 @@ impl Forwarder {
                             buffers,
                         );
                         drop(in_flight);
-                        self.finish_relay(outcome, writer, client_addr, &method, started);
-                        return;
+                        let (status, body_bytes) =
+                            self.finish_relay(outcome, writer, client_addr, &method, started);
+                        backend.stats.record_answer(status, started.elapsed());
+                        return Outcome {
+                            status,
+                            body_bytes,
+                            backend: Some(backend),
+                        };
                     }
                     Err(failed) => failed,
                 };
@@ -150,6 +234,9 @@ impl Forwarder {
                     backend.url.original,
                     describe_failure(&failure)
                 );
+                if let Some(kind) = failure.error_kind() {
+                    backend.stats.record_error(kind);
+                }
                 let replayable = !body_started;
                 let next = match &failure {
                     Failure::Connect(reason) => {
@@ -163,13 +250,20 @@ impl Forwarder {
                     _ => None,
                 };
                 last_failure = Some(failure);
+                if next.is_some() {
+                    self.retries.fetch_add(1, Ordering::Relaxed);
+                }
                 match next {
                     Some(Retry::SameBackend) => may_retry_here = false,
                     Some(Retry::OtherBackend) => {
-                        tried.push(index);
+                        tried.push(backend.key);
+                        last_backend = Some(backend);
                         continue 'backends;
                     }
-                    None => break 'backends,
+                    None => {
+                        last_backend = Some(backend);
+                        break 'backends;
+                    }
                 }
             }
         }
@@ -179,15 +273,25 @@ impl Forwarder {
         };
         let must_close =
             matches!(last_failure, Some(Failure::ClientBody(_))) || framing != BodyFraming::Empty;
-        self.answer(request, &client, status, message, None, must_close, buffers);
+        let body_bytes = self.answer(request, &client, status, message, None, must_close, buffers);
+        Outcome {
+            status,
+            body_bytes,
+            backend: last_backend,
+        }
     }
 
     /// Answers 503 with `Retry-After` when every worker is busy and the queue is full.
     pub fn refuse_busy(&self, job: Job, buffers: &mut Buffers) {
+        let started = Instant::now();
         let Job { request, verdict } = job;
+        let access = self
+            .access_log
+            .load(Ordering::Relaxed)
+            .then(|| AccessLine::of(&request));
         let client = client_side(&request);
         let unread_body = verdict != Ok(BodyFraming::Empty);
-        self.answer(
+        let body_bytes = self.answer(
             request,
             &client,
             503,
@@ -196,6 +300,9 @@ impl Forwarder {
             unread_body,
             buffers,
         );
+        if let Some(line) = access {
+            line.log(503, body_bytes, None, started.elapsed());
+        }
     }
 
     /// Sends the request to one backend; on failure also says whether client body bytes were
@@ -203,18 +310,19 @@ impl Forwarder {
     fn attempt(
         &self,
         request: &mut Request,
-        backend: &crate::backend::Backend,
+        backend: &Backend,
         client_addr: Option<SocketAddr>,
         framing: BodyFraming,
     ) -> Result<http::Response<ureq::Body>, (Failure, bool)> {
         let upstream = build_upstream_request(request, backend, client_addr, framing)
             .map_err(|f| (f, false))?;
         let mut body = ClientBody::new(request, framing, &self.hangups, client_addr);
+        let agent = backend.agent();
         let result = match framing {
-            BodyFraming::Empty => backend.agent().run(upstream),
-            BodyFraming::Length(_) | BodyFraming::Chunked => backend
-                .agent()
-                .run(upstream.map(|()| SendBody::from_reader(&mut body))),
+            BodyFraming::Empty => agent.run(upstream),
+            BodyFraming::Length(_) | BodyFraming::Chunked => {
+                agent.run(upstream.map(|()| SendBody::from_reader(&mut body)))
+            }
         };
         let body_started = body.bytes_read > 0;
         match result {
@@ -239,34 +347,47 @@ impl Forwarder {
         client_addr: Option<SocketAddr>,
         method: &str,
         started: Instant,
-    ) {
+    ) -> (u16, u64) {
         // Hang up while still holding the writer: once it is dropped, tiny_http may write an
         // answer of its own (to bytes it parsed after this request) before the socket closes.
-        match outcome {
+        let result = match outcome {
             Relayed::Complete { status, body_bytes } => {
                 log::debug!(
                     "{method} -> {status}, {body_bytes} bytes in {:?}",
                     started.elapsed()
                 );
+                (status, body_bytes)
             }
-            Relayed::ClientGone { status, error } => {
+            Relayed::ClientGone {
+                status,
+                body_bytes,
+                error,
+            } => {
                 log::debug!("{method} -> {status}: client went away ({error})");
                 self.hangups.hang_up(client_addr.as_ref());
+                (status, body_bytes)
             }
-            Relayed::BackendFailed { status, error } => {
+            Relayed::BackendFailed {
+                status,
+                body_bytes,
+                error,
+            } => {
                 log::warn!(
                     "{method} -> {status}: backend body broke off ({error}); closing the client connection"
                 );
                 self.hangups.hang_up(client_addr.as_ref());
+                (status, body_bytes)
             }
             Relayed::CloseDelimited { status, body_bytes } => {
                 log::debug!(
                     "{method} -> {status}, {body_bytes} bytes, connection closed to end the body"
                 );
                 self.hangups.hang_up(client_addr.as_ref());
+                (status, body_bytes)
             }
-        }
+        };
         drop(writer);
+        result
     }
 
     /// Refuses a request before forwarding anything, and ends its connection: the unread body
@@ -277,7 +398,7 @@ impl Forwarder {
         client: &ClientSide,
         rejection: &Rejection,
         buffers: &mut Buffers,
-    ) {
+    ) -> u16 {
         log::info!(
             "refused {} {} from {:?}: {}",
             request.method(),
@@ -294,6 +415,7 @@ impl Forwarder {
             true,
             buffers,
         );
+        rejection.status
     }
 
     /// Writes tinylb's own answer; `must_close` ends the connection after it.
@@ -307,7 +429,7 @@ impl Forwarder {
         extra_header: Option<&str>,
         must_close: bool,
         buffers: &mut Buffers,
-    ) {
+    ) -> u64 {
         let client_addr = request.remote_addr().copied();
         if must_close {
             // Before the request (and its body reader) goes back to tiny_http.
@@ -328,8 +450,13 @@ impl Forwarder {
             self.hangups.close_socket(client_addr.as_ref());
         }
         drop(writer);
-        if let Err(error) = written {
-            log::debug!("could not send {status} to {client_addr:?}: {error}");
+        match written {
+            Ok(()) if client.head_request => 0,
+            Ok(()) => message.len() as u64 + 1,
+            Err(error) => {
+                log::debug!("could not send {status} to {client_addr:?}: {error}");
+                0
+            }
         }
     }
 }

@@ -4,15 +4,18 @@
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
-use crossbeam_channel::{Receiver, select, tick};
+use crossbeam_channel::{Receiver, after, select};
+use parking_lot::RwLock;
 
 use crate::backend::Backend;
+use crate::balancer::Balancer;
 use crate::config::HealthConfig;
 
 /// Checks every backend once and sets its state directly: the first round at start-up, so a
 /// backend that is already dead gets no traffic while `fall` failures accumulate.
-pub fn first_round(backends: &[Backend], settings: &HealthConfig) {
+pub fn first_round(backends: &[std::sync::Arc<Backend>], settings: &HealthConfig) {
     let agent = check_agent(settings);
     for backend in backends {
         let (passed, reason) = check(&agent, backend);
@@ -20,23 +23,29 @@ pub fn first_round(backends: &[Backend], settings: &HealthConfig) {
     }
 }
 
-/// Starts the health thread; it stops when `shutdown` is closed or receives a message.
+/// Starts the health thread; it stops when `shutdown` is closed or receives a message. It reads
+/// the backend list and the settings afresh every round, so a live reload reaches it.
 pub fn spawn(
-    backends: Arc<[Backend]>,
-    settings: HealthConfig,
+    balancer: Arc<Balancer>,
+    settings: Arc<RwLock<HealthConfig>>,
     shutdown: Receiver<()>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("health".into())
         .spawn(move || {
-            let agent = check_agent(&settings);
-            let ticker = tick(settings.interval);
+            // Rounds start every interval, however long a round took (fixed rate, like a
+            // ticker), so a slow round does not push the next one back.
+            let mut next_round = Instant::now() + settings.read().interval;
             loop {
+                let wait = next_round.saturating_duration_since(Instant::now());
                 select! {
-                    recv(ticker) -> _ => {
-                        for backend in backends.iter() {
+                    recv(after(wait)) -> _ => {
+                        let current = *settings.read();
+                        next_round = (next_round + current.interval).max(Instant::now());
+                        let agent = check_agent(&current);
+                        for backend in balancer.backends().iter() {
                             let (passed, reason) = check(&agent, backend);
-                            backend.record_check(passed, &reason, &settings);
+                            backend.record_check(passed, &reason, &current);
                         }
                     }
                     recv(shutdown) -> _ => return,

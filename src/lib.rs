@@ -22,6 +22,8 @@
 //! - `info`: start, health flips back up, refused requests, shutdown.
 //! - `debug`: one line per request.
 
+pub mod access_log;
+pub mod admin;
 pub mod backend;
 pub mod balancer;
 pub mod config;
@@ -31,27 +33,52 @@ pub mod hangup;
 pub mod headers;
 pub mod health;
 pub mod listener;
+pub mod metrics;
 pub mod pool;
 pub mod relay;
+pub mod reload;
 pub mod request_check;
 pub mod socket_options;
+pub mod stats;
+pub mod status;
+pub mod status_page;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use parking_lot::RwLock;
 
+use crate::admin::Admin;
 use crate::backend::Backend;
 use crate::balancer::Balancer;
-use crate::config::Config;
-use crate::forward::Forwarder;
+use crate::config::{Config, HealthConfig};
+use crate::forward::{Forwarder, Job};
 use crate::hangup::Hangups;
-use crate::pool::WorkerPool;
+use crate::pool::{PoolCounters, WorkerPool};
 
-/// A running load balancer: listener, intake, workers and health thread.
+/// What the admin listener and the reload watcher share with the request path.
+pub struct Shared {
+    /// The request path: balancer, switches, retry counter.
+    pub forwarder: Arc<Forwarder>,
+    /// Health-check settings, read by the health thread every round.
+    pub health: Arc<RwLock<HealthConfig>>,
+    /// The config in force (after reloads).
+    pub config: RwLock<Config>,
+    /// The requests' channel, for its length.
+    pub queue: Receiver<Job>,
+    /// How busy the workers are.
+    pub pool: Arc<PoolCounters>,
+    /// When tinylb started, for the uptime.
+    pub started: Instant,
+}
+
+/// A running load balancer: listener, intake, workers, health thread, and optionally the admin
+/// listener and the config watcher.
 pub struct LoadBalancer {
     local_addr: SocketAddr,
     stopping: Arc<AtomicBool>,
@@ -59,8 +86,10 @@ pub struct LoadBalancer {
     pool: WorkerPool,
     health: JoinHandle<()>,
     stop_health: Sender<()>,
+    admin: Option<Admin>,
+    watcher: Option<(JoinHandle<()>, Sender<()>)>,
     grace_period: Duration,
-    forwarder: Arc<Forwarder>,
+    shared: Arc<Shared>,
 }
 
 /// What a graceful shutdown achieved, for the last log line and for tests.
@@ -78,17 +107,22 @@ impl LoadBalancer {
     pub fn start(config: Config) -> Result<LoadBalancer, String> {
         let listener = listener::Listener::bind(config.listen, config.client_timeout)?;
         let local_addr = listener.local_addr();
-        let backends: Arc<[Backend]> = backend::backends_for(&config).into();
+        let backends: Vec<Arc<Backend>> = config
+            .servers
+            .iter()
+            .map(|server| Arc::new(Backend::new(server, &config)))
+            .collect();
         health::first_round(&backends, &config.health);
 
-        let forwarder = Arc::new(Forwarder {
-            balancer: Balancer::new(Arc::clone(&backends), config.algorithm, config.workers),
-            hangups: Hangups::new(local_addr.port()),
-            forwarded_server_header: config.forwarded_server_header,
-        });
+        let balancer = Arc::new(Balancer::new(backends, config.algorithm, config.workers));
+        let forwarder = Arc::new(Forwarder::new(
+            Arc::clone(&balancer),
+            Hangups::new(local_addr.port()),
+            &config,
+        ));
         let (queue, requests) = crossbeam_channel::bounded(config.queue_size);
         let spawn_error = |e: std::io::Error| format!("cannot start a thread: {e}");
-        let pool = WorkerPool::start(config.workers, requests, Arc::clone(&forwarder))
+        let pool = WorkerPool::start(config.workers, requests.clone(), Arc::clone(&forwarder))
             .map_err(spawn_error)?;
         let stopping = Arc::new(AtomicBool::new(false));
         let intake = listener::spawn_intake(
@@ -97,9 +131,22 @@ impl LoadBalancer {
             Arc::clone(&forwarder),
             Arc::clone(&stopping),
         )?;
+        let health_settings = Arc::new(RwLock::new(config.health));
         let (stop_health, health_stopped) = crossbeam_channel::bounded(1);
-        let health = health::spawn(Arc::clone(&backends), config.health, health_stopped)
+        let health = health::spawn(balancer, Arc::clone(&health_settings), health_stopped)
             .map_err(spawn_error)?;
+        let shared = Arc::new(Shared {
+            forwarder,
+            health: health_settings,
+            config: RwLock::new(config.clone()),
+            queue: requests,
+            pool: Arc::clone(pool.counters()),
+            started: Instant::now(),
+        });
+        let admin = match config.admin_address {
+            Some(addr) => Some(Admin::start(addr, Arc::clone(&shared))?),
+            None => None,
+        };
 
         log::info!(
             "tinylb {} listening on {local_addr}: {}",
@@ -113,9 +160,21 @@ impl LoadBalancer {
             pool,
             health,
             stop_health,
+            admin,
+            watcher: None,
             grace_period: config.shutdown_grace_period,
-            forwarder,
+            shared,
         })
+    }
+
+    /// Re-reads `path` whenever it changes and applies it live (see [`reload`]). `loaded` is
+    /// the text the running config was parsed from: any other content is a change.
+    pub fn watch_config(&mut self, path: PathBuf, loaded: String) -> Result<(), String> {
+        let (stop, stopped) = crossbeam_channel::bounded(1);
+        let thread = reload::spawn(path, loaded.into_bytes(), Arc::clone(&self.shared), stopped)
+            .map_err(|e| format!("cannot start a thread: {e}"))?;
+        self.watcher = Some((thread, stop));
+        Ok(())
     }
 
     /// The address actually bound (useful with port 0).
@@ -123,16 +182,22 @@ impl LoadBalancer {
         self.local_addr
     }
 
-    /// The backends, for status checks in tests and logs.
-    pub fn backends(&self) -> &[Backend] {
-        self.forwarder.balancer.backends()
+    /// The admin listener's address, if it runs.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.addr)
+    }
+
+    /// The backends now, in config order.
+    pub fn backends(&self) -> Arc<[Arc<Backend>]> {
+        self.shared.forwarder.balancer.backends()
     }
 
     /// Stops accepting, lets queued and in-flight requests finish for up to the grace period
-    /// (or until `abort` fires), and stops the health thread.
+    /// (or until `abort` fires), and stops the other threads.
     pub fn shutdown(self, abort: &Receiver<()>) -> ShutdownReport {
-        let served_before = self.pool.served();
-        let busy = self.pool.busy();
+        let counters = Arc::clone(self.pool.counters());
+        let served_before = counters.served();
+        let busy = counters.busy();
         self.stopping.store(true, Ordering::Relaxed);
         // The intake notices within a quarter second; it drops the listening socket (no new
         // connections) and the channel's sender (the workers drain the queue, then exit).
@@ -144,7 +209,14 @@ impl LoadBalancer {
         let abandoned = self.pool.wait(Instant::now() + self.grace_period, abort);
         let _ = self.stop_health.send(());
         let _ = self.health.join();
-        let drained = self.pool.served() - served_before;
+        if let Some((thread, stop)) = self.watcher {
+            let _ = stop.send(());
+            let _ = thread.join();
+        }
+        if let Some(admin) = self.admin {
+            admin.stop();
+        }
+        let drained = counters.served() - served_before;
         if abandoned > 0 {
             log::warn!("grace period over: {abandoned} requests abandoned, {drained} drained");
         } else {

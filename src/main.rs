@@ -83,8 +83,8 @@ fn main() -> ExitCode {
         }
         Command::Run { config, check_only } => (config, check_only),
     };
-    let config = match Config::load(&config_path) {
-        Ok(config) => config,
+    let (config, source) = match Config::load_with_source(&config_path) {
+        Ok(loaded) => loaded,
         Err(error) => {
             eprintln!("tinylb: bad config: {error}");
             return ExitCode::from(2);
@@ -109,13 +109,17 @@ fn main() -> ExitCode {
         log::error!("cannot install the signal handler: {error}");
         return ExitCode::FAILURE;
     }
-    let balancer = match LoadBalancer::start(config) {
+    let mut balancer = match LoadBalancer::start(config) {
         Ok(balancer) => balancer,
         Err(error) => {
             log::error!("{error}");
             return ExitCode::FAILURE;
         }
     };
+    // Live reload: edits to the config file are applied without a restart.
+    if let Err(error) = balancer.watch_config(config_path, source) {
+        log::warn!("config changes will need a restart: {error}");
+    }
     // Blocks until SIGINT or SIGTERM; a second signal cuts the grace period short.
     let _ = signals.recv();
     balancer.shutdown(&signals);

@@ -13,13 +13,29 @@ use crossbeam_channel::{Receiver, Sender, select};
 use crate::forward::{Forwarder, Job};
 use crate::relay::Buffers;
 
+/// How busy the workers are, for the status page and the shutdown log.
+#[derive(Debug, Default)]
+pub struct PoolCounters {
+    busy: AtomicUsize,
+    served: AtomicUsize,
+}
+
+impl PoolCounters {
+    /// Requests being forwarded right now.
+    pub fn busy(&self) -> usize {
+        self.busy.load(Ordering::Relaxed)
+    }
+
+    /// Requests finished since start.
+    pub fn served(&self) -> usize {
+        self.served.load(Ordering::Relaxed)
+    }
+}
+
 /// The running workers.
 pub struct WorkerPool {
     size: usize,
-    /// Requests a worker is handling right now, for the shutdown log.
-    busy: Arc<AtomicUsize>,
-    /// Requests finished since start, for the shutdown log.
-    served: Arc<AtomicUsize>,
+    counters: Arc<PoolCounters>,
     /// Each worker sends once when it exits, so shutdown can wait with a deadline (a
     /// `JoinHandle` cannot).
     exited: Receiver<()>,
@@ -32,21 +48,19 @@ impl WorkerPool {
         requests: Receiver<Job>,
         forwarder: Arc<Forwarder>,
     ) -> std::io::Result<WorkerPool> {
-        let busy = Arc::new(AtomicUsize::new(0));
-        let served = Arc::new(AtomicUsize::new(0));
+        let counters = Arc::new(PoolCounters::default());
         let (exit_sender, exited) = crossbeam_channel::bounded(size);
         for n in 0..size {
             let requests = requests.clone();
             let forwarder = Arc::clone(&forwarder);
-            let busy = Arc::clone(&busy);
-            let served = Arc::clone(&served);
+            let counters = Arc::clone(&counters);
             let exit_sender: Sender<()> = exit_sender.clone();
             std::thread::Builder::new()
                 .name(format!("worker-{n}"))
                 .spawn(move || {
                     let mut buffers = Buffers::default();
                     for job in requests.iter() {
-                        busy.fetch_add(1, Ordering::Relaxed);
+                        counters.busy.fetch_add(1, Ordering::Relaxed);
                         // A bug must cost one request, not a worker: the dropped Request
                         // answers 500 by itself.
                         let result = catch_unwind(AssertUnwindSafe(|| {
@@ -56,28 +70,22 @@ impl WorkerPool {
                             log::error!("a worker panicked while forwarding a request");
                             buffers = Buffers::default();
                         }
-                        busy.fetch_sub(1, Ordering::Relaxed);
-                        served.fetch_add(1, Ordering::Relaxed);
+                        counters.busy.fetch_sub(1, Ordering::Relaxed);
+                        counters.served.fetch_add(1, Ordering::Relaxed);
                     }
                     let _ = exit_sender.send(());
                 })?;
         }
         Ok(WorkerPool {
             size,
-            busy,
-            served,
+            counters,
             exited,
         })
     }
 
-    /// Requests being forwarded right now.
-    pub fn busy(&self) -> usize {
-        self.busy.load(Ordering::Relaxed)
-    }
-
-    /// Requests finished since start.
-    pub fn served(&self) -> usize {
-        self.served.load(Ordering::Relaxed)
+    /// The pool's counters, shared with the status page.
+    pub fn counters(&self) -> &Arc<PoolCounters> {
+        &self.counters
     }
 
     /// Waits until every worker has exited (the channel's sender must be gone), the deadline
@@ -90,8 +98,8 @@ impl WorkerPool {
                     if message.is_err() { break; }
                     exited += 1;
                 }
-                recv(abort) -> _ => return self.busy(),
-                default(deadline.saturating_duration_since(Instant::now())) => return self.busy(),
+                recv(abort) -> _ => return self.counters.busy(),
+                default(deadline.saturating_duration_since(Instant::now())) => return self.counters.busy(),
             }
         }
         0

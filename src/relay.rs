@@ -58,10 +58,18 @@ pub enum Relayed {
     /// Everything the backend sent reached the client.
     Complete { status: u16, body_bytes: u64 },
     /// The client stopped reading or went away.
-    ClientGone { status: u16, error: io::Error },
+    ClientGone {
+        status: u16,
+        body_bytes: u64,
+        error: io::Error,
+    },
     /// The backend's body broke off; the client got a transfer it can tell is truncated, and
     /// the caller must end the connection.
-    BackendFailed { status: u16, error: io::Error },
+    BackendFailed {
+        status: u16,
+        body_bytes: u64,
+        error: io::Error,
+    },
     /// The body has no length and the client speaks HTTP/1.0: it ends at connection close, so
     /// the caller must end the connection.
     CloseDelimited { status: u16, body_bytes: u64 },
@@ -168,6 +176,7 @@ pub fn relay_response(
             },
             Err(error) => Relayed::ClientGone {
                 status: code,
+                body_bytes: 0,
                 error,
             },
         };
@@ -185,6 +194,7 @@ pub fn relay_response(
                 let _ = writer.write_all(head).and_then(|()| writer.flush());
                 return Relayed::BackendFailed {
                     status: code,
+                    body_bytes,
                     error,
                 };
             }
@@ -211,6 +221,7 @@ pub fn relay_response(
         if let Err(error) = written.and_then(|()| writer.flush()) {
             return Relayed::ClientGone {
                 status: code,
+                body_bytes,
                 error,
             };
         }
@@ -228,6 +239,7 @@ pub fn relay_response(
         );
         return Relayed::BackendFailed {
             status: code,
+            body_bytes,
             error,
         };
     }

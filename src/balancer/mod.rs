@@ -90,7 +90,6 @@ pub trait Strategy: Send {
 
 /// The backends plus the algorithm's state, shared by every worker.
 pub struct Balancer {
-    backends: Arc<[Backend]>,
     /// Most requests one backend may hold while another healthy backend exists: half the
     /// workers (rounded up), so a backend that hangs cannot take every worker from the others.
     /// Two healthy backends' limits always add up to at least the worker count, so the limit
@@ -100,6 +99,8 @@ pub struct Balancer {
 }
 
 struct PickState {
+    backends: Arc<[Arc<Backend>]>,
+    algorithm: Algorithm,
     strategy: Box<dyn Strategy>,
     /// Reused for every pick so the hot path does not allocate.
     peers: Vec<Peer>,
@@ -107,36 +108,57 @@ struct PickState {
 
 impl Balancer {
     /// A balancer over these backends with the given algorithm, for `workers` workers.
-    pub fn new(backends: Arc<[Backend]>, algorithm: Algorithm, workers: usize) -> Balancer {
+    pub fn new(backends: Vec<Arc<Backend>>, algorithm: Algorithm, workers: usize) -> Balancer {
         Balancer {
             per_backend_limit: workers.div_ceil(2).max(1),
             state: Mutex::new(PickState {
-                strategy: algorithm.strategy(),
                 peers: Vec::with_capacity(backends.len()),
+                backends: backends.into(),
+                algorithm,
+                strategy: algorithm.strategy(),
             }),
-            backends,
         }
     }
 
-    /// The backends, in config order.
-    pub fn backends(&self) -> &Arc<[Backend]> {
-        &self.backends
+    /// The backends now, in config order (a reload may replace the list later).
+    pub fn backends(&self) -> Arc<[Arc<Backend>]> {
+        Arc::clone(&self.state.lock().backends)
     }
 
-    /// Chooses a healthy backend not in `exclude` and counts the request as in flight on it.
-    pub fn pick(&self, client: IpAddr, exclude: &[usize]) -> Option<(usize, InFlight<'_>)> {
+    /// The algorithm now.
+    pub fn algorithm(&self) -> Algorithm {
+        self.state.lock().algorithm
+    }
+
+    /// Installs a new list and algorithm (a live reload); requests in flight keep their
+    /// backends. The algorithm starts afresh, since its state refers to the old list.
+    pub fn replace(&self, backends: Vec<Arc<Backend>>, algorithm: Algorithm) {
         let mut state = self.state.lock();
-        let PickState { strategy, peers } = &mut *state;
-        peers.clear();
-        let healthy = self.backends.iter().filter(|b| b.is_healthy()).count();
+        state.backends = backends.into();
+        state.algorithm = algorithm;
+        state.strategy = algorithm.strategy();
+    }
+
+    /// Chooses an available backend whose key is not in `exclude` (those already failed this
+    /// request) and counts the request as in flight on it.
+    pub fn pick(&self, client: IpAddr, exclude: &[u64]) -> Option<InFlight> {
+        let mut state = self.state.lock();
+        let PickState {
+            backends,
+            strategy,
+            peers,
+            ..
+        } = &mut *state;
+        let healthy = backends.iter().filter(|b| b.is_available()).count();
         let limit = if healthy >= 2 {
             self.per_backend_limit
         } else {
             usize::MAX
         };
-        peers.extend(self.backends.iter().enumerate().map(|(i, b)| Peer {
-            available: b.is_healthy() && !exclude.contains(&i) && b.in_flight() < limit,
-            weight: b.weight,
+        peers.clear();
+        peers.extend(backends.iter().map(|b| Peer {
+            available: b.is_available() && !exclude.contains(&b.key) && b.in_flight() < limit,
+            weight: b.weight(),
             in_flight: b.in_flight(),
             key: b.key,
         }));
@@ -145,7 +167,7 @@ impl Balancer {
             peers[index].available,
             "a strategy picked an unavailable peer"
         );
-        Some((index, self.backends[index].start_request()))
+        Some(backends[index].start_request())
     }
 }
 

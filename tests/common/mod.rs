@@ -207,3 +207,96 @@ pub fn read_response(reader: &mut impl std::io::BufRead) -> std::io::Result<(u16
     }
     Ok((status, body))
 }
+
+/// Starts tinylb in-process from a whole config.json text, for tests that need settings
+/// `start_lb` fixes (its health-check interval, for one).
+pub fn start_lb_from_json(text: &str) -> TestLb {
+    let config = Config::parse(text).unwrap_or_else(|e| panic!("bad test config {text}: {e}"));
+    let lb = LoadBalancer::start(config).expect("tinylb starts");
+    let addr = lb.local_addr();
+    TestLb { lb: Some(lb), addr }
+}
+
+/// A raw backend that passes health checks (HEAD gets `200`, then the connection closes) and
+/// never answers anything else: it holds every other request open, reading nothing more, for
+/// up to 10 s or until dropped. For `backendTimeout` tests.
+pub struct HangingBackend {
+    addr: SocketAddr,
+    stopping: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    acceptor: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HangingBackend {
+    pub fn start() -> HangingBackend {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("hanging backend binds");
+        let addr = listener.local_addr().expect("bound");
+        let stopping = Arc::new(AtomicBool::new(false));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let acceptor = {
+            let (stopping, hits) = (Arc::clone(&stopping), Arc::clone(&hits));
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stopping.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let Ok(mut stream) = stream else { continue };
+                    let (stopping, hits) = (Arc::clone(&stopping), Arc::clone(&hits));
+                    std::thread::spawn(move || {
+                        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                        let mut head = Vec::new();
+                        let mut buf = [0u8; 1024];
+                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match stream.read(&mut buf) {
+                                Ok(n) if n > 0 && head.len() < 65536 => {
+                                    head.extend_from_slice(&buf[..n])
+                                }
+                                _ => return,
+                            }
+                        }
+                        if head.starts_with(b"HEAD ") {
+                            let _ = stream.write_all(
+                                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                            );
+                            return;
+                        }
+                        hits.fetch_add(1, Ordering::SeqCst);
+                        let until = Instant::now() + Duration::from_secs(10);
+                        while Instant::now() < until && !stopping.load(Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                    });
+                }
+            })
+        };
+        HangingBackend {
+            addr,
+            stopping,
+            hits,
+            acceptor: Some(acceptor),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Requests held open (health checks not counted).
+    pub fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for HangingBackend {
+    fn drop(&mut self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr); // wakes the accept loop
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+    }
+}

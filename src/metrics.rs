@@ -1,0 +1,169 @@
+//! `/metrics` in the Prometheus text exposition format (version 0.0.4), names prefixed
+//! `tinylb_`. Built from the same [`Status`] snapshot as the status page.
+
+use std::fmt::Write as _;
+
+use crate::stats::LATENCY_BUCKETS;
+use crate::status::Status;
+
+/// The whole exposition.
+pub fn render(status: &Status) -> String {
+    let mut out = String::with_capacity(4096);
+    header(
+        &mut out,
+        "requests_total",
+        "counter",
+        "Answers relayed from backends to clients, by backend and status class.",
+    );
+    for b in &status.backends {
+        for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "tinylb_requests_total{{backend=\"{}\",class=\"{class}\"}} {}",
+                label(&b.url),
+                b.stats.by_class[i]
+            );
+        }
+    }
+    header(
+        &mut out,
+        "backend_errors_total",
+        "counter",
+        "Failed attempts to forward, by backend and kind (connect, timeout, broken).",
+    );
+    for b in &status.backends {
+        for (kind, value) in [
+            ("connect", b.errors.connect),
+            ("timeout", b.errors.timeout),
+            ("broken", b.errors.broken),
+        ] {
+            let _ = writeln!(
+                out,
+                "tinylb_backend_errors_total{{backend=\"{}\",kind=\"{kind}\"}} {value}",
+                label(&b.url)
+            );
+        }
+    }
+    header(
+        &mut out,
+        "requests_in_flight",
+        "gauge",
+        "Requests a backend is serving right now.",
+    );
+    per_backend(&mut out, status, "requests_in_flight", |b| {
+        b.in_flight as f64
+    });
+    header(
+        &mut out,
+        "backend_up",
+        "gauge",
+        "1 if the backend passes its health checks, else 0.",
+    );
+    per_backend(&mut out, status, "backend_up", |b| {
+        f64::from(u8::from(b.state != "down"))
+    });
+    header(
+        &mut out,
+        "backend_draining",
+        "gauge",
+        "1 if the backend is drained from the admin listener.",
+    );
+    per_backend(&mut out, status, "backend_draining", |b| {
+        f64::from(u8::from(b.state == "draining"))
+    });
+    header(
+        &mut out,
+        "health_flips_total",
+        "counter",
+        "Times the backend's health state flipped.",
+    );
+    per_backend(&mut out, status, "health_flips_total", |b| b.flips as f64);
+    header(
+        &mut out,
+        "request_duration_seconds",
+        "histogram",
+        "Time from a worker taking the request to the end of the answer, by backend.",
+    );
+    for b in &status.backends {
+        let url = label(&b.url);
+        for (bound, count) in LATENCY_BUCKETS.iter().zip(&b.stats.cumulative_buckets) {
+            let _ = writeln!(
+                out,
+                "tinylb_request_duration_seconds_bucket{{backend=\"{url}\",le=\"{bound}\"}} {count}"
+            );
+        }
+        let total = b.stats.cumulative_buckets.last().copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "tinylb_request_duration_seconds_bucket{{backend=\"{url}\",le=\"+Inf\"}} {total}"
+        );
+        let _ = writeln!(
+            out,
+            "tinylb_request_duration_seconds_sum{{backend=\"{url}\"}} {}",
+            b.stats.latency_sum_seconds
+        );
+        let _ = writeln!(
+            out,
+            "tinylb_request_duration_seconds_count{{backend=\"{url}\"}} {total}"
+        );
+    }
+    header(
+        &mut out,
+        "retries_total",
+        "counter",
+        "Requests sent again after a failed attempt.",
+    );
+    let _ = writeln!(out, "tinylb_retries_total {}", status.retries);
+    header(
+        &mut out,
+        "queue_depth",
+        "gauge",
+        "Requests waiting for a worker.",
+    );
+    let _ = writeln!(out, "tinylb_queue_depth {}", status.queue_depth);
+    header(&mut out, "workers", "gauge", "Size of the worker pool.");
+    let _ = writeln!(out, "tinylb_workers {}", status.workers);
+    header(
+        &mut out,
+        "workers_busy",
+        "gauge",
+        "Workers forwarding a request right now.",
+    );
+    let _ = writeln!(out, "tinylb_workers_busy {}", status.busy_workers);
+    header(
+        &mut out,
+        "uptime_seconds",
+        "gauge",
+        "Seconds since tinylb started.",
+    );
+    let _ = writeln!(out, "tinylb_uptime_seconds {}", status.uptime_seconds);
+    out
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP tinylb_{name} {help}");
+    let _ = writeln!(out, "# TYPE tinylb_{name} {kind}");
+}
+
+fn per_backend(
+    out: &mut String,
+    status: &Status,
+    name: &str,
+    value: impl Fn(&crate::status::BackendStatus) -> f64,
+) {
+    for b in &status.backends {
+        let _ = writeln!(
+            out,
+            "tinylb_{name}{{backend=\"{}\"}} {}",
+            label(&b.url),
+            value(b)
+        );
+    }
+}
+
+/// Escapes a label value: backslash, double quote and newline.
+fn label(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

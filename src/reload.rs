@@ -1,0 +1,129 @@
+//! Live reload: a thread reads config.json every half second and, when its bytes change
+//! (edited in place, or replaced by a rename as editors and config tools do), applies the new
+//! config without dropping a request in flight or a client connection. A config that does not
+//! validate is refused with one log line naming the key, and the old one stays in force.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+
+use crate::Shared;
+use crate::backend::Backend;
+use crate::config::Config;
+
+/// How often the file is read. Reading a small file twice a second costs nothing measurable,
+/// and comparing bytes (not mtime) catches every kind of edit.
+const POLL: Duration = Duration::from_millis(500);
+
+/// Starts the watcher thread, which treats any content other than `loaded` (the bytes the
+/// running config came from) as a change; it stops when `stop` fires or is dropped.
+pub fn spawn(
+    path: PathBuf,
+    loaded: Vec<u8>,
+    shared: Arc<Shared>,
+    stop: Receiver<()>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("reload".into())
+        .spawn(move || {
+            let mut last_seen = Some(loaded);
+            while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stop.recv_timeout(POLL) {
+                let Ok(bytes) = std::fs::read(&path) else {
+                    continue; // mid-rename, or removed: keep the running config
+                };
+                if last_seen.as_ref() == Some(&bytes) {
+                    continue;
+                }
+                last_seen = Some(bytes.clone());
+                match std::str::from_utf8(&bytes)
+                    .map_err(|_| "the file is not UTF-8".to_string())
+                    .and_then(|text| Config::parse(text).map_err(|e| e.to_string()))
+                {
+                    Ok(config) => apply(&shared, config),
+                    Err(error) => log::error!(
+                        "config reload refused, keeping the running config: {}: {error}",
+                        path.display()
+                    ),
+                }
+            }
+        })
+}
+
+/// Applies a new, valid config: backends added, removed or re-weighted, algorithm, timeouts,
+/// health checks and switches. Keeps each surviving backend's state (health, counters, pool).
+pub fn apply(shared: &Shared, new: Config) {
+    let mut current = shared.config.write();
+    let fixed: Vec<&str> = [
+        ("port", current.listen != new.listen),
+        ("workers", current.workers != new.workers),
+        ("queueSize", current.queue_size != new.queue_size),
+        (
+            "clientTimeout",
+            current.client_timeout != new.client_timeout,
+        ),
+        ("adminAddress", current.admin_address != new.admin_address),
+        (
+            "shutdownGracePeriod",
+            current.shutdown_grace_period != new.shutdown_grace_period,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect();
+    if !fixed.is_empty() {
+        log::warn!(
+            "config reload: {} cannot change while tinylb runs; restart it for that (the rest is applied)",
+            fixed.join(", ")
+        );
+    }
+    let timeouts_changed = current.connect_timeout != new.connect_timeout
+        || current.backend_timeout != new.backend_timeout;
+    // Settings that every backend's Agent is built from follow the new file; the fixed ones
+    // (workers sizes the pools) stay as they run.
+    let mut effective = new.clone();
+    effective.listen = current.listen;
+    effective.workers = current.workers;
+    effective.queue_size = current.queue_size;
+    effective.client_timeout = current.client_timeout;
+    effective.admin_address = current.admin_address;
+    effective.shutdown_grace_period = current.shutdown_grace_period;
+
+    let old = shared.forwarder.balancer.backends();
+    let mut added = Vec::new();
+    let backends: Vec<Arc<Backend>> = effective
+        .servers
+        .iter()
+        .map(|server| match old.iter().find(|b| b.url == server.url) {
+            Some(existing) => {
+                existing.reconfigure(server, &effective, timeouts_changed);
+                Arc::clone(existing)
+            }
+            None => {
+                let backend = Arc::new(Backend::new(server, &effective));
+                added.push(Arc::clone(&backend));
+                backend
+            }
+        })
+        .collect();
+    // New backends get a check before their first request, as at start-up.
+    crate::health::first_round(&added, &effective.health);
+    let removed = old
+        .iter()
+        .filter(|b| !backends.iter().any(|n| Arc::ptr_eq(n, b)))
+        .count();
+    shared
+        .forwarder
+        .balancer
+        .replace(backends, effective.algorithm);
+    *shared.health.write() = effective.health;
+    shared.forwarder.set_switches(&effective);
+    log::info!(
+        "config reloaded: {} added, {removed} removed; {}",
+        added.len(),
+        effective.summary()
+    );
+    *current = effective;
+}

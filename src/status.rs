@@ -1,0 +1,179 @@
+//! One snapshot of what tinylb is doing, gathered from the live counters, and shown three ways
+//! by the admin listener: the HTML status page, `/status.json`, and Prometheus `/metrics`.
+
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::Shared;
+use crate::stats::StatsSnapshot;
+
+/// The whole status, as `/status.json` returns it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    /// tinylb's version.
+    pub version: &'static str,
+    /// The algorithm in force.
+    pub algorithm: &'static str,
+    /// Seconds since start.
+    pub uptime_seconds: u64,
+    /// The proxy's listen address.
+    pub listen: String,
+    /// Size of the worker pool.
+    pub workers: usize,
+    /// Workers forwarding a request right now.
+    pub busy_workers: usize,
+    /// Requests waiting for a worker.
+    pub queue_depth: usize,
+    /// Most requests that may wait before new ones get 503.
+    pub queue_capacity: usize,
+    /// Requests sent again after a failed attempt.
+    pub retries: u64,
+    /// The backends, in config order.
+    pub backends: Vec<BackendStatus>,
+}
+
+/// One backend's row.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendStatus {
+    /// Position in the config, as used by `/backends/{index}/drain`.
+    pub index: usize,
+    /// The URL as configured.
+    pub url: String,
+    /// Configured weight.
+    pub weight: u32,
+    /// `up`, `down` or `draining`.
+    pub state: &'static str,
+    /// Last active health check, if any.
+    pub last_check: Option<CheckStatus>,
+    /// Seconds since the health state last flipped (or was set at start).
+    pub since_flip_seconds: Option<f64>,
+    /// Health flips since start.
+    pub flips: u64,
+    /// Requests being served right now.
+    pub in_flight: usize,
+    /// Answers relayed since start.
+    pub served: u64,
+    /// Answers by status class.
+    pub responses: Classes,
+    /// Failed attempts by kind.
+    pub errors: Errors,
+    /// Median latency over the last 512 requests, in milliseconds.
+    pub latency_p50_ms: Option<f64>,
+    /// 99th percentile latency over the last 512 requests, in milliseconds.
+    pub latency_p99_ms: Option<f64>,
+    /// The raw counters, for `/metrics`.
+    #[serde(skip)]
+    pub stats: StatsSnapshot,
+}
+
+/// The last health check's result.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckStatus {
+    /// Seconds since the check.
+    pub ago_seconds: f64,
+    /// Whether it passed.
+    pub passed: bool,
+    /// Why it failed.
+    pub reason: Option<String>,
+}
+
+/// Answers by status class.
+#[derive(Debug, Serialize)]
+pub struct Classes {
+    #[serde(rename = "1xx")]
+    pub c1: u64,
+    #[serde(rename = "2xx")]
+    pub c2: u64,
+    #[serde(rename = "3xx")]
+    pub c3: u64,
+    #[serde(rename = "4xx")]
+    pub c4: u64,
+    #[serde(rename = "5xx")]
+    pub c5: u64,
+}
+
+/// Failed attempts by kind; `5xx` counts answers with a 5xx status from the backend.
+#[derive(Debug, Serialize)]
+pub struct Errors {
+    pub connect: u64,
+    pub timeout: u64,
+    pub broken: u64,
+    #[serde(rename = "5xx")]
+    pub server_error: u64,
+}
+
+impl Status {
+    /// Reads every counter once.
+    pub fn collect(shared: &Shared) -> Status {
+        let now = SystemTime::now();
+        let ago = |at: SystemTime| {
+            now.duration_since(at)
+                .unwrap_or(Duration::ZERO)
+                .as_secs_f64()
+        };
+        let backends = shared
+            .forwarder
+            .balancer
+            .backends()
+            .iter()
+            .enumerate()
+            .map(|(index, backend)| {
+                let stats = backend.stats.snapshot();
+                let health = backend.health_record();
+                let state = if !backend.is_healthy() {
+                    "down"
+                } else if backend.is_draining() {
+                    "draining"
+                } else {
+                    "up"
+                };
+                let [c1, c2, c3, c4, c5] = stats.by_class;
+                BackendStatus {
+                    index,
+                    url: backend.url.original.clone(),
+                    weight: backend.weight(),
+                    state,
+                    last_check: health.last_check.map(|(at, failure)| CheckStatus {
+                        ago_seconds: ago(at),
+                        passed: failure.is_none(),
+                        reason: failure,
+                    }),
+                    since_flip_seconds: health.last_flip.map(ago),
+                    flips: backend.flips(),
+                    in_flight: backend.in_flight(),
+                    served: stats.served(),
+                    responses: Classes { c1, c2, c3, c4, c5 },
+                    errors: Errors {
+                        connect: stats.connect_errors,
+                        timeout: stats.timeout_errors,
+                        broken: stats.broken_errors,
+                        server_error: c5,
+                    },
+                    latency_p50_ms: stats.p50_seconds.map(|s| s * 1000.0),
+                    latency_p99_ms: stats.p99_seconds.map(|s| s * 1000.0),
+                    stats,
+                }
+            })
+            .collect();
+        let config = shared.config.read();
+        Status {
+            version: env!("CARGO_PKG_VERSION"),
+            algorithm: shared.forwarder.balancer.algorithm().name(),
+            uptime_seconds: shared.started.elapsed().as_secs(),
+            listen: config.listen.to_string(),
+            workers: config.workers,
+            busy_workers: shared.pool.busy(),
+            queue_depth: shared.queue.len(),
+            queue_capacity: config.queue_size,
+            retries: shared
+                .forwarder
+                .retries
+                .load(std::sync::atomic::Ordering::Relaxed),
+            backends,
+        }
+    }
+}

@@ -1,0 +1,700 @@
+//! Live reload of config.json, with the `tinylb` binary and its stderr: servers added, removed
+//! and re-weighted, algorithm and timeouts changed, the file edited in place or replaced by a
+//! rename, invalid configs refused with one log line while the old one keeps serving, the
+//! listen address refusing to move, and not one failed request or dropped connection while
+//! the file is rewritten under load.
+
+mod common;
+use common::process::*;
+use common::*;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+/// How long a reload may take to show: the watcher polls every 500 ms.
+const RELOAD: Duration = Duration::from_secs(3);
+const WAIT: Duration = Duration::from_secs(5);
+
+/// A whole config.json on 127.0.0.1:0. Health checks every 500 ms (each with a 500 ms limit):
+/// no test here waits for one, and a shorter limit can take a backend out for a moment on a
+/// loaded machine, which would upset the exact counts.
+fn config_text(servers: &str, extra: &str) -> String {
+    let separator = if extra.is_empty() { "" } else { ", " };
+    format!(
+        r#"{{"port": "127.0.0.1:0", "healthCheckInterval": "500ms", "servers": [{servers}]{separator}{extra}}}"#
+    )
+}
+
+/// `"url", {"url": "url", "weight": 3}, ...` for (backend URL, weight) pairs; weight 1 is
+/// written as a plain string.
+fn servers(entries: &[(&str, u32)]) -> String {
+    entries
+        .iter()
+        .map(|(url, weight)| match weight {
+            1 => format!("\"{url}\""),
+            w => format!(r#"{{"url": "{url}", "weight": {w}}}"#),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// How tinylb's summary line lists these servers: `2 servers [http://a, http://b (weight 3)]`.
+fn summary(entries: &[(&str, u32)]) -> String {
+    let listed: Vec<String> = entries
+        .iter()
+        .map(|(url, weight)| match weight {
+            1 => url.to_string(),
+            w => format!("{url} (weight {w})"),
+        })
+        .collect();
+    format!("{} servers [{}]", entries.len(), listed.join(", "))
+}
+
+/// Rewrites the file where it is, as `echo > config.json` or an editor saving in place does.
+fn edit_in_place(config: &TempConfig, text: &str) {
+    std::fs::write(config.path(), text).expect("rewrite config");
+}
+
+/// Writes a new file beside it and renames it over the old one, as config tools do.
+fn replace_by_rename(config: &TempConfig, text: &str) {
+    let next = format!("{}.next", config.path());
+    std::fs::write(&next, text).expect("write the new config");
+    std::fs::rename(&next, config.path()).expect("rename over the config");
+}
+
+/// tinylb running as a child process on a config file, with its stderr lines. Unlike
+/// `common::process::Running`, it waits for a line *after a given position* and can give up
+/// without failing: every reload logs the same words, and the watcher check below retries.
+struct Tinylb {
+    _child: KillOnDrop,
+    lines: Receiver<String>,
+    /// Every stderr line received so far.
+    log: Vec<String>,
+}
+
+impl Tinylb {
+    fn spawn(config: &TempConfig) -> Tinylb {
+        let mut child = KillOnDrop(
+            command(&["--config", config.path()])
+                .spawn()
+                .expect("tinylb runs"),
+        );
+        let stderr = child.0.stderr.take().expect("piped stderr");
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                if sender.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Tinylb {
+            _child: child,
+            lines,
+            log: Vec::new(),
+        }
+    }
+
+    /// Starts tinylb and makes sure its config watcher has taken its baseline, by touching
+    /// the file (trailing spaces) until a reload is logged. Without this, an edit made right
+    /// after start-up can be lost: the watcher takes as its baseline whatever the file holds
+    /// when its thread starts, not what tinylb loaded (the bug that
+    /// `edit_made_while_tinylb_starts_is_not_lost` shows). The other tests wait it out so
+    /// that they test what they are named for.
+    fn start_watched(config: &TempConfig, text: &str) -> (Tinylb, SocketAddr) {
+        let mut lb = Tinylb::spawn(config);
+        let addr = lb.listening_addr();
+        for attempt in 1..=5 {
+            let from = lb.mark();
+            replace_by_rename(config, &format!("{text}{}", " ".repeat(attempt)));
+            if lb
+                .find(from, "config reloaded", Duration::from_millis(1500))
+                .is_some()
+            {
+                return (lb, addr);
+            }
+        }
+        panic!(
+            "the config watcher never noticed a change:\n{}",
+            lb.log.join("\n")
+        );
+    }
+
+    fn listening_addr(&mut self) -> SocketAddr {
+        parse_listening_addr(&self.expect(0, "listening on", Duration::from_secs(10)))
+    }
+
+    /// The position after every line received so far: later waits look only past it.
+    fn mark(&mut self) -> usize {
+        while let Ok(line) = self.lines.try_recv() {
+            self.log.push(line);
+        }
+        self.log.len()
+    }
+
+    /// The first line at or after position `from` that contains `needle`, waiting at most
+    /// `timeout` for it.
+    fn find(&mut self, from: usize, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let mut next = from;
+        loop {
+            if let Some(line) = self.log[next.min(self.log.len())..]
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return Some(line.clone());
+            }
+            next = self.log.len();
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.log.push(line),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Like [`Tinylb::find`], failing the test with the whole log when the line never comes.
+    fn expect(&mut self, from: usize, needle: &str, timeout: Duration) -> String {
+        self.find(from, needle, timeout).unwrap_or_else(|| {
+            panic!(
+                "no stderr line with {needle:?} within {timeout:?}; stderr:\n{}",
+                self.log.join("\n")
+            )
+        })
+    }
+
+    /// Lines at or after `from` that contain `needle`.
+    fn count_since(&self, from: usize, needle: &str) -> usize {
+        self.log[from..]
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// GETs `path` `n` times and checks how many answers came from backends a, b and c;
+    /// on a mismatch the failure shows tinylb's log.
+    fn assert_served(
+        &mut self,
+        addr: SocketAddr,
+        agent: &ureq::Agent,
+        path: &str,
+        n: usize,
+        expected: (usize, usize, usize),
+    ) {
+        let got = tally3(&get_n(addr, agent, path, n));
+        let from = self.mark().saturating_sub(30);
+        assert_eq!(
+            got,
+            expected,
+            "answers to {path} from (a, b, c); tinylb's log ends:\n{}",
+            self.log[from..].join("\n")
+        );
+    }
+
+    /// Waits for the `config reloaded` line, after `from`, that lists this configuration.
+    fn reloaded(&mut self, from: usize, fragment: &str) -> String {
+        let line = self.expect(from, fragment, RELOAD);
+        assert!(line.contains("config reloaded"), "{line}");
+        line
+    }
+}
+
+/// GETs `path` `n` times through the proxy on one keep-alive client; all must be 200.
+/// Returns who answered each.
+fn get_n(addr: SocketAddr, agent: &ureq::Agent, path: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let (status, body, backend) = get(agent, &format!("http://{addr}{path}"));
+            assert_eq!(status, 200, "request {i} to {path}: {body}");
+            backend.expect("fixture answers name their backend")
+        })
+        .collect()
+}
+
+fn count(names: &[String], name: &str) -> usize {
+    names.iter().filter(|n| *n == name).count()
+}
+
+/// (a, b, c) counts of who answered.
+fn tally3(names: &[String]) -> (usize, usize, usize) {
+    (count(names, "a"), count(names, "b"), count(names, "c"))
+}
+
+#[test]
+fn servers_added_and_removed_live_when_edited_in_place() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let c = Backend::start("c");
+    let (ua, ub, uc) = (a.url(), b.url(), c.url());
+    let first = config_text(&servers(&[(&ua, 1), (&ub, 1)]), "");
+    let config = TempConfig::new("reload-add-remove", &first);
+    let (mut lb, addr) = Tinylb::start_watched(&config, &first);
+    let agent = client();
+    lb.assert_served(addr, &agent, "/before", 4, (2, 2, 0));
+
+    let from = lb.mark();
+    let edited = Instant::now();
+    edit_in_place(&config, &config_text(&servers(&[(&ua, 1), (&uc, 1)]), ""));
+    let line = lb.reloaded(from, &summary(&[(&ua, 1), (&uc, 1)]));
+    assert!(
+        edited.elapsed() < Duration::from_secs(2),
+        "reload took {:?}",
+        edited.elapsed()
+    );
+    assert!(line.contains("1 added, 1 removed"), "{line}");
+
+    let b_before = b.proxied_count();
+    lb.assert_served(addr, &agent, "/after", 20, (10, 0, 10));
+    assert_eq!(
+        b.proxied_count(),
+        b_before,
+        "the removed backend got traffic"
+    );
+}
+
+#[test]
+fn request_in_flight_on_a_removed_backend_finishes() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let (ua, ub) = (a.url(), b.url());
+    let first = config_text(&servers(&[(&ua, 1), (&ub, 1)]), "");
+    let config = TempConfig::new("reload-in-flight", &first);
+    let (mut lb, addr) = Tinylb::start_watched(&config, &first);
+    // Round robin sends two requests at once to different backends: one slow request each.
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let url = format!("http://{addr}/slow/2500");
+            std::thread::spawn(move || get(&client(), &url))
+        })
+        .collect();
+    assert!(
+        wait_until(WAIT, || b.proxied_count() == 1 && a.proxied_count() == 1),
+        "the slow requests did not reach both backends"
+    );
+
+    let from = lb.mark();
+    replace_by_rename(&config, &config_text(&servers(&[(&ua, 1)]), ""));
+    lb.reloaded(from, "1 removed");
+    lb.assert_served(addr, &client(), "/after", 4, (4, 0, 0));
+    let mut answered: Vec<String> = slow
+        .into_iter()
+        .map(|thread| {
+            let (status, body, backend) = thread.join().expect("slow client");
+            assert_eq!(status, 200, "{body}");
+            backend.expect("named")
+        })
+        .collect();
+    answered.sort();
+    assert_eq!(
+        answered,
+        ["a", "b"],
+        "the request on the removed b did not finish"
+    );
+}
+
+#[test]
+fn weights_and_algorithm_change_live_when_replaced_by_rename() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let (ua, ub) = (a.url(), b.url());
+    let first = config_text(&servers(&[(&ua, 1), (&ub, 1)]), "");
+    let config = TempConfig::new("reload-weights", &first);
+    let (mut lb, addr) = Tinylb::start_watched(&config, &first);
+    let agent = client();
+    lb.assert_served(addr, &agent, "/rr", 8, (4, 4, 0));
+
+    let wrr = r#""algorithm": "weighted-round-robin""#;
+    let three_to_one = [(ua.as_str(), 3), (ub.as_str(), 1)];
+    let from = lb.mark();
+    replace_by_rename(&config, &config_text(&servers(&three_to_one), wrr));
+    lb.reloaded(
+        from,
+        &format!("algorithm weighted-round-robin, {}", summary(&three_to_one)),
+    );
+    lb.assert_served(addr, &agent, "/3-1", 8, (6, 2, 0));
+
+    let one_to_three = [(ua.as_str(), 1), (ub.as_str(), 3)];
+    let from = lb.mark();
+    replace_by_rename(&config, &config_text(&servers(&one_to_three), wrr));
+    lb.reloaded(from, &summary(&one_to_three));
+    lb.assert_served(addr, &agent, "/1-3", 8, (2, 6, 0));
+
+    // And back to an algorithm that ignores weights.
+    let rr = r#""algorithm": "round-robin""#;
+    let from = lb.mark();
+    replace_by_rename(&config, &config_text(&servers(&one_to_three), rr));
+    lb.reloaded(
+        from,
+        &format!("algorithm round-robin, {}", summary(&one_to_three)),
+    );
+    lb.assert_served(addr, &agent, "/rr-again", 8, (4, 4, 0));
+}
+
+#[test]
+fn backend_timeout_changes_live() {
+    let hanging = HangingBackend::start();
+    let url = hanging.url();
+    let first = config_text(&servers(&[(&url, 1)]), r#""backendTimeout": "5s""#);
+    let config = TempConfig::new("reload-timeout", &first);
+    let (mut lb, addr) = Tinylb::start_watched(&config, &first);
+
+    // With 5 s, a client that waits 1 s gets nothing.
+    let impatient = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .proxy(None)
+        .timeout_global(Some(Duration::from_secs(1)))
+        .build()
+        .new_agent();
+    let before = impatient.get(format!("http://{addr}/before")).call();
+    assert!(
+        before.is_err(),
+        "answered within 1 s with a 5 s backendTimeout: {:?}",
+        before.map(|r| r.status())
+    );
+    assert_eq!(hanging.hits(), 1);
+
+    // The timeout and the algorithm change in one reload.
+    let from = lb.mark();
+    replace_by_rename(
+        &config,
+        &config_text(
+            &servers(&[(&url, 1)]),
+            r#""backendTimeout": "300ms", "algorithm": "least-connections""#,
+        ),
+    );
+    lb.reloaded(from, "algorithm least-connections");
+    let started = Instant::now();
+    let (status, body, _) = get(&client(), &format!("http://{addr}/after"));
+    let took = started.elapsed();
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(2),
+        "504 after {took:?} with a 300 ms backendTimeout"
+    );
+    assert_eq!(hanging.hits(), 2);
+}
+
+#[test]
+fn invalid_config_is_refused_with_one_line_and_the_old_one_keeps_serving() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let (ua, ub) = (a.url(), b.url());
+    let good = config_text(&servers(&[(&ua, 1), (&ub, 1)]), "");
+    let config = TempConfig::new("reload-invalid", &good);
+    let (mut lb, addr) = Tinylb::start_watched(&config, &good);
+    let agent = client();
+    let start = lb.mark();
+
+    let weight_zero = config_text(&format!(r#""{ua}", {{"url": "{ub}", "weight": 0}}"#), "");
+    replace_by_rename(&config, &weight_zero);
+    let line = lb.expect(start, "config reload refused", RELOAD);
+    assert!(
+        line.contains("servers[1].weight: 0 is not allowed"),
+        "{line}"
+    );
+    assert!(
+        line.contains(config.path()),
+        "the line does not name the file: {line}"
+    );
+    assert!(line.contains("ERROR"), "{line}");
+    lb.assert_served(addr, &agent, "/after-weight-0", 6, (3, 3, 0));
+
+    // Let the watcher read the unchanged bad file a few more times: it must not log again.
+    std::thread::sleep(Duration::from_millis(1200));
+    replace_by_rename(&config, &good.replace("]}", "],}"));
+    let line = lb.expect(start, "invalid JSON at line", RELOAD);
+    assert!(line.contains("config reload refused"), "{line}");
+    lb.assert_served(addr, &agent, "/after-bad-json", 6, (3, 3, 0));
+
+    replace_by_rename(
+        &config,
+        &config_text(&servers(&[(&ua, 1)]), r#""algoritm": "ip-hash""#),
+    );
+    let line = lb.expect(start, "\"algoritm\": unknown key", RELOAD);
+    assert!(line.contains("config reload refused"), "{line}");
+    lb.assert_served(addr, &agent, "/after-typo", 6, (3, 3, 0));
+
+    // The watcher is still alive: a valid file is applied.
+    replace_by_rename(&config, &config_text(&servers(&[(&ua, 1)]), ""));
+    lb.reloaded(start, &summary(&[(&ua, 1)]));
+    lb.assert_served(addr, &agent, "/after-fix", 4, (4, 0, 0));
+
+    assert_eq!(
+        lb.count_since(start, "refused"),
+        3,
+        "one line per bad file:\n{}",
+        lb.log[start..].join("\n")
+    );
+    assert_eq!(
+        lb.count_since(start, "config reloaded"),
+        1,
+        "a refused config was applied:\n{}",
+        lb.log[start..].join("\n")
+    );
+}
+
+#[test]
+fn listen_address_change_is_logged_and_the_old_port_keeps_serving() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let (ua, ub) = (a.url(), b.url());
+    let first = config_text(&servers(&[(&ua, 1), (&ub, 1)]), "");
+    let config = TempConfig::new("reload-port", &first);
+    let (mut lb, addr) = Tinylb::start_watched(&config, &first);
+    let elsewhere = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+
+    let moved = config_text(&servers(&[(&ua, 1)]), "")
+        .replace("\"127.0.0.1:0\"", &format!("\"{elsewhere}\""));
+    let from = lb.mark();
+    replace_by_rename(&config, &moved);
+    let warning = lb.expect(from, "cannot change while tinylb runs", RELOAD);
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(
+        warning.contains("port"),
+        "the warning does not name the key: {warning}"
+    );
+    // The rest of the file is applied: b is gone, and the summary keeps the old address.
+    let line = lb.reloaded(from, &summary(&[(&ua, 1)]));
+    assert!(line.contains("listen 127.0.0.1:0,"), "{line}");
+    lb.assert_served(addr, &client(), "/old-port", 6, (6, 0, 0));
+    assert!(
+        TcpStream::connect(elsewhere).is_err(),
+        "tinylb started listening on {elsewhere}"
+    );
+}
+
+#[test]
+fn edit_made_while_tinylb_starts_is_not_lost() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    // Takes connections into the kernel's backlog and never answers: tinylb's start-up health
+    // check waits its whole healthCheckTimeout there, so start-up lasts 1.5 s after the file
+    // was read.
+    let stalled = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let stalled_url = format!("http://{}", stalled.local_addr().expect("bound"));
+    let (ua, ub) = (a.url(), b.url());
+    let text = |entries: &[(&str, u32)]| {
+        format!(
+            r#"{{"port": "127.0.0.1:0", "healthCheckInterval": "2s",
+                "healthCheckTimeout": "1500ms", "servers": [{}]}}"#,
+            servers(entries)
+        )
+    };
+    let config = TempConfig::new(
+        "reload-at-start",
+        &text(&[(&ua, 1), (&stalled_url, 1), (&ub, 1)]),
+    );
+    let mut lb = Tinylb::spawn(&config);
+    // a is checked first: tinylb has loaded the file and now waits on the stalled backend.
+    lb.expect(0, &format!("backend {ua} is up"), WAIT);
+    replace_by_rename(&config, &text(&[(&ub, 1)]));
+    let addr = lb.listening_addr();
+    lb.reloaded(0, &summary(&[(&ub, 1)]));
+    lb.assert_served(addr, &client(), "/edited", 4, (0, 4, 0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reloads under load
+// ---------------------------------------------------------------------------------------------
+
+/// Backend URLs with their weights.
+type Servers<'a> = Vec<(&'a str, u32)>;
+
+/// What one client connection saw.
+#[derive(Debug, Default)]
+struct ClientReport {
+    ok: usize,
+    failures: Vec<String>,
+}
+
+/// Reads one response on a keep-alive connection: status and body (Content-Length or chunked).
+fn read_response(reader: &mut BufReader<TcpStream>) -> Result<(u16, String), String> {
+    let mut status_line = String::new();
+    match reader.read_line(&mut status_line) {
+        Ok(0) => return Err("connection closed".into()),
+        Ok(_) => {}
+        Err(e) => return Err(format!("reading the status line: {e}")),
+    }
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let mut length = None;
+    let mut chunked = false;
+    let mut closes = false;
+    loop {
+        let mut line = String::new();
+        reader
+            .read_line(&mut line)
+            .map_err(|e| format!("reading headers: {e}"))?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (name, value) = line.split_once(':').ok_or("bad header line")?;
+        match name.trim().to_ascii_lowercase().as_str() {
+            "content-length" => length = value.trim().parse::<usize>().ok(),
+            "transfer-encoding" => chunked = value.trim().eq_ignore_ascii_case("chunked"),
+            "connection" => closes = value.trim().eq_ignore_ascii_case("close"),
+            _ => {}
+        }
+    }
+    if closes {
+        return Err(format!("{status} with Connection: close"));
+    }
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            let mut size = String::new();
+            reader
+                .read_line(&mut size)
+                .map_err(|e| format!("chunk size: {e}"))?;
+            let size = usize::from_str_radix(size.trim(), 16).map_err(|_| "bad chunk size")?;
+            let mut chunk = vec![0; size + 2];
+            reader
+                .read_exact(&mut chunk)
+                .map_err(|e| format!("chunk: {e}"))?;
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    } else {
+        let length = length.ok_or("neither Content-Length nor chunked")?;
+        body.resize(length, 0);
+        reader
+            .read_exact(&mut body)
+            .map_err(|e| format!("body: {e}"))?;
+    }
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// One keep-alive connection sending GETs until `stop`: every answer must be 200 from a
+/// backend, and the connection must stay open throughout.
+fn keep_alive_client(addr: SocketAddr, id: usize, path: &str, stop: &AtomicBool) -> ClientReport {
+    let mut report = ClientReport::default();
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut writer = stream.try_clone().expect("clone");
+    let mut reader = BufReader::new(stream);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut i = 0;
+    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+        i += 1;
+        let target = format!("{path}?client={id}&i={i}");
+        let request = format!("GET {target} HTTP/1.1\r\nHost: tinylb\r\n\r\n");
+        if let Err(e) = writer.write_all(request.as_bytes()) {
+            report.failures.push(format!("request {i}: send: {e}"));
+            return report;
+        }
+        match read_response(&mut reader) {
+            Ok((200, body)) if body.contains(&format!("target {target}\n")) => report.ok += 1,
+            Ok((status, body)) => report
+                .failures
+                .push(format!("request {i}: {status} {body}")),
+            Err(e) => {
+                report.failures.push(format!("request {i}: {e}"));
+                return report; // the connection is gone or out of step
+            }
+        }
+    }
+    report
+}
+
+#[test]
+fn no_request_fails_and_no_connection_drops_during_reloads_under_load() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let c = Backend::start("c");
+    let (ua, ub, uc) = (a.url(), b.url(), c.url());
+    let first = config_text(&servers(&[(&ua, 1), (&ub, 1)]), "");
+    let config = TempConfig::new("reload-load", &first);
+    let (mut lb, addr) = Tinylb::start_watched(&config, &first);
+    let start = lb.mark();
+
+    let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|id| {
+            let stop = Arc::clone(&stop);
+            // One client keeps a slow request in flight most of the time, so reloads land while
+            // backends (soon removed ones too) are serving.
+            let path = if id == 0 { "/slow/150" } else { "/load" };
+            std::thread::spawn(move || keep_alive_client(addr, id, path, &stop))
+        })
+        .collect();
+    assert!(
+        wait_until(WAIT, || a.proxied_count() + b.proxied_count() >= 20),
+        "no load"
+    );
+
+    // Five rewrites, in place and by rename, each a different set; a always serves.
+    let rewrites: [(Servers, &str, bool); 5] = [
+        (vec![(&ua, 1), (&uc, 1)], "round-robin", true),
+        (vec![(&ua, 1), (&ub, 1), (&uc, 1)], "round-robin", false),
+        (vec![(&ua, 3), (&uc, 1)], "weighted-round-robin", true),
+        (vec![(&ua, 1), (&ub, 2)], "least-connections", false),
+        (
+            vec![(&ua, 2), (&ub, 1), (&uc, 1)],
+            "weighted-round-robin",
+            true,
+        ),
+    ];
+    for (entries, algorithm, in_place) in &rewrites {
+        let text = config_text(&servers(entries), &format!(r#""algorithm": "{algorithm}""#));
+        let from = lb.mark();
+        if *in_place {
+            edit_in_place(&config, &text);
+        } else {
+            replace_by_rename(&config, &text);
+        }
+        lb.reloaded(
+            from,
+            &format!("algorithm {algorithm}, {}", summary(entries)),
+        );
+    }
+    // Keep the load on for about 4 s in all, the last configuration included.
+    let rest = Duration::from_secs(4).saturating_sub(started.elapsed());
+    std::thread::sleep(rest.max(Duration::from_millis(300)));
+    stop.store(true, Ordering::SeqCst);
+
+    let reports: Vec<ClientReport> = clients
+        .into_iter()
+        .map(|t| t.join().expect("client thread"))
+        .collect();
+    let failures: Vec<&String> = reports.iter().flat_map(|r| &r.failures).collect();
+    assert!(failures.is_empty(), "failed during reloads: {failures:#?}");
+    let ok: usize = reports.iter().map(|r| r.ok).sum();
+    assert!(
+        reports.iter().all(|r| r.ok >= 5),
+        "a client barely ran: {reports:?}"
+    );
+    assert_eq!(
+        ok,
+        a.proxied_count() + b.proxied_count() + c.proxied_count(),
+        "requests answered vs requests the backends saw"
+    );
+    for backend in [&a, &b, &c] {
+        assert!(
+            backend.proxied_count() > 0,
+            "{} got nothing",
+            backend.name()
+        );
+    }
+    assert_eq!(
+        lb.count_since(start, "config reloaded"),
+        5,
+        "{}",
+        lb.log[start..].join("\n")
+    );
+}
