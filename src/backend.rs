@@ -39,6 +39,9 @@ pub struct Backend {
     /// shared Agent was 25-35% slower (shared/crates.md). Replaced when a reload changes the
     /// timeouts; ureq's Agent is a cheap handle, cloned per request.
     agent: RwLock<ureq::Agent>,
+    /// The same settings with no keep-alive pool: for a retry after a pooled connection turned
+    /// out closed, which must not take the next (possibly also closed) pooled connection.
+    fresh_agent: RwLock<ureq::Agent>,
 }
 
 /// Consecutive check results and what the status page shows about health.
@@ -65,7 +68,8 @@ impl Backend {
             health: Mutex::new(HealthRecord::default()),
             flips: AtomicU64::new(0),
             stats: BackendStats::default(),
-            agent: RwLock::new(proxy_agent(config)),
+            agent: RwLock::new(proxy_agent(config, config.workers)),
+            fresh_agent: RwLock::new(proxy_agent(config, 0)),
         }
     }
 
@@ -123,11 +127,17 @@ impl Backend {
         self.agent.read().clone()
     }
 
+    /// An Agent that always opens a new connection to this backend.
+    pub fn fresh_agent(&self) -> ureq::Agent {
+        self.fresh_agent.read().clone()
+    }
+
     /// Takes over what a reload may change without losing the state (health, counters, pool).
     pub fn reconfigure(&self, server: &ServerConfig, config: &Config, timeouts_changed: bool) {
         self.weight.store(server.weight, Ordering::Relaxed);
         if timeouts_changed {
-            *self.agent.write() = proxy_agent(config);
+            *self.agent.write() = proxy_agent(config, config.workers);
+            *self.fresh_agent.write() = proxy_agent(config, 0);
         }
     }
 
@@ -227,8 +237,7 @@ impl Drop for InFlight {
 /// An Agent configured for proxying (shared/crates.md): statuses and redirects passed through,
 /// no headers of its own, no environment proxy, any method, only phase timeouts (a global
 /// timeout would make ureq spawn a thread per request for DNS).
-fn proxy_agent(config: &Config) -> ureq::Agent {
-    let idle = config.workers;
+fn proxy_agent(config: &Config, idle: usize) -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(0)

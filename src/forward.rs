@@ -202,7 +202,9 @@ impl Forwarder {
             // sent on it; a request that is safe to repeat gets one more try, on a fresh one.
             let mut may_retry_here = idempotent;
             loop {
-                let attempt = self.attempt(&mut request, &backend, client_addr, framing);
+                // The one retry on this backend must not take another pooled connection.
+                let fresh = idempotent && !may_retry_here;
+                let attempt = self.attempt(&mut request, &backend, client_addr, framing, fresh);
                 let (failure, body_started) = match attempt {
                     Ok(response) => {
                         let forwarded = self
@@ -313,11 +315,16 @@ impl Forwarder {
         backend: &Backend,
         client_addr: Option<SocketAddr>,
         framing: BodyFraming,
+        fresh_connection: bool,
     ) -> Result<http::Response<ureq::Body>, (Failure, bool)> {
         let upstream = build_upstream_request(request, backend, client_addr, framing)
             .map_err(|f| (f, false))?;
         let mut body = ClientBody::new(request, framing, &self.hangups, client_addr);
-        let agent = backend.agent();
+        let agent = if fresh_connection {
+            backend.fresh_agent()
+        } else {
+            backend.agent()
+        };
         let result = match framing {
             BodyFraming::Empty => agent.run(upstream),
             BodyFraming::Length(_) | BodyFraming::Chunked => {

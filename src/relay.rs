@@ -182,12 +182,18 @@ pub fn relay_response(
         };
     }
 
-    let mut reader = response.into_body().into_reader();
+    // Held in an Option so it can be dropped as soon as the body is complete: that returns the
+    // backend connection to the keep-alive pool before the last write to the client, so the
+    // client's next request finds it there.
+    let mut reader = Some(response.into_body().into_reader());
     let mut body_bytes = 0u64;
     let mut first = true;
     loop {
         let data = &mut body[LINE_ROOM..LINE_ROOM + CHUNK_SIZE];
-        let read = match reader.read(data) {
+        let Some(source) = reader.as_mut() else {
+            break;
+        };
+        let read = match source.read(data) {
             Ok(n) => n,
             Err(error) => {
                 // Send what we have (the head, at least) but never a final chunk.
@@ -200,6 +206,9 @@ pub fn relay_response(
             }
         };
         body_bytes += read as u64;
+        if read == 0 {
+            reader = None;
+        }
         let piece: &[u8] = if read == 0 {
             if framing == Framing::Chunked {
                 b"0\r\n\r\n"
