@@ -13,13 +13,22 @@
 //! 4. [`relay`]: writes the backend's answer to the client with framing tinylb controls;
 //!    [`hangup`] ends a connection when the answer must be cut short.
 //!
-//! Beside it, the [`health`] thread sends a HEAD to every backend each `healthCheckInterval`.
+//! Beside it:
+//!
+//! - the [`health`] thread sends a HEAD to every backend each `healthCheckInterval`;
+//! - [`stats`] counts what each backend served; [`status`] gathers one snapshot of everything,
+//!   which the [`admin`] listener shows as a page ([`status_page`]), JSON and Prometheus
+//!   [`metrics`], and where backends can be drained;
+//! - [`reload`] watches config.json and applies changes without a restart;
+//! - [`access_log`] writes one line per request when asked to;
+//! - [`socket_options`] sets what std cannot: client timeouts, the backlog, the fd limit.
 //!
 //! # Log levels (a contract)
 //!
 //! - `error`: tinylb itself is in trouble (a worker panicked, the listener failed).
 //! - `warn`: a backend went down, or forwarding a request failed.
-//! - `info`: start, health flips back up, refused requests, shutdown.
+//! - `info`: start, health flips back up, refused requests, reloads, shutdown; and the access
+//!   log (target `tinylb::access`) when it is on.
 //! - `debug`: one line per request.
 
 pub mod access_log;
