@@ -1,7 +1,7 @@
 //! One request, start to finish: check the head, pick a backend, send the request there with
 //! ureq (body streamed from the client), relay the answer, and retry on another backend when
 //! the first could not take the request. Every failure maps to one status in one place
-//! ([`Failure::status`]).
+//! (`Failure::status`).
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
