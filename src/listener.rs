@@ -282,7 +282,8 @@ fn watch_for_accept_panics() {
             });
             if in_accept_thread {
                 ACCEPT_PANICS.fetch_add(1, Ordering::Relaxed);
-                log::error!("tiny_http's accept thread panicked: {info}");
+                // The intake logs the one line about it; the details are for debugging.
+                log::debug!("tiny_http's accept thread panicked: {info}");
             } else {
                 previous(info);
             }
