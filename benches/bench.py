@@ -3,11 +3,11 @@
 
 What it measures
 ----------------
-One nginx process is the backend: it listens on five ports of 127.0.0.1 and answers a small
-body on `/` and a 64 MiB file on `/big`. In front of those five backends it starts three load
-balancers: tinylb (the release build of this repository), nginx with one worker, and nginx with
-one worker per core (both with upstream keep-alive). Then, with wrk, at 1, 16, 64 and 256
-connections it measures four targets:
+One nginx process is the backend: it listens on five ports of 127.0.0.1 (`--backends N` for
+another number) and answers a small body on `/` and a 64 MiB file on `/big`. In front of those
+backends it starts three load balancers: tinylb (the release build of this repository), nginx
+with one worker, and nginx with one worker per core (both with upstream keep-alive). Then, with
+wrk, at 1, 16, 64 and 256 connections it measures four targets:
 
 - `backend direct`: wrk straight at one backend port, the ceiling no load balancer can reach;
 - `tinylb`, `nginx 1 worker`, `nginx 2 workers` (the load balancers).
@@ -18,6 +18,19 @@ CPU-seconds the load balancer's processes used during the runs (utime + stime fr
 /proc/PID/stat), requests per CPU-second, and peak RSS (VmHWM from /proc/PID/status). Then it
 downloads the 64 MiB file through each target with curl (MiB/s, and tinylb's VmHWM before and
 after: streaming must keep memory flat), and records the stripped size of the tinylb binary.
+
+Sweeps
+------
+The same harness runs the sweeps behind the defaults (docs/benchmarks.md, "Sweeps"):
+
+- `--targets tinylb,nginx1` runs only those targets (of direct, tinylb, nginx1, nginx2);
+- `--tinylb-config JSON`, given several times, runs one tinylb per config as separate targets,
+  interleaved in the same run (`tinylb`, `tinylb#2`, ...), so a sweep's variants share the
+  machine's noise just as tinylb and nginx do; ratios to nginx are given for the first;
+- `--backends N` puts N backend ports behind every load balancer (nginx's file and connection
+  limits and its upstream keep-alive cache grow with N);
+- `--only-small` skips the 64 MiB downloads; `--no-write` leaves docs/benchmarks.md alone (or
+  `--out` writes elsewhere); `--json FILE` also saves every cell's numbers for tables of its own.
 
 Why ratios measured in one run
 ------------------------------
@@ -59,7 +72,9 @@ ROOT = Path(__file__).resolve().parent.parent
 TINYLB = ROOT / "target" / "release" / "tinylb"
 DEFAULT_OUT = ROOT / "docs" / "benchmarks.md"
 END_MARKER = "<!-- end of generated report -->"
-BACKEND_COUNT = 5
+DEFAULT_BACKENDS = 5
+# What `--targets` can name, in the order they are started and reported.
+TARGET_KEYS = ("direct", "tinylb", "nginx1", "nginx2")
 SMALL_BODY = "hello from backend\n"
 BIG_MIB = 64
 DOWNLOAD_REPEATS = 3
@@ -116,10 +131,37 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="markdown file to write (docs/benchmarks.md)",
     )
     parser.add_argument(
+        "--no-write",
+        action="store_true",
+        help="print the report only; do not write --out (for sweeps)",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        metavar="FILE",
+        help="also save every cell's numbers (medians and each round) as JSON",
+    )
+    parser.add_argument(
         "--tinylb-config",
-        default="{}",
+        action="append",
         metavar="JSON",
-        help="extra tinylb config keys, e.g. '{\"workers\": 16}', for sweeps",
+        help="extra tinylb config keys, e.g. '{\"workers\": 16}'; give it several times to run"
+        " one tinylb per config, interleaved in the same run",
+    )
+    parser.add_argument(
+        "--backends",
+        type=int,
+        default=DEFAULT_BACKENDS,
+        metavar="N",
+        help=f"backend ports behind every load balancer ({DEFAULT_BACKENDS})",
+    )
+    parser.add_argument(
+        "--targets",
+        default=",".join(TARGET_KEYS),
+        help=f"comma-separated targets to run ({','.join(TARGET_KEYS)})",
+    )
+    parser.add_argument(
+        "--only-small", action="store_true", help="skip the 64 MiB downloads (for sweeps)"
     )
     parser.add_argument(
         "--keep-tmp", action="store_true", help="keep the temp dir (configs, logs) for debugging"
@@ -127,6 +169,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.duration = 1, 2
+    if not 1 <= args.backends <= 1000:
+        parser.error("--backends: give a number from 1 to 1000")
+    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = [t for t in args.targets if t not in TARGET_KEYS]
+    if unknown or not args.targets:
+        wanted = ",".join(unknown) or "none"
+        parser.error(f"--targets: {wanted}: choose from {','.join(TARGET_KEYS)}")
     try:
         args.connections = [int(c) for c in args.connections.split(",") if c.strip()]
     except ValueError:
@@ -135,12 +184,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--connections: give at least one count, each 1 or more")
     if args.duration < 1 or args.rounds < 1:
         parser.error("--duration and --rounds must be 1 or more")
-    try:
-        args.tinylb_extra = json.loads(args.tinylb_config)
-    except json.JSONDecodeError as err:
-        parser.error(f"--tinylb-config: not JSON: {err}")
-    if not isinstance(args.tinylb_extra, dict):
-        parser.error("--tinylb-config: must be a JSON object")
+    args.tinylb_extras = []
+    for text in args.tinylb_config or ["{}"]:
+        try:
+            extra = json.loads(text)
+        except json.JSONDecodeError as err:
+            parser.error(f"--tinylb-config: {text!r} is not JSON: {err}")
+        if not isinstance(extra, dict):
+            parser.error(f"--tinylb-config: {text!r} must be a JSON object")
+        args.tinylb_extras.append(extra)
+    if len(args.tinylb_extras) > 1 and "tinylb" not in args.targets:
+        parser.error("--tinylb-config given several times, but tinylb is not in --targets")
     return args
 
 
@@ -359,7 +413,8 @@ def free_ports(count: int) -> list[int]:
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         low = 32768
-    top = max(low - 1, 20000 + 100 * count)
+    # Only if that range is too small for `count` does it reach into the ephemeral range.
+    top = low if low - 20000 >= 4 * count else min(65536, 20000 + 100 * count)
     candidates = list(range(20000, top))
     random.shuffle(candidates)
     ports: list[int] = []
@@ -384,14 +439,36 @@ def make_big_file(path: Path) -> None:
     path.chmod(0o644)
 
 
-def nginx_main(tmp: Path, name: str, workers: int) -> str:
-    """The main context of an nginx config: workers, and pid and error log inside `tmp`."""
+def nginx_limits(backends: int) -> tuple[int, int]:
+    """worker_connections and worker_rlimit_nofile for `backends` backend ports.
+
+    8192 and 16384 for a few backends. Each backend port adds a listening socket on the backend
+    and up to one idle keep-alive connection per tinylb worker, so both grow with the count
+    (500 backends: 12,096 and 24,192; as root nginx may raise its own file limit).
+    """
+    connections = max(8192, 4096 + 16 * backends)
+    return connections, 2 * connections
+
+
+def upstream_keepalive(backends: int) -> int:
+    """nginx's upstream `keepalive`: 64, or two idle connections per backend if that is more.
+
+    The cache is per worker and shared by all servers of the upstream: with 64 slots and 500
+    servers picked in turn, nearly every request would open a new connection, which would
+    measure the cache's size instead of nginx. (tinylb keeps up to `workers` per backend.)
+    """
+    return max(64, 2 * backends)
+
+
+def nginx_main(tmp: Path, name: str, workers: int, backends: int) -> str:
+    """The main context of an nginx config: workers, limits, and pid and error log in `tmp`."""
+    connections, nofile = nginx_limits(backends)
     return f"""# Written by benches/bench.py for one bench run.
 worker_processes {workers};
 pid {tmp}/{name}.pid;
 error_log {tmp}/{name}-error.log warn;
-worker_rlimit_nofile 16384;
-events {{ worker_connections 8192; }}
+worker_rlimit_nofile {nofile};
+events {{ worker_connections {connections}; }}
 """
 
 
@@ -406,7 +483,7 @@ def nginx_temp_paths(tmp: Path, name: str) -> str:
 def backend_config(tmp: Path, ports: list[int]) -> str:
     """One nginx serving every backend port: a small body on `/`, the 64 MiB file on `/big`."""
     listens = "\n".join(f"        listen 127.0.0.1:{p};" for p in ports)
-    return f"""{nginx_main(tmp, "backend", 1)}
+    return f"""{nginx_main(tmp, "backend", 1, len(ports))}
 http {{
     access_log off;
     keepalive_requests 100000;
@@ -424,14 +501,14 @@ http {{
 def lb_config(tmp: Path, name: str, workers: int, port: int, backends: list[int]) -> str:
     """nginx as a load balancer in front of `backends`, with upstream keep-alive."""
     servers = "\n".join(f"        server 127.0.0.1:{p};" for p in backends)
-    return f"""{nginx_main(tmp, name, workers)}
+    return f"""{nginx_main(tmp, name, workers, len(backends))}
 http {{
     access_log off;
     keepalive_requests 100000;
 {nginx_temp_paths(tmp, name)}
     upstream backends {{
 {servers}
-        keepalive 64;
+        keepalive {upstream_keepalive(len(backends))};
         keepalive_requests 100000;
     }}
     server {{
@@ -450,7 +527,7 @@ http {{
 
 
 def tinylb_config(port: int, backends: list[int], extra: dict) -> dict:
-    """tinylb's config.json: the same five backends, defaults for everything else."""
+    """tinylb's config.json: the same backends as nginx, defaults for everything else."""
     config = {
         "port": f"127.0.0.1:{port}",
         "servers": [f"http://127.0.0.1:{p}" for p in backends],
@@ -518,6 +595,12 @@ class Target:
     port: int
     proc: subprocess.Popen
     is_nginx: bool
+    config: dict | None = None  # tinylb's config.json
+    log_path: Path | None = None  # tinylb's log (RUST_LOG=warn)
+
+    def is_tinylb(self) -> bool:
+        """Whether this is one of the tinylb targets (`tinylb`, `tinylb#2`, ...)."""
+        return self.key.startswith("tinylb")
 
     def pids(self) -> list[int]:
         """tinylb: its one process. nginx: the master and its workers."""
@@ -548,6 +631,9 @@ class WrkRun:
     socket_errors: int
     bad_status: int
     cpu: float  # CPU-seconds of the target's processes during the run
+    # wrk's socket errors by kind: connect, read, write, timeout (a response later than
+    # wrk's 2 s timeout is counted here and left out of the latencies).
+    socket_kinds: tuple[int, int, int, int] = (0, 0, 0, 0)
 
 
 @dataclass
@@ -574,8 +660,9 @@ class Cell:
 UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
-def parse_wrk(output: str) -> tuple[float, int, float, float, int, int]:
-    """req/s, requests, p50, p99 (s), socket errors and non-2xx/3xx from wrk's output."""
+def parse_wrk(output: str) -> tuple[float, int, float, float, int, int, tuple]:
+    """req/s, requests, p50, p99 (s), socket errors, non-2xx/3xx and the socket errors by
+    kind (connect, read, write, timeout) from wrk's output."""
 
     def latency(percent: str) -> float:
         match = re.search(rf"^\s*{percent}%\s+([\d.]+)(us|ms|s|m|h)\s*$", output, re.M)
@@ -590,7 +677,7 @@ def parse_wrk(output: str) -> tuple[float, int, float, float, int, int]:
     sock = re.search(
         r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
     )
-    socket_errors = sum(int(g) for g in sock.groups()) if sock else 0
+    kinds = tuple(int(g) for g in sock.groups()) if sock else (0, 0, 0, 0)
     status = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     bad_status = int(status.group(1)) if status else 0
     return (
@@ -598,8 +685,9 @@ def parse_wrk(output: str) -> tuple[float, int, float, float, int, int]:
         int(requests.group(1)),
         latency("50"),
         latency("99"),
-        socket_errors,
+        sum(kinds),
         bad_status,
+        kinds,
     )
 
 
@@ -621,8 +709,8 @@ def run_wrk(wrk: str, target: Target, connections: int, duration: int) -> WrkRun
     used = cpu_seconds(pids) - before
     if out.returncode != 0:
         raise BenchError(f"wrk failed against {target.label}: {out.stderr.strip()}")
-    rps, requests, p50, p99, sock, bad = parse_wrk(out.stdout)
-    return WrkRun(rps, requests, p50, p99, sock, bad, used)
+    rps, requests, p50, p99, sock, bad, kinds = parse_wrk(out.stdout)
+    return WrkRun(rps, requests, p50, p99, sock, bad, used, kinds)
 
 
 def check_small_body(target: Target) -> None:
@@ -715,12 +803,13 @@ def curl_big(curl: str, target: Target) -> tuple[float | None, float, str]:
 
 
 def measure_downloads(curl: str, targets: list[Target]) -> tuple[dict, tuple | None]:
-    """Interleaved 64 MiB downloads; also tinylb's VmHWM before and after them."""
+    """Interleaved 64 MiB downloads; also tinylb's VmHWM before and after them (hwm is None
+    when tinylb is not among the targets)."""
     results = {t.key: Download() for t in targets}
     all_pids = [pid for t in targets for pid in t.pids()]
     reset_ok = reset_peak_rss(all_pids)
-    tinylb = next(t for t in targets if t.key == "tinylb")
-    before = status_kib(tinylb.proc.pid, "VmHWM")
+    tinylb = next((t for t in targets if t.key == "tinylb"), None)
+    before = status_kib(tinylb.proc.pid, "VmHWM") if tinylb else 0
     for rep in range(DOWNLOAD_REPEATS):
         for t in rotated(targets, rep):
             t.check_alive()
@@ -734,6 +823,8 @@ def measure_downloads(curl: str, targets: list[Target]) -> tuple[dict, tuple | N
             log(f"64 MiB via {t.label:<16} " + (f"{speed:,.0f} MiB/s" if speed else failure))
     for t in targets:
         results[t.key].peak_rss_kib = t.peak_rss_kib()
+    if tinylb is None:
+        return results, None
     after = status_kib(tinylb.proc.pid, "VmHWM")
     return results, (before, after, reset_ok)
 
@@ -810,22 +901,32 @@ def small_tables(cells: dict, targets: list[Target], args, rss_per_level: bool) 
     return lines
 
 
+def median_of(cells: dict, key: str, conns: int, attr: str) -> float | None:
+    """A cell's median of one WrkRun field (or its req/CPU-s); None if the target did not run."""
+    cell = cells.get((key, conns))
+    if cell is None:
+        return None
+    return cell.req_per_cpu() if attr == "req_per_cpu" else cell.median(attr)
+
+
 def ratio_table(cells: dict, args) -> list[str]:
-    """tinylb divided by nginx (1 worker, and 2 workers) per connection count."""
+    """tinylb divided by nginx (1 worker, and 2 workers) per connection count; n/a for a
+    target that did not run."""
+
+    def r(attr: str, other: str, conns: int) -> str:
+        mine, theirs = median_of(cells, "tinylb", conns, attr), median_of(cells, other, conns, attr)
+        return fmt_ratio(ratio(mine, theirs))
+
     lines = [
         "| connections | req/s ÷ nginx 1w | req/CPU-s ÷ nginx 1w | p99 ÷ nginx 1w "
         "| req/s ÷ nginx 2w | req/s ÷ backend direct |",
         "|--:|--:|--:|--:|--:|--:|",
     ]
     for conns in args.connections:
-        tl, n1 = cells[("tinylb", conns)], cells[("nginx1", conns)]
-        n2, direct = cells[("nginx2", conns)], cells[("direct", conns)]
         lines.append(
-            f"| {conns} | {fmt_ratio(ratio(tl.median('rps'), n1.median('rps')))} "
-            f"| {fmt_ratio(ratio(tl.req_per_cpu(), n1.req_per_cpu()))} "
-            f"| {fmt_ratio(ratio(tl.median('p99'), n1.median('p99')))} "
-            f"| {fmt_ratio(ratio(tl.median('rps'), n2.median('rps')))} "
-            f"| {fmt_ratio(ratio(tl.median('rps'), direct.median('rps')))} |"
+            f"| {conns} | {r('rps', 'nginx1', conns)} | {r('req_per_cpu', 'nginx1', conns)} "
+            f"| {r('p99', 'nginx1', conns)} | {r('rps', 'nginx2', conns)} "
+            f"| {r('rps', 'direct', conns)} |"
         )
     return lines + [""]
 
@@ -844,6 +945,8 @@ def download_table(downloads: dict, targets: list[Target], hwm: tuple) -> list[s
             f"| {t.label} | {speed} | {statistics.median(d.cpu):.2f} "
             f"| {fmt_mib(d.peak_rss_kib)} | {'; '.join([str(len(d.failures)), *d.failures])} |"
         )
+    if hwm is None:
+        return lines + [""]
     before, after, reset_ok = hwm
     what = "reset to the current RSS just before" if reset_ok else "since start (reset refused)"
     lines += [
@@ -856,14 +959,19 @@ def download_table(downloads: dict, targets: list[Target], hwm: tuple) -> list[s
     return lines
 
 
-def median_speed(downloads: dict, key: str) -> float | None:
-    """Median MiB/s of a target's successful downloads."""
+def median_speed(downloads: dict | None, key: str) -> float | None:
+    """Median MiB/s of a target's successful downloads (None if not measured)."""
+    if downloads is None or key not in downloads:
+        return None
     speeds = downloads[key].speeds
     return statistics.median(speeds) if speeds else None
 
 
-def targets_table(cells: dict, downloads: dict, hwm: tuple, size: int | None) -> list[str]:
-    """Issue 4's targets, each with this run's value and whether it is met."""
+def targets_table(
+    cells: dict, downloads: dict | None, hwm: tuple | None, size: int | None
+) -> list[str]:
+    """Issue 4's targets, each with this run's value and whether it is met ("not measured"
+    for what this run skipped: a target, a connection count, the downloads)."""
     rows = []
 
     def row(what: str, goal: str, value: float | None, ok, shown: str | None = None) -> None:
@@ -872,12 +980,8 @@ def targets_table(cells: dict, downloads: dict, hwm: tuple, size: int | None) ->
         rows.append(f"| {what} | {goal} | {text} | {verdict} |")
 
     def cell_ratio(conns: int, attr: str) -> float | None:
-        if ("tinylb", conns) not in cells:
-            return None
-        tl, n1 = cells[("tinylb", conns)], cells[("nginx1", conns)]
-        if attr == "req_per_cpu":
-            return ratio(tl.req_per_cpu(), n1.req_per_cpu())
-        return ratio(tl.median(attr), n1.median(attr))
+        mine = median_of(cells, "tinylb", conns, attr)
+        return ratio(mine, median_of(cells, "nginx1", conns, attr))
 
     for conns, goal in ((16, 0.6), (64, 1.0), (256, 1.0)):
         row(
@@ -894,13 +998,13 @@ def targets_table(cells: dict, downloads: dict, hwm: tuple, size: int | None) ->
         ratio(median_speed(downloads, "tinylb"), median_speed(downloads, "nginx1")),
         lambda v: v >= 0.8,
     )
-    growth = (hwm[1] - hwm[0]) / 1024
+    growth = (hwm[1] - hwm[0]) / 1024 if hwm else None
     row(
         "RSS growth over the downloads",
         f"flat (< {FLAT_RSS_LIMIT_MIB:g} MiB)",
         growth,
         lambda v: v < FLAT_RSS_LIMIT_MIB,
-        f"{growth:.1f} MiB",
+        "n/a" if growth is None else f"{growth:.1f} MiB",
     )
     peak = cells.get(("tinylb", 256))
     peak_mib = peak.peak_rss_kib / 1024 if peak and peak.peak_rss_kib else None
@@ -930,16 +1034,23 @@ def targets_table(cells: dict, downloads: dict, hwm: tuple, size: int | None) ->
     ]
 
 
-def oddities(cells: dict, duration: int, tinylb_log: Path, shutdown: str) -> list[str]:
+def oddities(cells: dict, duration: int, targets: list[Target], shutdown: list[str]) -> list[str]:
     """What looked wrong: errors, stalled or noisy runs, tinylb's long tails and warnings, and
     how tinylb shut down."""
     lines = []
+    labels = {t.key: t.label for t in targets}
     for (key, conns), cell in sorted(cells.items()):
-        where = f"{key} at {plural(conns, 'connection')}"
+        where = f"{labels.get(key, key)} at {plural(conns, 'connection')}"
         sock = sum(r.socket_errors for r in cell.runs)
         bad = sum(r.bad_status for r in cell.runs)
         if sock or bad:
-            lines.append(f"- {where}: {sock} socket errors, {bad} responses with status ≥ 400")
+            kinds = [sum(r.socket_kinds[i] for r in cell.runs) for i in range(4)]
+            detail = ", ".join(
+                f"{name} {n}" for name, n in zip(("connect", "read", "write", "timeout"), kinds)
+            )
+            lines.append(
+                f"- {where}: {sock} socket errors ({detail}), {bad} responses with status ≥ 400"
+            )
         for i, r in enumerate(cell.runs):
             if r.cpu < STALL_CPU_SHARE * duration:
                 lines.append(
@@ -947,7 +1058,7 @@ def oddities(cells: dict, duration: int, tinylb_log: Path, shutdown: str) -> lis
                     f" ({r.rps:,.0f} req/s): starved by other load on the machine, or stalled;"
                     " its ratios are not to be trusted"
                 )
-        if key == "tinylb" and cell.median("p99") > TAIL_FACTOR * cell.median("p50"):
+        if key.startswith("tinylb") and cell.median("p99") > TAIL_FACTOR * cell.median("p50"):
             lines.append(
                 f"- {where}: p99 {fmt_latency(cell.median('p99'))} is more than"
                 f" {TAIL_FACTOR}× its p50 {fmt_latency(cell.median('p50'))} (a long tail)"
@@ -958,21 +1069,26 @@ def oddities(cells: dict, duration: int, tinylb_log: Path, shutdown: str) -> lis
                 f"- {where}: rounds ranged from {min(rates):,.0f} to {max(rates):,.0f} req/s"
                 " (noisy: was the machine busy?)"
             )
-    text = tinylb_log.read_text(errors="replace") if tinylb_log.exists() else ""
+    for t in targets:
+        if t.is_tinylb() and t.log_path is not None:
+            lines += log_warnings(t.label, t.log_path)
+    lines += [f"- {line}" for line in shutdown]
+    return lines
+
+
+def log_warnings(label: str, log_path: Path) -> list[str]:
+    """The WARN and ERROR lines of one tinylb's log, counted, the five most common shown."""
+    text = log_path.read_text(errors="replace") if log_path.exists() else ""
     warnings = [line for line in text.splitlines() if " WARN " in line or " ERROR " in line]
-    if warnings:
-        distinct: dict[str, int] = {}
-        for line in warnings:
-            message = re.sub(r"^\S+\s+", "", line)  # drop the timestamp
-            distinct[message] = distinct.get(message, 0) + 1
-        lines.append(
-            f"- tinylb logged {len(warnings)} warnings/errors (RUST_LOG=warn); the most common:"
-        )
-        for message, count in sorted(distinct.items(), key=lambda kv: -kv[1])[:5]:
-            lines.append(f"  - {count} × `{message[:160]}`")
-    else:
-        lines.append("- tinylb logged no warnings or errors (RUST_LOG=warn).")
-    lines.append(f"- {shutdown}")
+    if not warnings:
+        return [f"- {label} logged no warnings or errors (RUST_LOG=warn)."]
+    distinct: dict[str, int] = {}
+    for line in warnings:
+        message = re.sub(r"^\S+\s+", "", line)  # drop the timestamp
+        distinct[message] = distinct.get(message, 0) + 1
+    lines = [f"- {label} logged {len(warnings)} warnings/errors (RUST_LOG=warn); the most common:"]
+    for message, count in sorted(distinct.items(), key=lambda kv: -kv[1])[:5]:
+        lines.append(f"  - {count} × `{message[:160]}`")
     return lines
 
 
@@ -998,18 +1114,31 @@ def how_to_read(args) -> list[str]:
         " overstates nginx a little.",
         "- *backend direct* is wrk straight at one backend port (the ceiling); in that row CPU and"
         " RSS are the backend nginx's own. The backend is one nginx process with"
-        " **worker_processes 1** serving all five ports.",
+        f" **worker_processes 1** serving all {args.backends} ports.",
         "- Ratios are tinylb ÷ nginx: above 1 is better for req/s and req/CPU-s, below 1 is"
         " better for p99.",
         "",
     ]
 
 
+def tinylb_config_lines(targets: list[Target]) -> list[str]:
+    """One header line per tinylb with its config.json (beyond 10 servers, only their count)."""
+    lines = []
+    for t in (t for t in targets if t.is_tinylb()):
+        config = dict(t.config or {})
+        if len(config.get("servers", [])) > 10:
+            config["servers"] = f"{len(config['servers'])} servers on the backend ports"
+        lines.append(f"- **{t.label} config:** `{json.dumps(config)}`, RUST_LOG=warn")
+    return lines
+
+
 def build_report(ctx: dict) -> str:
-    """The generated part of docs/benchmarks.md."""
+    """The generated part of docs/benchmarks.md (sections for what this run measured)."""
     args, targets, cells = ctx["args"], ctx["targets"], ctx["cells"]
     v = ctx["versions"]
     size = ctx["stripped_size"]
+    keys = {t.key for t in targets}
+    keepalive = upstream_keepalive(args.backends)
     lines = [
         "# Benchmarks",
         "",
@@ -1022,10 +1151,12 @@ def build_report(ctx: dict) -> str:
         f"- **Command:** `{ctx['command']}` ({args.rounds} round(s) × {args.duration} s per wrk"
         f" run, {ctx['elapsed']:.0f} s in all)",
         f"- **Versions:** {v['tinylb']}; {v['nginx']}; {v['wrk']}; {v['curl']}",
-        f"- **tinylb config:** `{json.dumps(ctx['tinylb_config'])}`, RUST_LOG=warn",
+        f"- **Targets:** {', '.join(t.label for t in targets)}; {args.backends} backend ports",
+        *tinylb_config_lines(targets),
         "- **nginx load balancers:** `worker_processes 1` and `worker_processes 2`, upstream of"
-        " the same five backends with `keepalive 64`, `proxy_http_version 1.1`,"
-        ' `proxy_set_header Connection ""`, `keepalive_requests 100000`,'
+        f" the same {args.backends} backends with `keepalive {keepalive}`,"
+        ' `proxy_http_version 1.1`, `proxy_set_header Connection ""`,'
+        " `keepalive_requests 100000`,"
         " `proxy_max_temp_file_size 0` (large bodies stream through memory, no temp file),"
         " no access log",
         f"- **tinylb binary:** {size:,} bytes stripped"
@@ -1033,26 +1164,72 @@ def build_report(ctx: dict) -> str:
         else "- **tinylb binary:** strip not found",
         "",
         *how_to_read(args),
-        "## tinylb ÷ nginx (same run)",
-        "",
-        *ratio_table(cells, args),
-        "## Issue 4's targets",
-        "",
-        *targets_table(cells, ctx["downloads"], ctx["hwm"], size),
-        "## Small requests",
-        "",
-        *small_tables(cells, targets, args, ctx["rss_per_level"]),
-        f"## One {BIG_MIB} MiB download through each",
-        "",
-        f"`curl -s -o /dev/null` of `/big`, {DOWNLOAD_REPEATS} times per target, interleaved.",
-        "",
-        *download_table(ctx["downloads"], targets, ctx["hwm"]),
+    ]
+    if "tinylb" in keys:
+        lines += [
+            "## tinylb ÷ nginx (same run)",
+            "",
+            *ratio_table(cells, args),
+            "## Issue 4's targets",
+            "",
+            *targets_table(cells, ctx["downloads"], ctx["hwm"], size),
+        ]
+    lines += ["## Small requests", "", *small_tables(cells, targets, args, ctx["rss_per_level"])]
+    if ctx["downloads"] is not None:
+        lines += [
+            f"## One {BIG_MIB} MiB download through each",
+            "",
+            f"`curl -s -o /dev/null` of `/big`, {DOWNLOAD_REPEATS} times per target, interleaved.",
+            "",
+            *download_table(ctx["downloads"], targets, ctx["hwm"]),
+        ]
+    lines += [
         "## Anything odd",
         "",
-        *oddities(cells, args.duration, ctx["tinylb_log"], ctx["shutdown"]),
+        *oddities(cells, args.duration, targets, ctx["shutdown"]),
         "",
     ]
     return "\n".join(lines)
+
+
+def cells_json(ctx: dict) -> dict:
+    """What `--json` saves: the run's context and every cell, medians and each round."""
+    args, cells = ctx["args"], ctx["cells"]
+    labels = {t.key: t.label for t in ctx["targets"]}
+    return {
+        "date": ctx["date"],
+        "command": ctx["command"],
+        "load_start": ctx["load_start"],
+        "load_end": ctx["load_end"],
+        "backends": args.backends,
+        "rounds": args.rounds,
+        "duration": args.duration,
+        "targets": [
+            {"key": t.key, "label": t.label, "port": t.port,
+             "config": {k: v for k, v in (t.config or {}).items() if k != "servers"}}
+            for t in ctx["targets"]
+        ],
+        "cells": [
+            {
+                "target": key,
+                "label": labels[key],
+                "connections": conns,
+                "rps": cell.median("rps"),
+                "p50": cell.median("p50"),
+                "p99": cell.median("p99"),
+                "socket_errors": sum(r.socket_errors for r in cell.runs),
+                "bad_status": sum(r.bad_status for r in cell.runs),
+                "requests": sum(r.requests for r in cell.runs),
+                "req_per_cpu": cell.req_per_cpu(),
+                "peak_rss_kib": cell.peak_rss_kib,
+                "runs": [vars(r) for r in cell.runs],
+            }
+            for (key, conns), cell in cells.items()
+        ],
+        "downloads": None
+        if ctx["downloads"] is None
+        else {k: vars(d) for k, d in ctx["downloads"].items()},
+    }
 
 
 def write_report(out: Path, report: str) -> None:
@@ -1077,49 +1254,82 @@ def write_report(out: Path, report: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def target_count(args) -> int:
+    """How many targets this run measures (each tinylb config is one)."""
+    tinylbs = len(args.tinylb_extras) if "tinylb" in args.targets else 0
+    return len([t for t in args.targets if t != "tinylb"]) + tinylbs
+
+
 def estimate_seconds(args, targets: int = 4) -> float:
     """Roughly how long the load takes: wrk runs, warm-up, downloads, start-up."""
     wrk_runs = len(args.connections) * args.rounds * targets
     return wrk_runs * (args.duration + 0.3) + targets * (WARMUP_SECONDS + 0.3) + 15
 
 
-def start_everything(procs: Processes, tools: dict, tmp: Path, args) -> tuple[list[Target], dict]:
-    """Backend, the two nginx load balancers and tinylb; returns the targets to measure."""
-    backend_ports = free_ports(BACKEND_COUNT + 3)
-    tinylb_port, lb1_port, lb2_port = backend_ports[BACKEND_COUNT:]
-    backend_ports = backend_ports[:BACKEND_COUNT]
-    make_big_file(tmp / "big.bin")
+def tinylb_key(index: int) -> str:
+    """`tinylb` for the first (or only) tinylb, `tinylb#2`, `tinylb#3` ... for the others."""
+    return "tinylb" if index == 0 else f"tinylb#{index + 1}"
+
+
+def tinylb_label(index: int, extra: dict, count: int) -> str:
+    """`tinylb` alone; with several configs, the extra keys that tell them apart."""
+    if count == 1:
+        return "tinylb"
+    return f"tinylb {json.dumps(extra, separators=(',', ':'))}" if extra else tinylb_key(index)
+
+
+def start_tinylb(procs: Processes, tmp: Path, index: int, config: dict, port: int):
+    """Writes tinylb's config and starts it with RUST_LOG=warn; returns (process, log path)."""
+    name = tinylb_key(index).replace("#", "-")
+    (tmp / f"{name}.json").write_text(json.dumps(config, indent=2))
+    env = dict(os.environ, RUST_LOG="warn")
+    log_path = tmp / f"{name}.log"
+    proc = procs.start(name, [str(TINYLB), "--config", str(tmp / f"{name}.json")], log_path, env)
+    wait_ready(name, proc, port, log_path)
+    return proc, log_path
+
+
+def start_everything(procs: Processes, tools: dict, tmp: Path, args) -> list[Target]:
+    """The backend, then the load balancers `--targets` asks for; returns the targets.
+
+    The backend always runs (every load balancer needs it); `direct` only decides whether wrk
+    is also pointed at it.
+    """
+    count = args.backends
+    tinylbs = len(args.tinylb_extras) if "tinylb" in args.targets else 0
+    ports = free_ports(count + 2 + tinylbs)
+    backend_ports, lb1_port, lb2_port = ports[:count], ports[count], ports[count + 1]
+    tinylb_ports = ports[count + 2 :]
+    if not args.only_small:
+        make_big_file(tmp / "big.bin")
     nginx = tools["nginx"]
-    log(f"backend: one nginx (1 worker) on 127.0.0.1 ports {backend_ports}")
+    shown = backend_ports if count <= 10 else f"{backend_ports[:3]} ... ({count} ports)"
+    log(f"backend: one nginx (1 worker) on 127.0.0.1 ports {shown}")
     backend = start_nginx(
         procs, nginx, tmp, "backend", backend_config(tmp, backend_ports), backend_ports[0]
     )
     for port in backend_ports[1:]:
         wait_ready("backend", backend, port, tmp / "backend-error.log")
-    lb1 = start_nginx(
-        procs, nginx, tmp, "nginx1", lb_config(tmp, "nginx1", 1, lb1_port, backend_ports), lb1_port
-    )
-    lb2 = start_nginx(
-        procs, nginx, tmp, "nginx2", lb_config(tmp, "nginx2", 2, lb2_port, backend_ports), lb2_port
-    )
-    config = tinylb_config(tinylb_port, backend_ports, args.tinylb_extra)
-    (tmp / "tinylb.json").write_text(json.dumps(config, indent=2))
-    env = dict(os.environ, RUST_LOG="warn")
-    tinylb_log = tmp / "tinylb.log"
-    tinylb = procs.start(
-        "tinylb", [str(TINYLB), "--config", str(tmp / "tinylb.json")], tinylb_log, env
-    )
-    wait_ready("tinylb", tinylb, tinylb_port, tinylb_log)
-    log(f"tinylb on {tinylb_port}, nginx 1 worker on {lb1_port}, nginx 2 workers on {lb2_port}")
-    targets = [
-        Target("direct", "backend direct", backend_ports[0], backend, True),
-        Target("tinylb", "tinylb", tinylb_port, tinylb, False),
-        Target("nginx1", "nginx 1 worker", lb1_port, lb1, True),
-        Target("nginx2", "nginx 2 workers", lb2_port, lb2, True),
-    ]
+    targets = []
+    if "direct" in args.targets:
+        targets.append(Target("direct", "backend direct", backend_ports[0], backend, True))
+    for index, (extra, port) in enumerate(zip(args.tinylb_extras, tinylb_ports)):
+        config = tinylb_config(port, backend_ports, extra)
+        proc, log_path = start_tinylb(procs, tmp, index, config, port)
+        label = tinylb_label(index, extra, tinylbs)
+        targets.append(
+            Target(tinylb_key(index), label, port, proc, False, config, log_path)
+        )
+    for key, workers, port in (("nginx1", 1, lb1_port), ("nginx2", 2, lb2_port)):
+        if key in args.targets:
+            config = lb_config(tmp, key, workers, port, backend_ports)
+            proc = start_nginx(procs, nginx, tmp, key, config, port)
+            label = "nginx 1 worker" if workers == 1 else f"nginx {workers} workers"
+            targets.append(Target(key, label, port, proc, True))
+    log(", ".join(f"{t.label} on {t.port}" for t in targets))
     for t in targets:
         check_small_body(t)
-    return targets, config
+    return targets
 
 
 def stop_tinylb(procs: Processes, tinylb: Target) -> str:
@@ -1128,7 +1338,7 @@ def stop_tinylb(procs: Processes, tinylb: Target) -> str:
     status = procs.stop(tinylb.proc, grace=5.0)
     took = time.monotonic() - started
     verdict = "as expected" if status == 0 else "**expected 0**"
-    return f"tinylb exited with status {status} {took:.1f} s after SIGTERM ({verdict})."
+    return f"{tinylb.label} exited with status {status} {took:.1f} s after SIGTERM ({verdict})."
 
 
 def run(args: argparse.Namespace, argv: list[str], procs: Processes, tmp: Path) -> None:
@@ -1136,18 +1346,21 @@ def run(args: argparse.Namespace, argv: list[str], procs: Processes, tmp: Path) 
     started = time.monotonic()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    count = target_count(args)
     log(
-        f"estimated time: about {estimate_seconds(args) / 60:.1f} min after the build "
-        f"({len(args.connections)} connection counts × {args.rounds} rounds × 4 targets × "
-        f"{args.duration} s, plus downloads)"
+        f"estimated time: about {estimate_seconds(args, count) / 60:.1f} min after the build "
+        f"({len(args.connections)} connection counts × {args.rounds} rounds × {count} targets"
+        f" × {args.duration} s{'' if args.only_small else ', plus downloads'})"
     )
     tools = ensure_tools()
     build_tinylb()
     load_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    targets, config = start_everything(procs, tools, tmp, args)
+    targets = start_everything(procs, tools, tmp, args)
     cells, rss_per_level = measure_small(tools["wrk"], targets, args)
-    downloads, hwm = measure_downloads(tools["curl"], targets)
-    shutdown = stop_tinylb(procs, targets[1])
+    downloads, hwm = None, None
+    if not args.only_small:
+        downloads, hwm = measure_downloads(tools["curl"], targets)
+    shutdown = [stop_tinylb(procs, t) for t in targets if t.is_tinylb()]
     ctx = {
         "args": args,
         "targets": targets,
@@ -1163,12 +1376,16 @@ def run(args: argparse.Namespace, argv: list[str], procs: Processes, tmp: Path) 
         "load_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "command": exact_command(argv),
         "elapsed": time.monotonic() - started,
-        "tinylb_config": config,
-        "tinylb_log": tmp / "tinylb.log",
         "shutdown": shutdown,
     }
     report = build_report(ctx)
     print(report)
+    if args.json:
+        args.json.write_text(json.dumps(cells_json(ctx), indent=1) + "\n")
+        log(f"wrote {args.json}")
+    if args.no_write:
+        log("--no-write: left the markdown file alone")
+        return
     out = args.out if args.out.is_absolute() else Path.cwd() / args.out
     write_report(out, report)
     log(f"wrote {out}")
