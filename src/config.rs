@@ -32,11 +32,13 @@ const KNOWN_KEYS: &[&str] = &[
     "accessLog",
 ];
 
-/// Default worker threads. Measured (docs in README.md): 8 workers served as many requests per
-/// second as 32 or 128 on a 2-core machine, with a third of the memory.
+/// Default worker threads. Measured (docs/benchmarks.md, sweeps): 8 workers were best or tied
+/// at 16, 64 and 256 connections on a 2-core machine; 16 and 32 were no faster and used more
+/// CPU per request and memory.
 pub const DEFAULT_WORKERS: usize = 8;
 /// Default queue between the listener and the workers: deep enough that 256 keep-alive clients
-/// never see a 503, short enough that an overload is answered at once instead of piling up.
+/// never see a 503, short enough that an overload is answered at once instead of piling up
+/// (docs/benchmarks.md: at 1,024 connections a queue of 1,024 doubled the median latency).
 pub const DEFAULT_QUEUE_SIZE: usize = 512;
 
 /// Default `clientTimeout`. tiny_http holds a thread per open connection, so an idle client
