@@ -4,11 +4,12 @@
 //! rise/fall thresholds and pass/fail statuses.
 
 mod common;
+use common::raw::RawServer;
 use common::*;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
@@ -517,44 +518,28 @@ fn no_request_fails_while_a_backend_is_killed_under_load() {
 /// A hand-written backend that answers every request with one status (changeable while it
 /// runs), no body, and `Connection: close`, and records every method and status it answered.
 struct RawBackend {
-    addr: SocketAddr,
+    server: RawServer,
     status: Arc<AtomicU16>,
     answered: Arc<Mutex<Vec<(String, u16)>>>,
-    stopping: Arc<AtomicBool>,
-    acceptor: Option<JoinHandle<()>>,
 }
 
 impl RawBackend {
     fn start(status: u16) -> RawBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("raw backend binds");
-        let addr = listener.local_addr().expect("bound");
         let status = Arc::new(AtomicU16::new(status));
         let answered = Arc::new(Mutex::new(Vec::new()));
-        let stopping = Arc::new(AtomicBool::new(false));
-        let acceptor = {
-            let (status, answered, stopping) = (status.clone(), answered.clone(), stopping.clone());
-            std::thread::spawn(move || {
-                for stream in listener.incoming() {
-                    if stopping.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    let Ok(stream) = stream else { continue };
-                    let (status, answered) = (status.clone(), answered.clone());
-                    std::thread::spawn(move || answer_raw(stream, &status, &answered));
-                }
-            })
+        let server = {
+            let (status, answered) = (status.clone(), answered.clone());
+            RawServer::start(move |stream, _, _| answer_raw(stream, &status, &answered))
         };
         RawBackend {
-            addr,
+            server,
             status,
             answered,
-            stopping,
-            acceptor: Some(acceptor),
         }
     }
 
     fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
 
     fn set_status(&self, status: u16) {
@@ -578,16 +563,6 @@ impl RawBackend {
             .rev()
             .take_while(|&&s| s == status)
             .count()
-    }
-}
-
-impl Drop for RawBackend {
-    fn drop(&mut self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr); // wakes the accept loop
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
-        }
     }
 }
 

@@ -7,13 +7,12 @@
 
 mod common;
 use common::process::{Running, TempConfig};
+use common::raw::{OnError, RawServer, count_status_lines, read_until_close, send_until_close};
 use common::*;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -21,44 +20,6 @@ use parking_lot::Mutex;
 // ---------------------------------------------------------------------------------------------
 // Raw HTTP on the client side.
 // ---------------------------------------------------------------------------------------------
-
-/// Sends `request` on a new connection and reads until tinylb closes it or `limit` passes.
-/// Returns what arrived and how long the close took (`None`: still open at the limit). A write
-/// that fails (tinylb closed first) is not an error: the answer so far is returned.
-fn send_until_close(
-    addr: SocketAddr,
-    request: &[u8],
-    limit: Duration,
-) -> (Vec<u8>, Option<Duration>) {
-    let mut stream = TcpStream::connect(addr).expect("connect to tinylb");
-    let started = Instant::now();
-    let _ = stream.write_all(request);
-    read_until_close(&mut stream, started, limit)
-}
-
-fn read_until_close(
-    stream: &mut TcpStream,
-    started: Instant,
-    limit: Duration,
-) -> (Vec<u8>, Option<Duration>) {
-    let deadline = started + limit;
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 65536];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return (answer, None);
-        }
-        stream.set_read_timeout(Some(left)).unwrap();
-        match stream.read(&mut buf) {
-            Ok(0) => return (answer, Some(started.elapsed())),
-            Ok(n) => answer.extend_from_slice(&buf[..n]),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            // A reset after the answer is a close too (tinylb closed with unread input).
-            Err(_) => return (answer, Some(started.elapsed())),
-        }
-    }
-}
 
 /// The status code of the first response in `answer`, if there is one.
 fn status_of(answer: &[u8]) -> Option<u16> {
@@ -74,23 +35,15 @@ fn first_line(answer: &[u8]) -> String {
     text.lines().next().unwrap_or("<nothing>").to_string()
 }
 
-/// How many responses a byte stream contains: lines that start like `HTTP/1.1 400 `.
-fn count_status_lines(bytes: &[u8]) -> usize {
-    let text = String::from_utf8_lossy(bytes);
-    text.split('\n')
-        .filter(|line| {
-            let code = line.strip_prefix("HTTP/1.1 ").unwrap_or("");
-            code.len() >= 4
-                && code.as_bytes()[..3].iter().all(u8::is_ascii_digit)
-                && code.as_bytes()[3] == b' '
-        })
-        .count()
-}
-
 /// A plain request through tinylb gets a 200 from the backend within 5 s.
 fn assert_serves_normally(addr: SocketAddr, target: &str) {
     let request = format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let (answer, closed) = send_until_close(addr, request.as_bytes(), Duration::from_secs(5));
+    let (answer, closed) = send_until_close(
+        addr,
+        request.as_bytes(),
+        Duration::from_secs(5),
+        OnError::CountAsClose,
+    );
     assert_eq!(
         status_of(&answer),
         Some(200),
@@ -225,42 +178,22 @@ struct Upload {
 }
 
 struct RecordingBackend {
-    addr: SocketAddr,
+    server: RawServer,
     uploads: Arc<Mutex<Vec<Upload>>>,
-    stopping: Arc<AtomicBool>,
-    acceptor: Option<JoinHandle<()>>,
 }
 
 impl RecordingBackend {
     fn start() -> RecordingBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("recording backend binds");
-        let addr = listener.local_addr().unwrap();
         let uploads = Arc::new(Mutex::new(Vec::new()));
-        let stopping = Arc::new(AtomicBool::new(false));
-        let acceptor = {
+        let server = {
             let uploads = Arc::clone(&uploads);
-            let stopping = Arc::clone(&stopping);
-            std::thread::spawn(move || {
-                for stream in listener.incoming() {
-                    if stopping.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    let Ok(stream) = stream else { continue };
-                    let uploads = Arc::clone(&uploads);
-                    std::thread::spawn(move || serve_recording(stream, &uploads));
-                }
-            })
+            RawServer::start(move |stream, _, _| serve_recording(stream, &uploads))
         };
-        RecordingBackend {
-            addr,
-            uploads,
-            stopping,
-            acceptor: Some(acceptor),
-        }
+        RecordingBackend { server, uploads }
     }
 
     fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
 
     fn uploads(&self) -> Vec<Upload> {
@@ -269,16 +202,6 @@ impl RecordingBackend {
 
     fn upload(&self, index: usize) -> Option<Upload> {
         self.uploads.lock().get(index).cloned()
-    }
-}
-
-impl Drop for RecordingBackend {
-    fn drop(&mut self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr); // wakes the accept loop
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
-        }
     }
 }
 
@@ -455,7 +378,12 @@ fn assert_invalid_chunk_refused(request: &[u8]) {
     let a = Backend::start("a");
     let lb = start_lb(&[&a], "");
     for attempt in 0..10 {
-        let (answer, closed) = send_until_close(lb.addr, request, Duration::from_secs(3));
+        let (answer, closed) = send_until_close(
+            lb.addr,
+            request,
+            Duration::from_secs(3),
+            OnError::CountAsClose,
+        );
         let text = String::from_utf8_lossy(&answer);
         assert!(
             closed.is_some(),
@@ -550,6 +478,7 @@ fn assert_cut_upload_is_aborted(label: &str, head: &str, first_bytes: &[u8], ups
         lb.addr,
         b"POST /after HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
         Duration::from_secs(5),
+        OnError::CountAsClose,
     );
     assert_eq!(
         status_of(&answer),
@@ -627,7 +556,12 @@ fn upgrade_is_refused_at_once_while_the_client_holds_the_socket_open() {
         stream.write_all(request.as_bytes()).unwrap();
         let started = Instant::now();
         // The socket stays open on our side; only tinylb can end this read.
-        let (answer, closed) = read_until_close(&mut stream, started, Duration::from_secs(5));
+        let (answer, closed) = read_until_close(
+            &mut stream,
+            started,
+            Duration::from_secs(5),
+            OnError::CountAsClose,
+        );
         let text = String::from_utf8_lossy(&answer);
         assert_eq!(status_of(&answer), Some(501), "{request:?} got {text:?}");
         let closed = closed.unwrap_or_else(|| panic!("{request:?}: connection left open"));
@@ -666,7 +600,12 @@ fn start_measured(label: &str) -> (Backend, ChildLb) {
 fn measure_one(lb: &mut ChildLb, label: &str, request: &[u8], peak_bound_mib: f64) -> Vec<u8> {
     let before = lb.stats();
     let started = Instant::now();
-    let (answer, closed) = send_until_close(lb.addr, request, Duration::from_secs(20));
+    let (answer, closed) = send_until_close(
+        lb.addr,
+        request,
+        Duration::from_secs(20),
+        OnError::CountAsClose,
+    );
     let took = started.elapsed();
     let during = lb.stats();
     let after = wait_for_fds_at_most(lb, before.fds);
@@ -764,7 +703,12 @@ fn eight_megabyte_header_lines_get_431_and_memory_grows_with_what_clients_send()
     // per 8 MiB head until every arena holds some (measured in release on 2 CPUs: a plateau
     // near 190 MiB after about 20 sequential heads). Bounded, but not given back.
     for i in 0..3 {
-        let (answer, _) = send_until_close(lb.addr, request.as_bytes(), Duration::from_secs(20));
+        let (answer, _) = send_until_close(
+            lb.addr,
+            request.as_bytes(),
+            Duration::from_secs(20),
+            OnError::CountAsClose,
+        );
         assert_eq!(status_of(&answer), Some(431), "repeat {i}");
     }
     let after_four = wait_for_fds_at_most(&lb, after_one.fds);
@@ -879,6 +823,7 @@ fn ten_thousand_headers_get_431_and_a_thousand_are_forwarded() {
         lb.addr,
         many_headers(1_000).as_bytes(),
         Duration::from_secs(5),
+        OnError::CountAsClose,
     );
     assert_eq!(status_of(&answer), Some(200), "{:?}", first_line(&answer));
     let seen = a.seen_proxied();
@@ -907,7 +852,12 @@ fn non_ascii_and_control_bytes_in_header_values_are_not_forwarded() {
     let before = lb.stats();
 
     let non_ascii = b"GET /e-acute HTTP/1.1\r\nHost: x\r\nX-Name: caf\xc3\xa9\r\n\r\n";
-    let (answer, closed) = send_until_close(lb.addr, non_ascii, Duration::from_secs(5));
+    let (answer, closed) = send_until_close(
+        lb.addr,
+        non_ascii,
+        Duration::from_secs(5),
+        OnError::CountAsClose,
+    );
     eprintln!(
         "non-ASCII header value: {:?} ({} bytes), closed after {closed:?}",
         first_line(&answer),
@@ -917,8 +867,12 @@ fn non_ascii_and_control_bytes_in_header_values_are_not_forwarded() {
 
     let control =
         b"GET /control HTTP/1.1\r\nHost: x\r\nX-Name: a\x01b\r\nConnection: close\r\n\r\n";
-    let (answer_control, closed_control) =
-        send_until_close(lb.addr, control, Duration::from_secs(5));
+    let (answer_control, closed_control) = send_until_close(
+        lb.addr,
+        control,
+        Duration::from_secs(5),
+        OnError::CountAsClose,
+    );
     eprintln!(
         "control byte in header value: {:?}, closed after {closed_control:?}",
         first_line(&answer_control)
@@ -954,6 +908,7 @@ fn absolute_form_target_is_forwarded_in_origin_form_with_its_own_host() {
         lb.addr,
         b"GET http://example.com/path?q HTTP/1.1\r\nHost: client.example\r\nConnection: close\r\n\r\n",
         Duration::from_secs(5),
+        OnError::CountAsClose,
     );
     assert_eq!(
         status_of(&answer),
@@ -979,6 +934,7 @@ fn http10_request_without_host_is_forwarded() {
         lb.addr,
         b"GET /old HTTP/1.0\r\nX-Old: 1\r\n\r\n",
         Duration::from_secs(5),
+        OnError::CountAsClose,
     );
     let text = String::from_utf8_lossy(&answer);
     assert_eq!(status_of(&answer), Some(200), "{text:?}");
@@ -1033,7 +989,7 @@ fn measure_http2_leak(label: &str, request: &[u8]) {
     let mut closed = 0;
     for stream in &mut clients {
         let left = deadline.saturating_duration_since(Instant::now());
-        let (answer, close) = read_until_close(stream, Instant::now(), left);
+        let (answer, close) = read_until_close(stream, Instant::now(), left, OnError::CountAsClose);
         answered += usize::from(!answer.is_empty());
         closed += usize::from(close.is_some());
     }

@@ -5,6 +5,7 @@
 
 mod common;
 use common::process::*;
+use common::raw::fresh_get;
 use common::*;
 
 use std::io::{BufReader, Write};
@@ -124,18 +125,6 @@ impl Tinylb {
             .collect();
         (numbers[0], numbers[1])
     }
-}
-
-/// One GET on a fresh connection: the status, or None when no answer came within `timeout`.
-fn fresh_get(addr: SocketAddr, path: &str, timeout: Duration) -> Option<u16> {
-    let stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
-    stream.set_read_timeout(Some(timeout)).ok()?;
-    let mut writer = stream.try_clone().ok()?;
-    let head = format!("GET {path} HTTP/1.1\r\nHost: tinylb\r\nConnection: close\r\n\r\n");
-    writer.write_all(head.as_bytes()).ok()?;
-    read_response(&mut BufReader::new(stream))
-        .ok()
-        .map(|(status, _)| status)
 }
 
 /// A client connection kept open between requests.

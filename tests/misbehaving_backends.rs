@@ -6,13 +6,13 @@
 //! framing followed by silence, cut off after `backendTimeout` so the client sees the truncation.
 
 mod common;
+use common::raw::{OnError, RawServer, send_until_close};
 use common::*;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -52,8 +52,7 @@ type Behaviour = dyn Fn(&RawRequest) -> Act + Send + Sync;
 const HOLD_AT_MOST: Duration = Duration::from_secs(15);
 
 struct RawBackend {
-    addr: SocketAddr,
-    stopping: Arc<AtomicBool>,
+    server: RawServer,
     log: Arc<Mutex<Vec<RawRequest>>>,
     /// Requests being held (read, not answered, connection still open) right now.
     held: Arc<AtomicUsize>,
@@ -61,54 +60,42 @@ struct RawBackend {
     max_held: Arc<AtomicUsize>,
     /// When each held request's connection was closed by tinylb.
     hold_ends: Arc<Mutex<Vec<Instant>>>,
-    acceptor: Option<JoinHandle<()>>,
 }
 
 impl RawBackend {
     fn start(behaviour: impl Fn(&RawRequest) -> Act + Send + Sync + 'static) -> RawBackend {
         let behaviour: Arc<Behaviour> = Arc::new(behaviour);
-        let listener = TcpListener::bind("127.0.0.1:0").expect("raw backend binds");
-        let addr = listener.local_addr().expect("bound");
-        let stopping = Arc::new(AtomicBool::new(false));
         let log = Arc::new(Mutex::new(Vec::new()));
         let held = Arc::new(AtomicUsize::new(0));
         let max_held = Arc::new(AtomicUsize::new(0));
         let hold_ends = Arc::new(Mutex::new(Vec::new()));
-        let acceptor = {
-            let (stopping, log) = (stopping.clone(), log.clone());
+        let server = {
+            let log = log.clone();
             let (held, max_held, hold_ends) = (held.clone(), max_held.clone(), hold_ends.clone());
-            std::thread::spawn(move || {
-                for (connection, stream) in listener.incoming().enumerate() {
-                    if stopping.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    let Ok(stream) = stream else { continue };
-                    let connection = Connection {
-                        id: connection,
-                        behaviour: behaviour.clone(),
-                        stopping: stopping.clone(),
-                        log: log.clone(),
-                        held: held.clone(),
-                        max_held: max_held.clone(),
-                        hold_ends: hold_ends.clone(),
-                    };
-                    std::thread::spawn(move || connection.serve(stream));
-                }
+            RawServer::start(move |stream, id, stopping| {
+                let connection = Connection {
+                    id,
+                    behaviour: behaviour.clone(),
+                    stopping: stopping.clone(),
+                    log: log.clone(),
+                    held: held.clone(),
+                    max_held: max_held.clone(),
+                    hold_ends: hold_ends.clone(),
+                };
+                connection.serve(stream);
             })
         };
         RawBackend {
-            addr,
-            stopping,
+            server,
             log,
             held,
             max_held,
             hold_ends,
-            acceptor: Some(acceptor),
         }
     }
 
     fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
 
     /// Every request read so far, in arrival order.
@@ -143,16 +130,6 @@ impl RawBackend {
 
     fn hold_ends(&self) -> Vec<Instant> {
         self.hold_ends.lock().clone()
-    }
-}
-
-impl Drop for RawBackend {
-    fn drop(&mut self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr); // wakes the accept loop
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
-        }
     }
 }
 
@@ -713,33 +690,6 @@ fn hanging_health_check_does_not_delay_the_other_backends_checks() {
 // A body shorter than its framing, then silence with the connection left open.
 // ---------------------------------------------------------------------------------------------
 
-/// Sends `request` on a new connection and reads until tinylb closes it or `limit` passes.
-/// Returns what arrived and how long the close took (`None`: still open at the limit).
-fn send_until_close(
-    addr: SocketAddr,
-    request: &[u8],
-    limit: Duration,
-) -> (Vec<u8>, Option<Duration>) {
-    let mut stream = TcpStream::connect(addr).expect("connect to tinylb");
-    stream.write_all(request).expect("send request");
-    let started = Instant::now();
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 65536];
-    loop {
-        let left = (started + limit).saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return (answer, None);
-        }
-        stream.set_read_timeout(Some(left)).unwrap();
-        match stream.read(&mut buf) {
-            Ok(0) => return (answer, Some(started.elapsed())),
-            Ok(n) => answer.extend_from_slice(&buf[..n]),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(e) => panic!("reading from tinylb failed instead of a clean close: {e}"),
-        }
-    }
-}
-
 /// Splits an answer into its header lines (status line first) and the bytes after them.
 fn split_answer(answer: &[u8]) -> (Vec<String>, Vec<u8>) {
     let end = answer
@@ -803,6 +753,7 @@ fn fetch_from_stalling_backend(partial: &'static [u8]) -> (Vec<String>, Vec<u8>,
         lb.addr,
         b"GET /stall HTTP/1.1\r\nHost: x\r\n\r\n",
         Duration::from_secs(5),
+        OnError::Panic,
     );
     let closed = closed.unwrap_or_else(|| {
         panic!(

@@ -5,13 +5,13 @@
 //! transfer when a backend dies mid-body; and 100 requests on one keep-alive connection.
 
 mod common;
+use common::raw::{OnError, RawServer, count_status_lines, read_until_close, send_until_close};
 use common::*;
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------------------------
@@ -103,42 +103,6 @@ fn parse_answer(bytes: &[u8]) -> Reply {
     reply
 }
 
-/// Sends `request` on a new connection and reads until tinylb closes it or `limit` passes.
-/// Returns what arrived and how long the close took (`None`: still open at the limit).
-fn send_until_close(
-    addr: SocketAddr,
-    request: &[u8],
-    limit: Duration,
-) -> (Vec<u8>, Option<Duration>) {
-    let mut stream = TcpStream::connect(addr).expect("connect to tinylb");
-    stream.write_all(request).expect("send request");
-    let started = Instant::now();
-    read_until_close(&mut stream, started, limit)
-}
-
-fn read_until_close(
-    stream: &mut TcpStream,
-    started: Instant,
-    limit: Duration,
-) -> (Vec<u8>, Option<Duration>) {
-    let deadline = started + limit;
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 65536];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return (answer, None);
-        }
-        stream.set_read_timeout(Some(left)).unwrap();
-        match stream.read(&mut buf) {
-            Ok(0) => return (answer, Some(started.elapsed())),
-            Ok(n) => answer.extend_from_slice(&buf[..n]),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(e) => panic!("reading from tinylb failed instead of a clean close: {e}"),
-        }
-    }
-}
-
 /// Decodes a chunked body; says whether the final zero-size chunk arrived.
 fn decode_chunked(mut bytes: &[u8]) -> (Vec<u8>, bool) {
     let mut data = Vec::new();
@@ -167,19 +131,6 @@ fn decode_chunked(mut bytes: &[u8]) -> (Vec<u8>, bool) {
     }
 }
 
-/// How many responses a byte stream contains: lines that start like `HTTP/1.1 400 `.
-fn count_status_lines(bytes: &[u8]) -> usize {
-    let text = String::from_utf8_lossy(bytes);
-    text.split('\n')
-        .filter(|line| {
-            let code = line.strip_prefix("HTTP/1.1 ").unwrap_or("");
-            code.len() >= 4
-                && code.as_bytes()[..3].iter().all(u8::is_ascii_digit)
-                && code.as_bytes()[3] == b' '
-        })
-        .count()
-}
-
 /// The one request the backend got from tinylb (health checks aside); fails if not exactly one.
 fn only_proxied(backend: &Backend) -> Seen {
     let seen = backend.seen_proxied();
@@ -199,58 +150,29 @@ fn only_proxied(backend: &Backend) -> Seen {
 type Misbehaviour = fn(&mut TcpStream, &AtomicBool);
 
 struct RawBackend {
-    addr: SocketAddr,
-    stopping: Arc<AtomicBool>,
+    server: RawServer,
     /// Requests other than HEAD health checks.
     hits: Arc<AtomicUsize>,
-    acceptor: Option<JoinHandle<()>>,
 }
 
 impl RawBackend {
     fn start(misbehave: Misbehaviour) -> RawBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("raw backend binds");
-        let addr = listener.local_addr().unwrap();
-        let stopping = Arc::new(AtomicBool::new(false));
         let hits = Arc::new(AtomicUsize::new(0));
-        let acceptor = {
-            let stopping = Arc::clone(&stopping);
+        let server = {
             let hits = Arc::clone(&hits);
-            std::thread::spawn(move || {
-                for stream in listener.incoming() {
-                    if stopping.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    let Ok(stream) = stream else { continue };
-                    let stopping = Arc::clone(&stopping);
-                    let hits = Arc::clone(&hits);
-                    std::thread::spawn(move || serve_raw(stream, misbehave, &stopping, &hits));
-                }
+            RawServer::start(move |stream, _, stopping| {
+                serve_raw(stream, misbehave, stopping, &hits)
             })
         };
-        RawBackend {
-            addr,
-            stopping,
-            hits,
-            acceptor: Some(acceptor),
-        }
+        RawBackend { server, hits }
     }
 
     fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
 
     fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for RawBackend {
-    fn drop(&mut self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr); // wakes the accept loop
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
-        }
     }
 }
 
@@ -352,6 +274,7 @@ fn backend_statuses_pass_through_unchanged() {
         lb.addr,
         b"GET /status/599 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         Duration::from_secs(3),
+        OnError::Panic,
     )
     .0;
     let reply = parse_answer(&answer);
@@ -391,6 +314,7 @@ fn compressed_body_passes_through_undecoded() {
         lb.addr,
         b"GET /gzip HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n",
         Duration::from_secs(3),
+        OnError::Panic,
     );
     assert!(closed.is_some(), "Connection: close was asked for");
     let reply = parse_answer(&answer);
@@ -530,6 +454,7 @@ fn head_gets_the_headers_and_no_body() {
         &mut stream.try_clone().unwrap(),
         started,
         Duration::from_secs(3),
+        OnError::Panic,
     );
     rest.extend_from_slice(reader.buffer());
     rest.extend_from_slice(&tail);
@@ -562,6 +487,7 @@ fn repeated_headers_stay_separate_both_ways() {
         lb.addr,
         b"GET /cookies HTTP/1.1\r\nHost: x\r\nX-Multi: one\r\nX-Multi: two\r\nConnection: close\r\n\r\n",
         Duration::from_secs(3),
+        OnError::Panic,
     );
     let reply = parse_answer(&answer);
     assert_eq!(reply.status, 200);
@@ -934,7 +860,14 @@ fn assert_refused_unforwarded(request: &[u8], status: u16) -> Reply {
             .map(|_| {
                 scope.spawn(|| {
                     (0..ATTEMPTS_EACH)
-                        .map(|_| send_until_close(lb.addr, request, Duration::from_secs(2)))
+                        .map(|_| {
+                            send_until_close(
+                                lb.addr,
+                                request,
+                                Duration::from_secs(2),
+                                OnError::Panic,
+                            )
+                        })
                         .collect::<Vec<_>>()
                 })
             })
@@ -1055,6 +988,7 @@ fn backend_dying_mid_body_closes_the_client_connection_short() {
         lb.addr,
         b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n",
         Duration::from_secs(3),
+        OnError::Panic,
     );
     let closed = closed.expect("tinylb must close the connection when the backend body breaks off");
     let reply = parse_answer(&answer);
@@ -1083,6 +1017,7 @@ fn backend_dying_mid_chunked_body_never_gets_a_final_chunk() {
         lb.addr,
         b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n",
         Duration::from_secs(3),
+        OnError::Panic,
     );
     assert!(
         closed.is_some(),

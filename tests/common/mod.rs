@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod process;
+pub mod raw;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
