@@ -5,7 +5,10 @@
 //! transfer when a backend dies mid-body; and 100 requests on one keep-alive connection.
 
 mod common;
-use common::raw::{OnError, RawServer, count_status_lines, read_until_close, send_until_close};
+use common::raw::{
+    OnError, RawServer, count_status_lines, keep_alive_connection, read_until_close,
+    send_until_close,
+};
 use common::*;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -340,12 +343,7 @@ fn path_and_query_reach_the_backend_byte_for_byte() {
         "/semi;colon=1?",
         "/~user/%7e?x=%2F",
     ];
-    let stream = TcpStream::connect(lb.addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut writer = stream.try_clone().unwrap();
-    let mut reader = BufReader::new(stream);
+    let (mut writer, mut reader) = keep_alive_connection(lb.addr);
     for target in targets {
         write!(writer, "GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         let reply = read_reply(&mut reader, false);
@@ -379,12 +377,7 @@ fn every_method_reaches_the_backend_unchanged() {
         ("get", ""),
         ("X-Custom_Token", ""),
     ];
-    let stream = TcpStream::connect(lb.addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut writer = stream.try_clone().unwrap();
-    let mut reader = BufReader::new(stream);
+    let (mut writer, mut reader) = keep_alive_connection(lb.addr);
     for (method, body) in methods {
         let length = if body.is_empty() {
             String::new()
@@ -516,12 +509,7 @@ fn repeated_headers_stay_separate_both_ways() {
 fn hop_by_hop_request_headers_do_not_reach_the_backend() {
     let a = Backend::start("a");
     let lb = start_lb(&[&a], "");
-    let stream = TcpStream::connect(lb.addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut writer = stream.try_clone().unwrap();
-    let mut reader = BufReader::new(stream);
+    let (mut writer, mut reader) = keep_alive_connection(lb.addr);
     writer
         .write_all(
             b"GET /hop-request HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, X-Secret\r\n\
@@ -554,12 +542,7 @@ fn hop_by_hop_request_headers_do_not_reach_the_backend() {
 fn hop_by_hop_response_headers_do_not_reach_the_client() {
     let a = Backend::start("a");
     let lb = start_lb(&[&a], "");
-    let stream = TcpStream::connect(lb.addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut writer = stream.try_clone().unwrap();
-    let mut reader = BufReader::new(stream);
+    let (mut writer, mut reader) = keep_alive_connection(lb.addr);
     writer
         .write_all(b"GET /hop HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
@@ -581,12 +564,7 @@ fn hop_by_hop_response_headers_do_not_reach_the_client() {
 fn forwarding_headers_are_set_and_host_is_kept() {
     let a = Backend::start("a");
     let lb = start_lb(&[&a], "");
-    let stream = TcpStream::connect(lb.addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut writer = stream.try_clone().unwrap();
-    let mut reader = BufReader::new(stream);
+    let (mut writer, mut reader) = keep_alive_connection(lb.addr);
     // A client that already went through a proxy, and one that tries to spoof the scheme.
     writer
         .write_all(
@@ -1054,12 +1032,7 @@ fn backend_dying_mid_chunked_body_never_gets_a_final_chunk() {
 fn hundred_requests_share_one_keep_alive_connection() {
     let a = Backend::start("a");
     let lb = start_lb(&[&a], "");
-    let stream = TcpStream::connect(lb.addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut writer = stream.try_clone().unwrap();
-    let mut reader = BufReader::new(stream);
+    let (mut writer, mut reader) = keep_alive_connection(lb.addr);
     for i in 0..100 {
         write!(writer, "GET /k/{i} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         let reply = read_reply(&mut reader, false);

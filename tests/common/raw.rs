@@ -77,6 +77,17 @@ pub fn read_until_close(
     }
 }
 
+/// A keep-alive client connection to tinylb: a writer for requests and a buffered reader for
+/// answers, reading with a 5 s timeout so a missing answer fails the test instead of hanging.
+pub fn keep_alive_connection(addr: SocketAddr) -> (TcpStream, BufReader<TcpStream>) {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("set a read timeout");
+    let writer = stream.try_clone().expect("clone the client socket");
+    (writer, BufReader::new(stream))
+}
+
 /// How many responses a byte stream contains: lines that start like `HTTP/1.1 400 `.
 pub fn count_status_lines(bytes: &[u8]) -> usize {
     let text = String::from_utf8_lossy(bytes);
