@@ -21,7 +21,8 @@
 //!   [`metrics`], and where backends can be drained;
 //! - [`reload`] watches config.json and applies changes without a restart;
 //! - [`access_log`] writes one line per request when asked to;
-//! - [`socket_options`] sets what std cannot: client timeouts, the backlog, the fd limit.
+//! - [`socket_options`] sets what std cannot: client timeouts, the backlog, the fd limit;
+//! - the [`pinger`] thread connects to the listener now and then, which tiny_http needs.
 //!
 //! # Log levels (a contract)
 //!
@@ -43,6 +44,7 @@ pub mod headers;
 pub mod health;
 pub mod listener;
 pub mod metrics;
+pub mod pinger;
 pub mod pool;
 pub mod relay;
 pub mod reload;

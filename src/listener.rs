@@ -7,15 +7,15 @@
 //!
 //! - **No client timeouts.** tinylb sets SO_RCVTIMEO/SO_SNDTIMEO on the listening socket, which
 //!   accepted sockets inherit. The catch: accept() then times out as well, which would end
-//!   tiny_http's accept thread, so the intake connects to its own listener more often than the
-//!   timeout (a "ping") to keep accept() busy.
+//!   tiny_http's accept thread, so a [`Pinger`] thread connects to the listener more often than
+//!   the timeout to keep accept() busy.
 //! - **An accept loop that dies for good** on the first accept error (for example too many open
 //!   files), or by panicking inside tiny_http without reporting anything. The intake notices
 //!   both and starts a new tiny_http server on a clone of the same socket, with back-off. The
 //!   old server is kept, and polled, until its connections have gone quiet: its keep-alive
 //!   clients still send their requests through it.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Sender, TrySendError};
 
 use crate::forward::{Forwarder, Job};
+use crate::pinger::Pinger;
 use crate::relay::Buffers;
 use crate::socket_options;
 
@@ -38,20 +39,13 @@ const LISTEN_BACKLOG: i32 = 1024;
 /// have all timed out (each idle gap is bounded by `clientTimeout`).
 const RETIRED_SERVER_LIFETIME: Duration = Duration::from_secs(600);
 
-/// While requests are arriving, the intake pings this often. tiny_http's thread pool can queue
-/// a connection from a burst behind a thread that is already taken (its idle count is read
-/// stale), and such a connection waits until some other connection ends. Every ping either
-/// starts a fresh pool thread, which picks up one queued connection when the ping ends, or
-/// wakes an idle one that does. When idle, one ping per half `clientTimeout` is enough to keep
-/// accept() alive.
-const BUSY_PING: Duration = Duration::from_millis(50);
-/// Longest wait for a ping's handshake.
-const PING_TIMEOUT: Duration = Duration::from_millis(20);
-/// Most pings per busy tick: 320 a second free a burst of 64 connections (a load test's start)
-/// in about 0.2 s; under light traffic a tick sends one.
-const MAX_BUSY_PINGS: usize = 16;
-/// How long after the last request the intake keeps pinging at the busy rate.
-const BUSY_FOR: Duration = Duration::from_secs(2);
+/// How often the intake looks at retired servers' connections while there are any.
+const RETIRED_POLL: Duration = Duration::from_millis(50);
+/// Longest the intake waits for a request before it looks at its other duties (retired
+/// servers, a panicked accept thread, a due restart, the stop flag).
+const IDLE_WAIT: Duration = Duration::from_millis(250);
+/// For this long after an accept failure the intake counts as short of file descriptors.
+const STRUGGLING_FOR: Duration = Duration::from_secs(10);
 
 /// Accept threads of tiny_http that panicked, process-wide; see [`watch_for_accept_panics`].
 static ACCEPT_PANICS: AtomicUsize = AtomicUsize::new(0);
@@ -115,6 +109,8 @@ pub fn spawn_intake(
     let server = listener
         .new_server()
         .map_err(|e| format!("cannot listen on {}: {e}", listener.local_addr))?;
+    let pinger = Pinger::start(listener.ping_addr(), listener.client_timeout)
+        .map_err(|e| format!("cannot start a thread: {e}"))?;
     let mut intake = Intake {
         current: server,
         retired: Vec::new(),
@@ -123,7 +119,7 @@ pub fn spawn_intake(
         restart_at: None,
         backoff: FIRST_BACKOFF,
         last_failure: None,
-        last_ping: Instant::now(),
+        pinger,
         queue,
         forwarder,
         buffers: Buffers::default(),
@@ -147,7 +143,9 @@ struct Intake {
     restart_at: Option<Instant>,
     backoff: Duration,
     last_failure: Option<Instant>,
-    last_ping: Instant,
+    /// Keeps accept() alive and frees connections waiting in tiny_http's pool; stops with the
+    /// intake.
+    pinger: Pinger,
     queue: Sender<Job>,
     forwarder: Arc<Forwarder>,
     buffers: Buffers,
@@ -156,29 +154,20 @@ struct Intake {
 
 impl Intake {
     fn run(&mut self, stopping: &AtomicBool) {
-        let idle_ping = self.listener.client_timeout / 2;
-        let idle_wait = (idle_ping / 2).min(Duration::from_millis(250));
-        let mut last_request = Instant::now() - BUSY_FOR;
-        let mut requests_since_ping = 0usize;
+        let idle_wait = (self.listener.client_timeout / 4).min(IDLE_WAIT);
         while !stopping.load(Ordering::Relaxed) {
-            // No busy pings while file descriptors run short: each ping holds two until a pool
-            // thread reads it, and those are what the listener is waiting for.
             let struggling = self.restart_at.is_some()
                 || self
                     .last_failure
-                    .is_some_and(|at| at.elapsed() < BUSY_FOR * 5);
-            let busy = last_request.elapsed() < BUSY_FOR && !struggling;
-            let wait = if self.retired.is_empty() && !busy {
+                    .is_some_and(|at| at.elapsed() < STRUGGLING_FOR);
+            self.pinger.set_struggling(struggling);
+            let wait = if self.retired.is_empty() {
                 idle_wait
             } else {
-                BUSY_PING
+                RETIRED_POLL
             };
             match self.current.recv_timeout(wait) {
-                Ok(Some(request)) => {
-                    last_request = Instant::now();
-                    requests_since_ping += 1;
-                    self.dispatch(request);
-                }
+                Ok(Some(request)) => self.dispatch(request),
                 Ok(None) => {}
                 Err(error) => self.accept_loop_died(&format!("accept failed: {error}")),
             }
@@ -188,21 +177,6 @@ impl Intake {
                 self.accept_loop_died("tiny_http's accept thread panicked");
             }
             self.poll_retired();
-            let ping_every = if busy { BUSY_PING } else { idle_ping };
-            if self.last_ping.elapsed() >= ping_every {
-                self.last_ping = Instant::now();
-                // Connecting is enough to restart accept()'s timeout; the connection is closed
-                // at once and tiny_http's thread for it reads end-of-file and ends. A loopback
-                // handshake takes microseconds; a longer wait means the accept queue is full,
-                // and the intake must not stall on it.
-                // More traffic means bigger bursts of new connections (a load test's start):
-                // one ping per 8 requests since the last tick, up to MAX_BUSY_PINGS.
-                let pings = (1 + requests_since_ping / 8).min(MAX_BUSY_PINGS);
-                requests_since_ping = 0;
-                for _ in 0..pings {
-                    let _ = TcpStream::connect_timeout(&self.listener.ping_addr(), PING_TIMEOUT);
-                }
-            }
             if self.restart_at.is_some_and(|at| Instant::now() >= at) {
                 self.restart();
             }
@@ -210,6 +184,7 @@ impl Intake {
     }
 
     fn dispatch(&mut self, request: tiny_http::Request) {
+        self.pinger.saw_request();
         let Some(job) = self.forwarder.admit(request) else {
             return;
         };

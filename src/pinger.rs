@@ -1,0 +1,203 @@
+//! Connections from tinylb to its own listener ("pings"), made from a thread of their own.
+//!
+//! tiny_http needs them for two reasons (see `listener.rs`):
+//!
+//! - **accept() must not time out.** Accepted sockets inherit the listener's SO_RCVTIMEO (that
+//!   is how tinylb bounds slow clients), so accept() times out too, which would end tiny_http's
+//!   accept thread. One ping per half `clientTimeout` keeps it busy.
+//! - **Connections from a burst can wait in tiny_http's thread pool** behind a thread that is
+//!   already taken (its idle count is read stale), until some other connection ends. Every
+//!   ping either starts a fresh pool thread, which takes one waiting connection when the ping
+//!   ends, or wakes an idle one that does. So while requests arrive, it pings more often, and
+//!   more when there are more requests (a load test's opening burst).
+//!
+//! Pinging is a blocking connect, which takes microseconds on loopback but up to
+//! [`PING_TIMEOUT`] when the accept queue is full. It used to run on the intake thread, and
+//! every request waited behind it; on a thread of its own it delays nothing.
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{RecvTimeoutError, Sender};
+
+/// While requests are arriving, a round of pings this often.
+const BUSY_PING: Duration = Duration::from_millis(50);
+/// When idle, how often the pinger looks whether requests have started arriving.
+const IDLE_LOOK: Duration = Duration::from_millis(250);
+/// Longest wait for a ping's handshake.
+const PING_TIMEOUT: Duration = Duration::from_millis(20);
+/// One ping per this many requests since the last round...
+const REQUESTS_PER_PING: usize = 8;
+/// ...and at most this many a round: 320 a second free a burst of 64 new connections in about
+/// 0.2 s; under light traffic a round is one ping.
+const MAX_BUSY_PINGS: usize = 16;
+/// How long after the last request the pinger keeps the busy rate.
+const BUSY_FOR: Duration = Duration::from_secs(2);
+
+/// What the intake tells the pinger; see [`Pinger`].
+#[derive(Default)]
+struct Signals {
+    /// Requests taken from tiny_http so far.
+    requests: AtomicUsize,
+    /// Whether file descriptors run short: then no busy pings, since each one holds two until
+    /// a pool thread reads it, and those are what the listener is waiting for.
+    struggling: AtomicBool,
+    /// Whether the pinger is idle and wants to be woken by the next request: the first burst
+    /// after a quiet spell is when connections wait in tiny_http's pool.
+    idle: AtomicBool,
+}
+
+/// The ping thread; it stops when this is dropped.
+pub struct Pinger {
+    signals: Arc<Signals>,
+    /// Wakes the thread; dropping it stops the thread.
+    wake: Option<Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Pinger {
+    /// Starts pinging `addr` (the listener's own address, on loopback when it listens on all
+    /// addresses) at least every half `client_timeout`.
+    pub fn start(addr: SocketAddr, client_timeout: Duration) -> std::io::Result<Pinger> {
+        let signals = Arc::new(Signals::default());
+        let (wake, woken) = crossbeam_channel::bounded::<()>(1);
+        let thread_signals = Arc::clone(&signals);
+        let thread = std::thread::Builder::new()
+            .name("pinger".into())
+            .spawn(move || {
+                let mut rounds = Rounds::new(client_timeout / 2);
+                loop {
+                    let wait = rounds.wait();
+                    thread_signals.idle.store(!rounds.busy(), Ordering::Relaxed);
+                    match woken.recv_timeout(wait) {
+                        Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                    let requests = thread_signals.requests.load(Ordering::Relaxed);
+                    let struggling = thread_signals.struggling.load(Ordering::Relaxed);
+                    for _ in 0..rounds.pings_now(requests, struggling) {
+                        // Connecting is enough; the connection is closed at once, and tiny_http's
+                        // thread for it reads end-of-file and ends.
+                        let _ = TcpStream::connect_timeout(&addr, PING_TIMEOUT);
+                    }
+                }
+            })?;
+        Ok(Pinger {
+            signals,
+            wake: Some(wake),
+            thread: Some(thread),
+        })
+    }
+
+    /// Called by the intake for each request it takes from tiny_http.
+    pub fn saw_request(&self) {
+        self.signals.requests.fetch_add(1, Ordering::Relaxed);
+        if self.signals.idle.load(Ordering::Relaxed)
+            && self.signals.idle.swap(false, Ordering::Relaxed)
+            && let Some(wake) = &self.wake
+        {
+            let _ = wake.try_send(());
+        }
+    }
+
+    /// Called by the intake when file descriptors run short, and when they no longer do.
+    pub fn set_struggling(&self, struggling: bool) {
+        self.signals.struggling.store(struggling, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Pinger {
+    fn drop(&mut self) {
+        drop(self.wake.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// When to ping and how many times: the policy, apart from the thread and the sockets.
+struct Rounds {
+    idle_ping: Duration,
+    last_ping: Instant,
+    requests_seen: usize,
+    last_request: Option<Instant>,
+}
+
+impl Rounds {
+    fn new(idle_ping: Duration) -> Rounds {
+        Rounds {
+            idle_ping,
+            last_ping: Instant::now(),
+            requests_seen: 0,
+            last_request: None,
+        }
+    }
+
+    fn busy(&self) -> bool {
+        self.last_request.is_some_and(|at| at.elapsed() < BUSY_FOR)
+    }
+
+    /// How long to sleep before the next look.
+    fn wait(&self) -> Duration {
+        if self.busy() {
+            BUSY_PING
+        } else {
+            IDLE_LOOK.min(self.idle_ping)
+        }
+    }
+
+    /// Pings due now, given the intake's request count so far.
+    fn pings_now(&mut self, requests: usize, struggling: bool) -> usize {
+        let new_requests = requests.wrapping_sub(self.requests_seen);
+        self.requests_seen = requests;
+        if new_requests > 0 {
+            self.last_request = Some(Instant::now());
+        }
+        let pings = if self.busy() && !struggling {
+            (1 + new_requests / REQUESTS_PER_PING).min(MAX_BUSY_PINGS)
+        } else if self.last_ping.elapsed() >= self.idle_ping {
+            1
+        } else {
+            0
+        };
+        if pings > 0 {
+            self.last_ping = Instant::now();
+        }
+        pings
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_means_one_ping_per_idle_period() {
+        let mut rounds = Rounds::new(Duration::from_secs(3600));
+        assert_eq!(rounds.pings_now(0, false), 0);
+        rounds.last_ping = Instant::now() - Duration::from_secs(3601);
+        assert_eq!(rounds.pings_now(0, false), 1);
+        assert_eq!(rounds.pings_now(0, false), 0);
+        assert_eq!(rounds.wait(), IDLE_LOOK);
+    }
+
+    #[test]
+    fn traffic_scales_the_pings_up_to_the_cap() {
+        let mut rounds = Rounds::new(Duration::from_secs(3600));
+        assert_eq!(rounds.pings_now(1, false), 1);
+        assert_eq!(rounds.pings_now(1 + 40, false), 6);
+        assert_eq!(rounds.pings_now(100_000, false), MAX_BUSY_PINGS);
+        assert_eq!(rounds.wait(), BUSY_PING);
+        // Still busy right after the traffic stops: one ping a round.
+        assert_eq!(rounds.pings_now(100_000, false), 1);
+    }
+
+    #[test]
+    fn no_busy_pings_while_file_descriptors_run_short() {
+        let mut rounds = Rounds::new(Duration::from_secs(3600));
+        assert_eq!(rounds.pings_now(1_000, true), 0);
+    }
+}
