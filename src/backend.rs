@@ -11,8 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::time::{Duration, SystemTime};
 
 use parking_lot::{Mutex, RwLock};
+use ureq::unversioned::transport::DefaultConnector;
 
 use crate::config::{BackendUrl, Config, HealthConfig, ServerConfig};
+use crate::resolve::{AddressCache, CachedResolver};
 use crate::stats::BackendStats;
 
 /// A backend and everything the request path needs to know about it.
@@ -42,6 +44,8 @@ pub struct Backend {
     /// The same settings with no keep-alive pool: for a retry after a pooled connection turned
     /// out closed, which must not take the next (possibly also closed) pooled connection.
     fresh_agent: RwLock<ureq::Agent>,
+    /// The backend's address as last looked up, shared by both Agents (see [`crate::resolve`]).
+    addresses: Arc<AddressCache>,
 }
 
 /// Consecutive check results and what the status page shows about health.
@@ -58,6 +62,7 @@ pub struct HealthRecord {
 impl Backend {
     /// A backend that starts healthy; the first health-check round corrects that at start-up.
     pub fn new(server: &ServerConfig, config: &Config) -> Backend {
+        let addresses = AddressCache::new();
         Backend {
             key: url_key(&server.url.original),
             url: server.url.clone(),
@@ -68,8 +73,9 @@ impl Backend {
             health: Mutex::new(HealthRecord::default()),
             flips: AtomicU64::new(0),
             stats: BackendStats::default(),
-            agent: RwLock::new(proxy_agent(config, config.workers)),
-            fresh_agent: RwLock::new(proxy_agent(config, 0)),
+            agent: RwLock::new(proxy_agent(config, config.workers, &addresses)),
+            fresh_agent: RwLock::new(proxy_agent(config, 0, &addresses)),
+            addresses,
         }
     }
 
@@ -136,8 +142,8 @@ impl Backend {
     pub fn reconfigure(&self, server: &ServerConfig, config: &Config, timeouts_changed: bool) {
         self.weight.store(server.weight, Ordering::Relaxed);
         if timeouts_changed {
-            *self.agent.write() = proxy_agent(config, config.workers);
-            *self.fresh_agent.write() = proxy_agent(config, 0);
+            *self.agent.write() = proxy_agent(config, config.workers, &self.addresses);
+            *self.fresh_agent.write() = proxy_agent(config, 0, &self.addresses);
         }
     }
 
@@ -198,6 +204,8 @@ impl Backend {
     /// Passive check: a request could not even connect, so stop sending traffic here now and
     /// let the active checks bring the backend back after `rise` passes.
     pub fn mark_down(&self, reason: &str) {
+        // The name may point elsewhere now; the next request looks it up again.
+        self.addresses.forget();
         let mut record = self.health.lock();
         record.passed = 0;
         if self.is_healthy() {
@@ -237,8 +245,8 @@ impl Drop for InFlight {
 /// An Agent configured for proxying (shared/crates.md): statuses and redirects passed through,
 /// no headers of its own, no environment proxy, any method, only phase timeouts (a global
 /// timeout would make ureq spawn a thread per request for DNS).
-fn proxy_agent(config: &Config, idle: usize) -> ureq::Agent {
-    ureq::Agent::config_builder()
+fn proxy_agent(config: &Config, idle: usize, addresses: &Arc<AddressCache>) -> ureq::Agent {
+    let settings = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(0)
         .proxy(None)
@@ -253,8 +261,12 @@ fn proxy_agent(config: &Config, idle: usize) -> ureq::Agent {
         .timeout_recv_response(Some(config.backend_timeout))
         .timeout_per_read(Some(config.backend_timeout))
         .timeout_per_write(Some(config.backend_timeout))
-        .build()
-        .new_agent()
+        .build();
+    ureq::Agent::with_parts(
+        settings,
+        DefaultConnector::default(),
+        CachedResolver(Arc::clone(addresses)),
+    )
 }
 
 /// FNV-1a of the URL: a stable identity for ip-hash that does not depend on list position.

@@ -22,7 +22,8 @@
 //! - [`reload`] watches config.json and applies changes without a restart;
 //! - [`access_log`] writes one line per request when asked to;
 //! - [`socket_options`] sets what std cannot: client timeouts, the backlog, the fd limit;
-//! - the [`pinger`] thread connects to the listener now and then, which tiny_http needs.
+//! - the [`pinger`] thread connects to the listener now and then, which tiny_http needs;
+//! - [`resolve`] keeps each backend's looked-up address, so requests do not each call DNS.
 //!
 //! # Log levels (a contract)
 //!
@@ -49,6 +50,7 @@ pub mod pool;
 pub mod relay;
 pub mod reload;
 pub mod request_check;
+pub mod resolve;
 pub mod socket_options;
 pub mod stats;
 pub mod status;
