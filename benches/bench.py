@@ -7,10 +7,16 @@ One nginx process is the backend: it listens on five ports of 127.0.0.1 (`--back
 another number) and answers a small body on `/` and a 64 MiB file on `/big`. In front of those
 backends it starts three load balancers: tinylb (the release build of this repository), nginx
 with one worker, and nginx with one worker per core (both with upstream keep-alive). Then, with
-wrk, at 1, 16, 64 and 256 connections it measures four targets:
+wrk, at 1, 16, 64 and 256 connections it measures these targets:
 
 - `backend direct`: wrk straight at one backend port, the ceiling no load balancer can reach;
-- `tinylb`, `nginx 1 worker`, `nginx 2 workers` (the load balancers).
+- `tinylb`, `nginx 1 worker`, `nginx 2 workers` (the load balancers);
+- two yardsticks from examples/bare_shape.rs, the design card's shape with nothing of tinylb
+  in it: `bare shape, proxying` (tiny_http, intake thread, crossbeam channel, 8 workers, a
+  plain ureq GET to the next backend) and `bare shape, no backend` (the same, answering a fixed
+  body). They show how fast the shape itself can go, so a gap between tinylb and nginx can be
+  split into what tinylb's code costs and what the shape costs. `--targets` can add a third,
+  `shape-direct`, whose workers call tiny_http's `recv()` without the channel.
 
 For each target and connection count it reports requests/s, p50 and p99 latency (wrk's
 `--latency` distribution), errors (socket errors plus responses with status >= 400), the
@@ -23,7 +29,8 @@ Sweeps
 ------
 The same harness runs the sweeps behind the defaults (docs/benchmarks.md, "Sweeps"):
 
-- `--targets tinylb,nginx1` runs only those targets (of direct, tinylb, nginx1, nginx2);
+- `--targets tinylb,nginx1` runs only those targets (of direct, tinylb, nginx1, nginx2,
+  shape-proxy, shape-front, shape-direct);
 - `--tinylb-config JSON`, given several times, runs one tinylb per config as separate targets,
   interleaved in the same run (`tinylb`, `tinylb#2`, ...), so a sweep's variants share the
   machine's noise just as tinylb and nginx do; ratios to nginx are given for the first;
@@ -70,11 +77,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TINYLB = ROOT / "target" / "release" / "tinylb"
+BARE_SHAPE = ROOT / "target" / "release" / "examples" / "bare_shape"
 DEFAULT_OUT = ROOT / "docs" / "benchmarks.md"
 END_MARKER = "<!-- end of generated report -->"
 DEFAULT_BACKENDS = 5
 # What `--targets` can name, in the order they are started and reported.
-TARGET_KEYS = ("direct", "tinylb", "nginx1", "nginx2")
+TARGET_KEYS = ("direct", "tinylb", "nginx1", "nginx2", "shape-proxy", "shape-front", "shape-direct")
+# Run unless `--targets` says otherwise: shape-direct only answers a side question.
+DEFAULT_TARGETS = TARGET_KEYS[:-1]
+# The yardsticks (examples/bare_shape.rs): the design card's shape with nothing of tinylb in
+# it. Key -> (bare_shape's mode, label).
+SHAPES = {
+    "shape-proxy": ("proxy", "bare shape, proxying"),
+    "shape-front": ("front", "bare shape, no backend"),
+    "shape-direct": ("direct", "bare shape, no channel"),
+}
 SMALL_BODY = "hello from backend\n"
 BIG_MIB = 64
 DOWNLOAD_REPEATS = 3
@@ -157,8 +174,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--targets",
-        default=",".join(TARGET_KEYS),
-        help=f"comma-separated targets to run ({','.join(TARGET_KEYS)})",
+        default=",".join(DEFAULT_TARGETS),
+        help=f"comma-separated targets to run, of {','.join(TARGET_KEYS)}"
+        f" ({','.join(DEFAULT_TARGETS)})",
     )
     parser.add_argument(
         "--only-small", action="store_true", help="skip the 64 MiB downloads (for sweeps)"
@@ -258,13 +276,12 @@ def tool_versions(tools: dict[str, str]) -> dict[str, str]:
 
 
 def build_tinylb() -> None:
-    """`cargo build --release --bin tinylb`; cargo's output goes to stderr."""
-    log("building tinylb: cargo build --release --bin tinylb")
-    result = subprocess.run(
-        ["cargo", "build", "--release", "--bin", "tinylb"], cwd=ROOT, stdout=sys.stderr
-    )
-    if result.returncode != 0 or not TINYLB.exists():
-        raise BenchError("cargo build --release --bin tinylb failed (see above)")
+    """Builds tinylb and the bare-shape yardstick; cargo's output goes to stderr."""
+    argv = ["cargo", "build", "--release", "--bin", "tinylb", "--example", "bare_shape"]
+    log(f"building tinylb: {' '.join(argv)}")
+    result = subprocess.run(argv, cwd=ROOT, stdout=sys.stderr)
+    if result.returncode != 0 or not TINYLB.exists() or not BARE_SHAPE.exists():
+        raise BenchError(f"{' '.join(argv)} failed (see above)")
 
 
 def stripped_size(tmp: Path) -> int | None:
@@ -931,6 +948,31 @@ def ratio_table(cells: dict, args) -> list[str]:
     return lines + [""]
 
 
+def shape_table(cells: dict, args) -> list[str]:
+    """The yardsticks against nginx and tinylb against the yardstick, per connection count."""
+
+    def r(mine: str, theirs: str, conns: int, attr: str = "rps") -> str:
+        return fmt_ratio(
+            ratio(median_of(cells, mine, conns, attr), median_of(cells, theirs, conns, attr))
+        )
+
+    direct = any(key == "shape-direct" for key, _ in cells)
+    lines = [
+        "| connections | no backend ÷ nginx 1w | proxying ÷ nginx 1w "
+        "| tinylb ÷ proxying: req/s | tinylb ÷ proxying: req/CPU-s |"
+        + (" no channel ÷ no backend |" if direct else ""),
+        "|--:|--:|--:|--:|--:|" + ("--:|" if direct else ""),
+    ]
+    for conns in args.connections:
+        lines.append(
+            f"| {conns} | {r('shape-front', 'nginx1', conns)} | {r('shape-proxy', 'nginx1', conns)}"
+            f" | {r('tinylb', 'shape-proxy', conns)}"
+            f" | {r('tinylb', 'shape-proxy', conns, 'req_per_cpu')} |"
+            + (f" {r('shape-direct', 'shape-front', conns)} |" if direct else "")
+        )
+    return lines + [""]
+
+
 def download_table(downloads: dict, targets: list[Target], hwm: tuple) -> list[str]:
     """MiB/s per target, and tinylb's VmHWM around the downloads."""
     lines = [
@@ -938,7 +980,7 @@ def download_table(downloads: dict, targets: list[Target], hwm: tuple) -> list[s
         "| peak RSS during downloads | failures |",
         "|---|--:|--:|--:|--:|",
     ]
-    for t in targets:
+    for t in (t for t in targets if t.key in downloads):
         d = downloads[t.key]
         speed = f"{statistics.median(d.speeds):,.0f}" if d.speeds else "n/a"
         lines.append(
@@ -1174,6 +1216,19 @@ def build_report(ctx: dict) -> str:
             "",
             *targets_table(cells, ctx["downloads"], ctx["hwm"], size),
         ]
+    if {"shape-front", "shape-proxy"} & keys:
+        lines += [
+            "## What the design card's shape allows",
+            "",
+            "The bare shape (examples/bare_shape.rs) is tiny_http, an intake thread, a crossbeam"
+            " channel and 8 workers, with none of tinylb's code: *no backend* answers a fixed"
+            " 19-byte body from the worker, *proxying* adds a plain ureq GET to the next backend"
+            + (", *no channel* lets the workers call tiny_http's `recv()` themselves"
+               if "shape-direct" in keys else "")
+            + ". What the bare shape cannot reach, tinylb cannot either.",
+            "",
+            *shape_table(cells, args),
+        ]
     lines += ["## Small requests", "", *small_tables(cells, targets, args, ctx["rss_per_level"])]
     if ctx["downloads"] is not None:
         lines += [
@@ -1297,9 +1352,11 @@ def start_everything(procs: Processes, tools: dict, tmp: Path, args) -> list[Tar
     """
     count = args.backends
     tinylbs = len(args.tinylb_extras) if "tinylb" in args.targets else 0
-    ports = free_ports(count + 2 + tinylbs)
+    shapes = [key for key in SHAPES if key in args.targets]
+    ports = free_ports(count + 2 + len(shapes) + tinylbs)
     backend_ports, lb1_port, lb2_port = ports[:count], ports[count], ports[count + 1]
-    tinylb_ports = ports[count + 2 :]
+    shape_ports = ports[count + 2 : count + 2 + len(shapes)]
+    tinylb_ports = ports[count + 2 + len(shapes) :]
     if not args.only_small:
         make_big_file(tmp / "big.bin")
     nginx = tools["nginx"]
@@ -1326,6 +1383,13 @@ def start_everything(procs: Processes, tools: dict, tmp: Path, args) -> list[Tar
             proc = start_nginx(procs, nginx, tmp, key, config, port)
             label = "nginx 1 worker" if workers == 1 else f"nginx {workers} workers"
             targets.append(Target(key, label, port, proc, True))
+    for key, port in zip(shapes, shape_ports):
+        mode, label = SHAPES[key]
+        argv = [str(BARE_SHAPE), mode, str(port), *map(str, backend_ports)]
+        log_path = tmp / f"{key}.log"
+        proc = procs.start(key, argv, log_path)
+        wait_ready(key, proc, port, log_path)
+        targets.append(Target(key, label, port, proc, False))
     log(", ".join(f"{t.label} on {t.port}" for t in targets))
     for t in targets:
         check_small_body(t)
@@ -1359,7 +1423,9 @@ def run(args: argparse.Namespace, argv: list[str], procs: Processes, tmp: Path) 
     cells, rss_per_level = measure_small(tools["wrk"], targets, args)
     downloads, hwm = None, None
     if not args.only_small:
-        downloads, hwm = measure_downloads(tools["curl"], targets)
+        # The yardsticks read a body whole and cannot stream 64 MiB; they are for small requests.
+        streaming = [t for t in targets if t.key not in SHAPES]
+        downloads, hwm = measure_downloads(tools["curl"], streaming)
     shutdown = [stop_tinylb(procs, t) for t in targets if t.is_tinylb()]
     ctx = {
         "args": args,
