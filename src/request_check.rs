@@ -33,9 +33,10 @@ fn reject(status: u16, reason: &'static str) -> Rejection {
 /// Longest request target forwarded. tiny_http reads any length; the http crate refuses
 /// targets past 64 KiB with a vaguer error, and nginx's default limit is 8 KiB.
 pub const MAX_TARGET_BYTES: usize = 16 * 1024;
-/// Largest request head (target plus header lines) forwarded: beyond it ureq's output buffer
-/// cannot hold the head, and no sane client needs more (nginx allows 4 x 8 KiB by default).
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Largest request head (target plus header lines) forwarded, as nginx's default (4 x 8 KiB).
+/// ureq's output buffer for each backend connection is sized from it (`backend.rs`), and every
+/// byte of that buffer is memory held by each pooled connection.
+pub const MAX_HEAD_BYTES: usize = 32 * 1024;
 
 /// Checks size, framing, Host and upgrades; returns how to read the body.
 pub fn check_request(request: &Request) -> Result<BodyFraming, Rejection> {
@@ -49,7 +50,7 @@ pub fn check_request(request: &Request) -> Result<BodyFraming, Rejection> {
             .map(|h| h.field.as_str().len() + h.value.len() + 4)
             .sum::<usize>();
     if head_bytes > MAX_HEAD_BYTES {
-        return Err(reject(431, "the request headers are larger than 64 KiB"));
+        return Err(reject(431, "the request headers are larger than 32 KiB"));
     }
     let values = |name: &'static str| {
         request

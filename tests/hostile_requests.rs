@@ -664,7 +664,7 @@ fn targets(a: &Backend) -> Vec<String> {
     a.seen_proxied().into_iter().map(|s| s.target).collect()
 }
 
-/// tiny_http reads any head whole; tinylb then refuses a head over 64 KiB with 431 before
+/// tiny_http reads any head whole; tinylb then refuses a head over 32 KiB with 431 before
 /// anything is forwarded.
 #[test]
 fn megabyte_header_line_gets_431_unforwarded_and_its_memory_measured() {
@@ -796,7 +796,7 @@ fn megabyte_request_target_gets_414_unforwarded_and_its_memory_measured() {
     assert_eq!(targets(&a), ["/warm-up", "/after-target-1mib"]);
 }
 
-/// A head over 64 KiB (10,000 headers) gets 431 and is not forwarded; 1,000 short headers fit
+/// A head over 32 KiB (10,000 headers) gets 431 and is not forwarded; 1,000 short headers fit
 /// and all reach the backend.
 #[test]
 fn ten_thousand_headers_get_431_and_a_thousand_are_forwarded() {
