@@ -40,7 +40,7 @@ pub struct Backend {
     pub stats: BackendStats,
     /// One Agent per backend: ureq's pool scans every idle connection under one lock, so a
     /// shared Agent was 25-35% slower (shared/crates.md). Replaced when a reload changes the
-    /// timeouts; ureq's Agent is a cheap handle, cloned per request.
+    /// timeouts or `backendKeepAlive`; ureq's Agent is a cheap handle, cloned per request.
     agent: RwLock<ureq::Agent>,
     /// The same settings with no keep-alive pool: for a retry after a pooled connection turned
     /// out closed, which must not take the next (possibly also closed) pooled connection.
@@ -74,7 +74,7 @@ impl Backend {
             health: Mutex::new(HealthRecord::default()),
             flips: AtomicU64::new(0),
             stats: BackendStats::default(),
-            agent: RwLock::new(proxy_agent(config, config.workers, &addresses)),
+            agent: RwLock::new(proxy_agent(config, config.backend_keep_alive, &addresses)),
             fresh_agent: RwLock::new(proxy_agent(config, 0, &addresses)),
             addresses,
         }
@@ -140,10 +140,10 @@ impl Backend {
     }
 
     /// Takes over what a reload may change without losing the state (health, counters, pool).
-    pub fn reconfigure(&self, server: &ServerConfig, config: &Config, timeouts_changed: bool) {
+    pub fn reconfigure(&self, server: &ServerConfig, config: &Config, agent_changed: bool) {
         self.weight.store(server.weight, Ordering::Relaxed);
-        if timeouts_changed {
-            *self.agent.write() = proxy_agent(config, config.workers, &self.addresses);
+        if agent_changed {
+            *self.agent.write() = proxy_agent(config, config.backend_keep_alive, &self.addresses);
             *self.fresh_agent.write() = proxy_agent(config, 0, &self.addresses);
         }
     }
@@ -246,9 +246,14 @@ impl Drop for InFlight {
 /// Largest response head tinylb accepts from a backend; a larger one is a broken answer (502),
 /// as in nginx (4 or 8 KiB by default) and HAProxy (about 15 KiB).
 pub const MAX_RESPONSE_HEAD_BYTES: usize = 32 * 1024;
-/// ureq's buffer for the request head and body it sends: a head of [`MAX_HEAD_BYTES`] can grow by
-/// X-Forwarded-Host (a copy of Host) and X-Forwarded-For, so twice that and some room.
-const UPSTREAM_OUTPUT_BUFFER: usize = 2 * MAX_HEAD_BYTES + 4 * 1024;
+/// ureq's buffer for the request it sends. ureq writes the head a line at a time, so the buffer
+/// must hold the longest line: a header of up to [`MAX_HEAD_BYTES`], or X-Forwarded-Host (a copy
+/// of Host), plus room for the name.
+const UPSTREAM_OUTPUT_BUFFER: usize = MAX_HEAD_BYTES + 4 * 1024;
+/// ureq's buffer for the response it reads: a little more than the largest head, so that ureq's
+/// own size check sees a head that is too large (a smaller buffer makes it report the backend
+/// as disconnected).
+const UPSTREAM_INPUT_BUFFER: usize = MAX_RESPONSE_HEAD_BYTES + 4 * 1024;
 
 /// An Agent configured for proxying (shared/crates.md): statuses and redirects passed through,
 /// no headers of its own, no environment proxy, any method, only phase timeouts (a global
@@ -266,7 +271,7 @@ fn proxy_agent(config: &Config, idle: usize, addresses: &Arc<AddressCache>) -> u
         .max_idle_age(Duration::from_secs(15))
         // ureq's defaults are 128 KiB each way, zero-filled when a connection opens: 256 KiB
         // of memory per pooled connection, 136-146 MiB of RSS with 500 backends.
-        .input_buffer_size(MAX_RESPONSE_HEAD_BYTES)
+        .input_buffer_size(UPSTREAM_INPUT_BUFFER)
         .max_response_header_size(MAX_RESPONSE_HEAD_BYTES)
         .output_buffer_size(UPSTREAM_OUTPUT_BUFFER)
         .timeout_connect(Some(config.connect_timeout))

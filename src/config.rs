@@ -25,6 +25,7 @@ const KNOWN_KEYS: &[&str] = &[
     "backendTimeout",
     "workers",
     "queueSize",
+    "backendKeepAlive",
     "forwardedServerHeader",
     "shutdownGracePeriod",
     "clientTimeout",
@@ -65,6 +66,10 @@ pub struct Config {
     pub workers: usize,
     /// Requests that may wait for a free worker before new ones get a fast 503.
     pub queue_size: usize,
+    /// Idle connections kept open to each backend for the next request (nginx's upstream
+    /// `keepalive`); 0 opens a new connection per request. Defaults to `workers`: no more can
+    /// be in use at once, and the sweep in docs/benchmarks.md found fewer slower.
+    pub backend_keep_alive: usize,
     /// Adds the seed article's `X-Forwarded-Server` header; off by default because it tells
     /// clients about the inside network.
     pub forwarded_server_header: bool,
@@ -181,6 +186,7 @@ impl Config {
         if check_timeout.is_zero() {
             return Err(error("healthCheckTimeout", "must be more than 0"));
         }
+        let workers = keys.count("workers", DEFAULT_WORKERS as u64, 1..=1024)?;
         let config = Config {
             listen: parse_listen(keys.required("port")?)?,
             servers: parse_servers(keys.required("servers")?)?,
@@ -193,8 +199,9 @@ impl Config {
             },
             connect_timeout: keys.positive_duration("connectTimeout", "2s")?,
             backend_timeout: keys.positive_duration("backendTimeout", "30s")?,
-            workers: keys.count("workers", DEFAULT_WORKERS as u64, 1..=1024)? as usize,
+            workers: workers as usize,
             queue_size: keys.count("queueSize", DEFAULT_QUEUE_SIZE as u64, 1..=1_000_000)? as usize,
+            backend_keep_alive: keys.count("backendKeepAlive", workers, 0..=1024)? as usize,
             forwarded_server_header: keys.boolean("forwardedServerHeader", false)?,
             shutdown_grace_period: keys.duration("shutdownGracePeriod", "10s")?,
             client_timeout: keys.positive_duration("clientTimeout", DEFAULT_CLIENT_TIMEOUT)?,
@@ -504,6 +511,7 @@ mod tests {
         assert_eq!(config.algorithm, Algorithm::RoundRobin);
         assert_eq!(config.health.interval, Duration::from_secs(2));
         assert_eq!(config.workers, DEFAULT_WORKERS);
+        assert_eq!(config.backend_keep_alive, DEFAULT_WORKERS);
     }
 
     #[test]
@@ -511,7 +519,7 @@ mod tests {
         let config = Config::parse(
             r#"{"port": "127.0.0.1:0", "algorithm": "weighted-round-robin",
                 "servers": [{"url": "http://127.0.0.1:1/api/", "weight": 5}, "http://[::1]:2"],
-                "workers": 3, "queueSize": 7, "forwardedServerHeader": true,
+                "workers": 3, "queueSize": 7, "forwardedServerHeader": true, "backendKeepAlive": 0,
                 "backendTimeout": "250ms", "healthCheckRise": 1}"#,
         )
         .unwrap();
@@ -520,6 +528,7 @@ mod tests {
         assert_eq!(config.servers[1].url.origin, "http://[::1]:2");
         assert_eq!(config.workers, 3);
         assert_eq!(config.queue_size, 7);
+        assert_eq!(config.backend_keep_alive, 0);
         assert!(config.forwarded_server_header);
         assert_eq!(config.backend_timeout, Duration::from_millis(250));
         assert_eq!(config.health.rise, 1);
@@ -575,6 +584,10 @@ mod tests {
             (
                 r#"{"port": ":8080", "servers": ["http://a:1"], "workers": 0}"#,
                 "workers: 0 must be a whole number",
+            ),
+            (
+                r#"{"port": ":8080", "servers": ["http://a:1"], "backendKeepAlive": -1}"#,
+                "backendKeepAlive: -1 must be a whole number from 0 to 1024",
             ),
             (r#"[1]"#, "top level must be a JSON object"),
         ];

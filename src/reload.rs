@@ -79,10 +79,13 @@ pub fn apply(shared: &Shared, new: Config) {
             fixed.join(", ")
         );
     }
-    let timeouts_changed = current.connect_timeout != new.connect_timeout
-        || current.backend_timeout != new.backend_timeout;
+    // A new Agent (and so a new keep-alive pool) for every kept backend when what Agents are
+    // built from changes.
+    let agents_changed = current.connect_timeout != new.connect_timeout
+        || current.backend_timeout != new.backend_timeout
+        || current.backend_keep_alive != new.backend_keep_alive;
     // Settings that every backend's Agent is built from follow the new file; the fixed ones
-    // (workers sizes the pools) stay as they run.
+    // stay as they run.
     let mut effective = new.clone();
     effective.listen = current.listen;
     effective.workers = current.workers;
@@ -98,7 +101,7 @@ pub fn apply(shared: &Shared, new: Config) {
         .iter()
         .map(|server| match old.iter().find(|b| b.url == server.url) {
             Some(existing) => {
-                existing.reconfigure(server, &effective, timeouts_changed);
+                existing.reconfigure(server, &effective, agents_changed);
                 Arc::clone(existing)
             }
             None => {

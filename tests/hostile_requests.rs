@@ -7,7 +7,10 @@
 
 mod common;
 use common::process::{Running, TempConfig};
-use common::raw::{OnError, RawServer, count_status_lines, read_until_close, send_until_close};
+use common::raw::{
+    OnError, RawServer, count_status_lines, keep_alive_connection, read_until_close,
+    send_until_close,
+};
 use common::*;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
@@ -838,6 +841,180 @@ fn ten_thousand_headers_get_431_and_a_thousand_are_forwarded() {
         .count();
     assert_eq!(count, 1_000);
     assert_eq!(forwarded.header_values("x-h-999"), ["999"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The 32 KiB request head limit: what tinylb counts, what it refuses, what it still forwards.
+// ---------------------------------------------------------------------------------------------
+
+/// tinylb's request head limit (`MAX_HEAD_BYTES` in src/request_check.rs), written out here so
+/// that a change to it shows up as a failing test.
+const HEAD_LIMIT: usize = 32 * 1024;
+
+/// `len` bytes of a header value that shows truncation or reordering: a 37-byte cycle of
+/// letters and digits.
+fn filler(len: usize) -> String {
+    const CYCLE: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789.";
+    (0..len).map(|i| CYCLE[i % CYCLE.len()] as char).collect()
+}
+
+/// A keep-alive GET for `target` with `Host: host` and, if `big` is not empty, `X-Big: big`.
+fn request_with(target: &str, host: &str, big: &str) -> String {
+    let big_line = if big.is_empty() {
+        String::new()
+    } else {
+        format!("X-Big: {big}\r\n")
+    };
+    format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n{big_line}\r\n")
+}
+
+/// The head size tinylb compares with its limit (src/request_check.rs): the target, plus name,
+/// value and 4 bytes (": " and CRLF) for each header. The method, the version and the blank
+/// line are not counted.
+fn counted_head_bytes(target: &str, host: &str, big: &str) -> usize {
+    let header = |name: &str, value: &str| name.len() + value.len() + 4;
+    let big = if big.is_empty() {
+        0
+    } else {
+        header("X-Big", big)
+    };
+    target.len() + header("Host", host) + big
+}
+
+/// An `X-Big` value that makes the head of `request_with(target, host, _)` count exactly
+/// `counted` bytes.
+fn big_value_for(target: &str, host: &str, counted: usize) -> String {
+    let without = counted_head_bytes(target, host, "");
+    let value = filler(counted - without - "X-Big".len() - 4);
+    assert_eq!(counted_head_bytes(target, host, &value), counted);
+    value
+}
+
+/// A head between 32 and 64 KiB (one 40 KiB header, and one byte over 32 KiB as tinylb counts)
+/// gets 431, the connection closed, and reaches no backend. With the old 64 KiB limit both were
+/// forwarded, and every pooled backend connection needed an output buffer for a 64 KiB head.
+#[test]
+fn head_between_32_and_64_kib_gets_431_and_is_not_forwarded() {
+    let a = Backend::start("a");
+    let lb = start_lb(&[&a], "");
+    assert_serves_normally(lb.addr, "/warm-up");
+    let over_by_one = big_value_for("/over-by-one", "x", HEAD_LIMIT + 1);
+    let cases = [
+        ("/forty-kib", filler(40 * 1024)),
+        ("/over-by-one", over_by_one),
+    ];
+    for (target, big) in &cases {
+        let request = request_with(target, "x", big);
+        let counted = counted_head_bytes(target, "x", big);
+        let (answer, closed) = send_until_close(
+            lb.addr,
+            request.as_bytes(),
+            Duration::from_secs(5),
+            OnError::CountAsClose,
+        );
+        eprintln!(
+            "{target}: {} request bytes, {counted} counted -> {:?}",
+            request.len(),
+            first_line(&answer)
+        );
+        assert_eq!(
+            status_of(&answer),
+            Some(431),
+            "{target} ({counted} counted head bytes, limit {HEAD_LIMIT}) got {:?}",
+            first_line(&answer)
+        );
+        assert!(
+            closed.is_some(),
+            "{target}: connection left open after the 431"
+        );
+    }
+    assert_serves_normally(lb.addr, "/after-431");
+    assert_eq!(targets(&a), ["/warm-up", "/after-431"]);
+}
+
+/// A head of exactly 32 KiB as tinylb counts it is forwarded, every byte intact, and answered
+/// 200, though the head tinylb sends upstream is larger: X-Forwarded-Host copies Host. Once
+/// with a 12 KiB Host and a 20 KiB header beside it (about 44 KiB upstream), once with a Host
+/// of nearly 32 KiB (about 64 KiB upstream). ureq writes a head into its output buffer a line
+/// at a time, so that buffer (twice the limit and 4 KiB) must hold the longest line tinylb can
+/// send: in the second case the X-Forwarded-Host line alone is longer than 32 KiB.
+#[test]
+fn head_at_the_32_kib_limit_is_forwarded_intact_though_x_forwarded_host_grows_it() {
+    let a = Backend::start("a");
+    let lb = start_lb(&[&a], "");
+    let twelve_kib_host = format!("{}.example", filler(12 * 1024 - ".example".len()));
+    let twelve_kib_big = big_value_for("/twelve-kib-host", &twelve_kib_host, HEAD_LIMIT);
+    let fill = HEAD_LIMIT - counted_head_bytes("/long-host", "", "");
+    let long_host = format!("{}.example", filler(fill - ".example".len()));
+    let cases = [
+        ("/twelve-kib-host", twelve_kib_host, twelve_kib_big),
+        ("/long-host", long_host, String::new()),
+    ];
+    for (target, host, big) in &cases {
+        let request = request_with(target, host, big);
+        assert_eq!(counted_head_bytes(target, host, big), HEAD_LIMIT);
+        let (mut writer, mut reader) = keep_alive_connection(lb.addr);
+        writer.write_all(request.as_bytes()).expect("send");
+        let answer = read_response(&mut reader);
+        eprintln!(
+            "{target}: {} request bytes, {HEAD_LIMIT} counted, Host {} bytes, X-Big {} bytes -> \
+             {:?}",
+            request.len(),
+            host.len(),
+            big.len(),
+            answer.as_ref().map(|(status, _)| status)
+        );
+        let (status, body) = answer.unwrap_or_else(|e| panic!("{target}: no answer: {e}"));
+        assert_eq!(
+            status,
+            200,
+            "{target}: a head of exactly {HEAD_LIMIT} counted bytes got {status}: {:?}",
+            String::from_utf8_lossy(&body)
+        );
+        drop((writer, reader));
+        let seen = a.seen_proxied();
+        let forwarded = seen
+            .iter()
+            .find(|s| s.target == *target)
+            .unwrap_or_else(|| panic!("{target} not forwarded: {:?}", targets(&a)));
+        assert_eq!(forwarded.method, "GET");
+        assert!(
+            forwarded.header_values("host") == [host.clone()],
+            "{target}: Host changed"
+        );
+        assert!(
+            forwarded.header_values("x-forwarded-host") == [host.clone()],
+            "{target}: X-Forwarded-Host is not the Host sent"
+        );
+        let expected_big: Vec<String> = if big.is_empty() {
+            Vec::new()
+        } else {
+            vec![big.clone()]
+        };
+        assert!(
+            forwarded.header_values("x-big") == expected_big,
+            "{target}: X-Big changed"
+        );
+        let line = |(name, value): &(String, String)| name.len() + value.len() + 4;
+        let upstream_head: usize = forwarded.headers.iter().map(line).sum();
+        let longest_line = forwarded.headers.iter().map(line).max().unwrap_or(0);
+        eprintln!(
+            "{target}: header lines upstream: {upstream_head} bytes, the longest {longest_line}"
+        );
+        // What was counted, less the target, plus a second copy of Host (and X-Forwarded-For
+        // and -Proto).
+        assert!(
+            upstream_head > HEAD_LIMIT - target.len() + host.len(),
+            "{target}: {upstream_head} bytes of header lines upstream"
+        );
+        if big.is_empty() {
+            assert!(
+                longest_line > HEAD_LIMIT,
+                "{target}: longest line {longest_line}"
+            );
+        }
+    }
+    assert_eq!(targets(&a), ["/twelve-kib-host", "/long-host"]);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -823,3 +823,137 @@ fn chunked_body_stalling_without_final_chunk_is_cut_off_after_backend_timeout() 
         "closed after {closed:?}, backendTimeout is 1s"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Response heads against the 32 KiB limit.
+// ---------------------------------------------------------------------------------------------
+
+/// tinylb's limit on a backend's response head (`MAX_RESPONSE_HEAD_BYTES` in src/backend.rs),
+/// written out so that a change to it shows up here.
+const RESPONSE_HEAD_LIMIT: usize = 32 * 1024;
+
+/// A 200 answer whose head (status line to blank line) is `head_len` bytes, made up by one
+/// `X-Large` header with a value that shows truncation or reordering (a 37-byte cycle), and a
+/// short body. Returns the answer and the `X-Large` value.
+fn answer_with_head_of(head_len: usize) -> (Vec<u8>, String) {
+    const CYCLE: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789.";
+    let body = "large head\n";
+    let fixed = format!(
+        "HTTP/1.1 200 OK\r\nX-Large: \r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let value: String = (0..head_len - fixed.len())
+        .map(|i| CYCLE[i % CYCLE.len()] as char)
+        .collect();
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\nX-Large: {value}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    assert_eq!(answer.len(), head_len + body.len());
+    (answer.into_bytes(), value)
+}
+
+/// A raw backend that answers `GET /head/N` with a head of N bytes ([`answer_with_head_of`])
+/// and health checks with a plain 200.
+fn large_head_backend() -> RawBackend {
+    RawBackend::start(|request| {
+        if request.method == "HEAD" {
+            return Act::Answer(head_ok());
+        }
+        let len = request
+            .target
+            .strip_prefix("/head/")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected target {}", request.target));
+        Act::Answer(answer_with_head_of(len).0)
+    })
+}
+
+/// GETs `target` through tinylb on a new connection (`Connection: close`) and returns the
+/// answer's header lines and body.
+fn get_through(lb: &TestLb, target: &str) -> (Vec<String>, Vec<u8>) {
+    let request = format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let (answer, closed) = send_until_close(
+        lb.addr,
+        request.as_bytes(),
+        Duration::from_secs(10),
+        OnError::CountAsClose,
+    );
+    assert!(closed.is_some(), "{target}: connection left open");
+    split_answer(&answer)
+}
+
+/// A response head over 32 KiB (one 40 KiB header) is a broken answer: tinylb answers 502
+/// instead of relaying it, and serves the next request normally. Before, ureq's defaults (a
+/// 64 KiB limit, a 128 KiB input buffer) let it through. ureq's input buffer is now exactly the
+/// limit, so it reports a longer head as the backend closing ("Peer disconnected") and tinylb
+/// retries the GET once on a fresh connection: the backend may be asked twice. One backend
+/// only, because after that the GET would be retried on another backend.
+#[test]
+fn response_head_over_32_kib_gets_502() {
+    let backend = large_head_backend();
+    let lb = start_lb_with_servers(&format!("\"{}\"", backend.url()), "");
+    let (lines, _) = get_through(&lb, "/head/2000");
+    assert!(lines[0].starts_with("HTTP/1.1 200 "), "{}", lines[0]);
+
+    let target = format!("/head/{}", 40 * 1024);
+    let (lines, body) = get_through(&lb, &target);
+    let copies = backend
+        .proxied()
+        .iter()
+        .filter(|r| r.target == target)
+        .count();
+    eprintln!(
+        "response head of 40 KiB (limit {RESPONSE_HEAD_LIMIT}): tinylb answered {:?} ({:?}); \
+         the backend was asked {copies} times",
+        lines[0],
+        String::from_utf8_lossy(&body).trim()
+    );
+    assert!(
+        lines[0].starts_with("HTTP/1.1 502 "),
+        "a 40 KiB response head got {:?} (X-Large {} bytes)",
+        lines[0],
+        header(&lines, "x-large").map_or(0, str::len)
+    );
+    assert_eq!(header(&lines, "x-large"), None);
+    assert!(
+        (1..=2).contains(&copies),
+        "asked {copies} times: at most once more, on a fresh connection"
+    );
+
+    let (lines, _) = get_through(&lb, "/head/3000");
+    assert!(
+        lines[0].starts_with("HTTP/1.1 200 "),
+        "after the 502: {}",
+        lines[0]
+    );
+}
+
+/// Response heads under the limit, of 20 KiB and of 31 KiB, reach the client byte for byte: the
+/// status, the large header's value and the body.
+#[test]
+fn response_heads_of_20_and_31_kib_pass_through_intact() {
+    let backend = large_head_backend();
+    let lb = start_lb_with_servers(&format!("\"{}\"", backend.url()), "");
+    for len in [20 * 1024, 31 * 1024] {
+        assert!(len < RESPONSE_HEAD_LIMIT);
+        let (_, value) = answer_with_head_of(len);
+        let (lines, body) = get_through(&lb, &format!("/head/{len}"));
+        let relayed = header(&lines, "x-large").unwrap_or("");
+        eprintln!(
+            "response head of {len} bytes: {:?}, X-Large {} of {} bytes relayed",
+            lines[0],
+            relayed.len(),
+            value.len()
+        );
+        assert!(lines[0].starts_with("HTTP/1.1 200 "), "{len}: {}", lines[0]);
+        assert!(
+            relayed == value,
+            "{len}: X-Large relayed as {} bytes, not the {} the backend sent",
+            relayed.len(),
+            value.len()
+        );
+        assert_eq!(body, b"large head\n", "{len}: body");
+    }
+    assert_eq!(backend.proxied().len(), 2, "{:#?}", backend.proxied());
+}

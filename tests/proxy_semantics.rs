@@ -1054,3 +1054,26 @@ fn hundred_requests_share_one_keep_alive_connection() {
     let expected: Vec<String> = (0..100).map(|i| format!("/k/{i}")).collect();
     assert_eq!(targets, expected);
 }
+
+/// `backendKeepAlive` (nginx's upstream `keepalive`) decides whether tinylb reuses its
+/// connections to a backend: by default 20 sequential requests share one, with 0 each opens
+/// its own. Health checks run once an hour here, so only the first round's check adds one.
+#[test]
+fn backend_keep_alive_decides_whether_backend_connections_are_reused() {
+    for (extra, fewest, most) in [("", 1, 2), (r#", "backendKeepAlive": 0"#, 20, 21)] {
+        let a = Backend::start("a");
+        let lb = start_lb(&[&a], &format!(r#""healthCheckInterval": "1h"{extra}"#));
+        let before = a.connections_accepted();
+        let agent = client();
+        for i in 0..20 {
+            let (status, body, _) = get(&agent, &format!("{}/pool/{i}", lb.url()));
+            assert_eq!(status, 200, "{extra}: request {i}: {body}");
+        }
+        let opened = a.connections_accepted() - before;
+        assert!(
+            (fewest..=most).contains(&opened),
+            "config {{{extra}}}: 20 requests opened {opened} backend connections, \
+             expected {fewest} to {most}"
+        );
+    }
+}

@@ -104,6 +104,11 @@ impl Backend {
         self.shared.count.load(Ordering::SeqCst)
     }
 
+    /// TCP connections accepted so far (health checks' included).
+    pub fn connections_accepted(&self) -> usize {
+        self.shared.connections.lock().len()
+    }
+
     /// Requests other than HEAD health checks.
     pub fn proxied_count(&self) -> usize {
         self.seen().iter().filter(|s| s.method != "HEAD").count()
