@@ -149,19 +149,25 @@ impl Balancer {
             peers,
             ..
         } = &mut *state;
-        let healthy = backends.iter().filter(|b| b.is_available()).count();
-        let limit = if healthy >= 2 {
-            self.per_backend_limit
-        } else {
-            usize::MAX
-        };
+        // One pass over the backends (each a separate allocation, so each a cache miss with
+        // hundreds of them); the per-backend limit is then applied to the compact copy.
+        let mut healthy = 0;
         peers.clear();
-        peers.extend(backends.iter().map(|b| Peer {
-            available: b.is_available() && !exclude.contains(&b.key) && b.in_flight() < limit,
-            weight: b.weight(),
-            in_flight: b.in_flight(),
-            key: b.key,
+        peers.extend(backends.iter().map(|b| {
+            let available = b.is_available();
+            healthy += usize::from(available);
+            Peer {
+                available: available && !exclude.contains(&b.key),
+                weight: b.weight(),
+                in_flight: b.in_flight(),
+                key: b.key,
+            }
         }));
+        if healthy >= 2 {
+            for peer in peers.iter_mut() {
+                peer.available &= peer.in_flight < self.per_backend_limit;
+            }
+        }
         let index = strategy.pick(peers, client)?;
         debug_assert!(
             peers[index].available,
