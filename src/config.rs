@@ -151,7 +151,7 @@ impl Config {
 
     /// Parses the text of a config.json; the single place where config values are checked.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let root: Value = serde_json::from_str(text).map_err(|e| {
+        let root: Value = crate::strict_json::parse(text).map_err(|e| {
             // serde_json ends its message with the position; say it once, up front.
             let message = e.to_string();
             let message = message
@@ -588,6 +588,10 @@ mod tests {
             (
                 r#"{"port": ":8080", "servers": ["http://a:1"], "backendKeepAlive": -1}"#,
                 "backendKeepAlive: -1 must be a whole number from 0 to 1024",
+            ),
+            (
+                r#"{"port": ":8080", "servers": ["http://a:1"], "port": ":9090"}"#,
+                r#"invalid JSON at line 1, column 51: the key "port" appears twice"#,
             ),
             (r#"[1]"#, "top level must be a JSON object"),
         ];

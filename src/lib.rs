@@ -21,6 +21,7 @@
 //!   [`metrics`], and where backends can be drained;
 //! - [`reload`] watches config.json and applies changes without a restart;
 //! - [`access_log`] writes one line per request when asked to;
+//! - [`strict_json`] refuses a config.json that gives a key twice;
 //! - [`socket_options`] sets what std cannot: client timeouts, the backlog, the fd limit;
 //! - the [`pinger`] thread connects to the listener now and then, which tiny_http needs;
 //! - [`resolve`] keeps each backend's looked-up address, so requests do not each call DNS.
@@ -55,6 +56,7 @@ pub mod socket_options;
 pub mod stats;
 pub mod status;
 pub mod status_page;
+pub mod strict_json;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -160,6 +160,17 @@ fn invalid_json_is_refused_with_line_and_column() {
     );
 }
 
+/// serde_json alone would keep the second `port` and listen there without a word; a key given
+/// twice is a leftover of an edit, so tinylb refuses it and says where.
+#[test]
+fn a_key_given_twice_is_refused_with_its_position() {
+    assert_refused(
+        "duplicate-key",
+        "{\n  \"port\": \"127.0.0.1:0\",\n  \"servers\": [\"http://localhost:5001\"],\n  \"port\": \":8080\"\n}\n",
+        &[r#"invalid JSON at line 4, column 8: the key "port" appears twice"#],
+    );
+}
+
 #[test]
 fn unknown_key_is_refused_naming_it() {
     assert_refused(

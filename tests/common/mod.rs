@@ -62,13 +62,19 @@ pub fn start_lb(backends: &[&Backend], extra: &str) -> TestLb {
     start_lb_with_servers(&servers.join(", "), extra)
 }
 
-/// Like [`start_lb`] with the `servers` JSON list written by the caller (for weights).
+/// Like [`start_lb`] with the `servers` JSON list written by the caller (for weights). The keys
+/// in `extra` replace the test defaults (tinylb refuses a key given twice).
 pub fn start_lb_with_servers(servers_json: &str, extra: &str) -> TestLb {
-    let separator = if extra.trim().is_empty() { "" } else { "," };
-    let text = format!(
+    let defaults = format!(
         r#"{{"port": "127.0.0.1:0", "healthCheckInterval": "100ms", "healthCheckTimeout": "500ms",
-            "servers": [{servers_json}]{separator} {extra}}}"#
+            "servers": [{servers_json}]}}"#
     );
+    let parse = |text: &str| -> serde_json::Map<String, serde_json::Value> {
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("test config {text}: {e}"))
+    };
+    let mut keys = parse(&defaults);
+    keys.extend(parse(&format!("{{{extra}}}")));
+    let text = serde_json::Value::Object(keys).to_string();
     let config = Config::parse(&text).unwrap_or_else(|e| panic!("bad test config {text}: {e}"));
     let lb = LoadBalancer::start(config).expect("tinylb starts");
     let addr = lb.local_addr();
