@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::balancer::Algorithm;
-use crate::duration::{DurationError, parse_duration};
+use crate::duration::{DurationError, format_duration, parse_duration};
 
 /// Every key tinylb reads; anything else is a typo and is refused.
 const KNOWN_KEYS: &[&str] = &[
@@ -82,6 +82,9 @@ pub struct Config {
     pub admin_address: Option<SocketAddr>,
     /// One log line per request in combined log format.
     pub access_log: bool,
+    /// Values accepted but changed, one line each, for the log and `--check`: the config
+    /// works, but not quite as written.
+    pub warnings: Vec<String>,
 }
 
 /// One backend as configured.
@@ -186,6 +189,16 @@ impl Config {
         if check_timeout.is_zero() {
             return Err(error("healthCheckTimeout", "must be more than 0"));
         }
+        let mut warnings = Vec::new();
+        // The default (1 s) is cut to a shorter interval silently; a value written out is not.
+        if check_timeout > interval && keys.0.contains_key("healthCheckTimeout") {
+            warnings.push(format!(
+                "healthCheckTimeout: {} is longer than healthCheckInterval {}; checks wait at most {}",
+                format_duration(check_timeout),
+                format_duration(interval),
+                format_duration(interval)
+            ));
+        }
         let workers = keys.count("workers", DEFAULT_WORKERS as u64, 1..=1024)?;
         let config = Config {
             listen: parse_listen(keys.required("port")?)?,
@@ -210,6 +223,7 @@ impl Config {
                 Some(value) => Some(parse_address("adminAddress", value)?),
             },
             access_log: keys.boolean("accessLog", false)?,
+            warnings,
         };
         Ok(config)
     }

@@ -91,10 +91,16 @@ fn main() -> ExitCode {
         }
     };
     if check_only {
+        for warning in &config.warnings {
+            eprintln!("tinylb: warning: {warning}");
+        }
         println!("{}: ok: {}", config_path.display(), config.summary());
         return ExitCode::SUCCESS;
     }
     init_logging();
+    for warning in &config.warnings {
+        log::warn!("config: {warning}");
+    }
     // Every client connection is a file descriptor; the usual soft limit (1024) is far below
     // what the machine allows, and running out stops accept().
     match tinylb::socket_options::raise_open_files_limit() {

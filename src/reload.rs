@@ -55,6 +55,9 @@ pub fn spawn(
 /// Applies a new, valid config: backends added, removed or re-weighted, algorithm, timeouts,
 /// health checks and switches. Keeps each surviving backend's state (health, counters, pool).
 pub fn apply(shared: &Shared, new: Config) {
+    for warning in &new.warnings {
+        log::warn!("config reload: {warning}");
+    }
     let mut current = shared.config.write();
     let fixed: Vec<&str> = [
         ("port", current.listen != new.listen),

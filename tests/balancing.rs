@@ -683,3 +683,17 @@ fn redirecting_backend_stays_healthy_and_erroring_ones_start_down() {
         );
     }
 }
+
+/// Backends named by host name, as in `make run`'s config.json: tinylb looks the name up once
+/// (src/resolve.rs) and keeps using the answer, and round robin still reaches each backend.
+#[test]
+fn backends_named_localhost_are_balanced_like_addresses() {
+    let [a, b, c] = three_backends();
+    let servers: Vec<String> = [&a, &b, &c]
+        .iter()
+        .map(|backend| format!("\"http://localhost:{}\"", backend.addr().port()))
+        .collect();
+    let lb = start_lb_with_servers(&servers.join(", "), "");
+    let names = backends_answering(&lb, &client(), "/by-name", 30);
+    assert_eq!(tally(&names), counts(&[("a", 10), ("b", 10), ("c", 10)]));
+}

@@ -160,6 +160,28 @@ fn invalid_json_is_refused_with_line_and_column() {
     );
 }
 
+/// A health-check timeout longer than the interval cannot be honoured (a check never outlasts
+/// its round); tinylb accepts the config but says, on `--check` and in the log, what it uses.
+#[test]
+fn a_check_timeout_longer_than_the_interval_is_accepted_with_a_warning() {
+    let config = TempConfig::new(
+        "check-timeout-clamped",
+        r#"{"port": "127.0.0.1:0", "servers": ["http://127.0.0.1:9"],
+            "healthCheckInterval": "1s", "healthCheckTimeout": "5s"}"#,
+    );
+    let run = run_to_end(&["--check", "--config", config.path()], QUICK);
+    assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
+    assert_eq!(
+        run.stderr.trim_end(),
+        "tinylb: warning: healthCheckTimeout: 5s is longer than healthCheckInterval 1s; \
+         checks wait at most 1s"
+    );
+    assert!(run.stdout.contains(": ok: "), "{}", run.stdout);
+
+    let mut running = Running::start(&config);
+    running.wait_for_line("healthCheckTimeout: 5s is longer", Duration::from_secs(5));
+}
+
 /// serde_json alone would keep the second `port` and listen there without a word; a key given
 /// twice is a leftover of an edit, so tinylb refuses it and says where.
 #[test]
