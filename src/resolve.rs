@@ -31,7 +31,7 @@ pub struct AddressCache<R: Resolver = DefaultResolver> {
     last: RwLock<Option<Answer>>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Answer {
     /// `host:port` of the URI it answers, so that a different URI never gets it.
     authority: String,
@@ -71,25 +71,25 @@ impl<R: Resolver> AddressCache<R> {
         timeout: NextTimeout,
     ) -> Result<ResolvedSocketAddrs, ureq::Error> {
         let authority = uri.authority().map_or("", |a| a.as_str());
-        let earlier = self
-            .last
-            .read()
-            .as_ref()
-            .filter(|answer| answer.authority == authority)
-            .cloned();
-        if let Some(answer) = &earlier
-            && answer.at.elapsed() < self.resolved_for
-        {
-            return Ok(answer.addrs.clone());
-        }
+        // The request path: a read lock and a copy of the addresses, nothing allocated.
+        let earlier = {
+            let last = self.last.read();
+            match last.as_ref().filter(|answer| answer.authority == authority) {
+                Some(answer) if answer.at.elapsed() < self.resolved_for => {
+                    return Ok(answer.addrs.clone());
+                }
+                Some(answer) => Some(answer.addrs.clone()),
+                None => None,
+            }
+        };
         let addrs = match self.lookup.resolve(uri, config, timeout) {
             Ok(addrs) => addrs,
             Err(error) => match earlier {
-                Some(answer) => {
+                Some(addrs) => {
                     log::warn!(
                         "looking up {authority} failed ({error}); using its earlier address"
                     );
-                    answer.addrs
+                    addrs
                 }
                 None => return Err(error),
             },
