@@ -44,8 +44,6 @@ const RETIRED_POLL: Duration = Duration::from_millis(50);
 /// Longest the intake waits for a request before it looks at its other duties (retired
 /// servers, a panicked accept thread, a due restart, the stop flag).
 const IDLE_WAIT: Duration = Duration::from_millis(250);
-/// For this long after an accept failure the intake counts as short of file descriptors.
-const STRUGGLING_FOR: Duration = Duration::from_secs(10);
 
 /// Accept threads of tiny_http that panicked, process-wide; see [`watch_for_accept_panics`].
 static ACCEPT_PANICS: AtomicUsize = AtomicUsize::new(0);
@@ -156,11 +154,6 @@ impl Intake {
     fn run(&mut self, stopping: &AtomicBool) {
         let idle_wait = (self.listener.client_timeout / 4).min(IDLE_WAIT);
         while !stopping.load(Ordering::Relaxed) {
-            let struggling = self.restart_at.is_some()
-                || self
-                    .last_failure
-                    .is_some_and(|at| at.elapsed() < STRUGGLING_FOR);
-            self.pinger.set_struggling(struggling);
             let wait = if self.retired.is_empty() {
                 idle_wait
             } else {
@@ -213,6 +206,7 @@ impl Intake {
             FIRST_BACKOFF
         };
         self.last_failure = Some(Instant::now());
+        self.pinger.accept_failed();
         log::error!(
             "the listener on {} stopped accepting ({reason}); accepting again in {:?}",
             self.listener.local_addr,

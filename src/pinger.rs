@@ -22,6 +22,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{RecvTimeoutError, Sender};
+use parking_lot::Mutex;
 
 /// While requests are arriving, a round of pings this often.
 const BUSY_PING: Duration = Duration::from_millis(50);
@@ -36,15 +37,19 @@ const REQUESTS_PER_PING: usize = 8;
 const MAX_BUSY_PINGS: usize = 16;
 /// How long after the last request the pinger keeps the busy rate.
 const BUSY_FOR: Duration = Duration::from_secs(2);
+/// How long after an accept failure file descriptors count as short (the listener's restart
+/// back-off is at most 3.2 s, so this covers a restart and its first moments).
+const STRUGGLING_FOR: Duration = Duration::from_secs(10);
 
 /// What the intake tells the pinger; see [`Pinger`].
 #[derive(Default)]
 struct Signals {
     /// Requests taken from tiny_http so far.
     requests: AtomicUsize,
-    /// Whether file descriptors run short: then no busy pings, since each one holds two until
-    /// a pool thread reads it, and those are what the listener is waiting for.
-    struggling: AtomicBool,
+    /// When accept() last failed. For [`STRUGGLING_FOR`] after it, file descriptors count as
+    /// short: then no busy pings, since each one holds two until a pool thread reads it, and
+    /// those are what the listener is waiting for.
+    last_accept_failure: Mutex<Option<Instant>>,
     /// Whether the pinger is idle and wants to be woken by the next request: the first burst
     /// after a quiet spell is when connections wait in tiny_http's pool.
     idle: AtomicBool,
@@ -77,7 +82,10 @@ impl Pinger {
                         Err(RecvTimeoutError::Disconnected) => return,
                     }
                     let requests = thread_signals.requests.load(Ordering::Relaxed);
-                    let struggling = thread_signals.struggling.load(Ordering::Relaxed);
+                    let struggling = thread_signals
+                        .last_accept_failure
+                        .lock()
+                        .is_some_and(|at| at.elapsed() < STRUGGLING_FOR);
                     for _ in 0..rounds.pings_now(requests, struggling) {
                         // Connecting is enough; the connection is closed at once, and tiny_http's
                         // thread for it reads end-of-file and ends.
@@ -103,9 +111,9 @@ impl Pinger {
         }
     }
 
-    /// Called by the intake when file descriptors run short, and when they no longer do.
-    pub fn set_struggling(&self, struggling: bool) {
-        self.signals.struggling.store(struggling, Ordering::Relaxed);
+    /// Called by the intake when accept() failed (file descriptors may run short).
+    pub fn accept_failed(&self) {
+        *self.signals.last_accept_failure.lock() = Some(Instant::now());
     }
 }
 
