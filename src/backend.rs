@@ -64,6 +64,7 @@ impl Backend {
     /// A backend that starts healthy; the first health-check round corrects that at start-up.
     pub fn new(server: &ServerConfig, config: &Config) -> Backend {
         let addresses = AddressCache::new();
+        let (agent, fresh_agent) = proxy_agents(config, &addresses);
         Backend {
             key: url_key(&server.url.original),
             url: server.url.clone(),
@@ -74,8 +75,8 @@ impl Backend {
             health: Mutex::new(HealthRecord::default()),
             flips: AtomicU64::new(0),
             stats: BackendStats::default(),
-            agent: RwLock::new(proxy_agent(config, config.backend_keep_alive, &addresses)),
-            fresh_agent: RwLock::new(proxy_agent(config, 0, &addresses)),
+            agent: RwLock::new(agent),
+            fresh_agent: RwLock::new(fresh_agent),
             addresses,
         }
     }
@@ -143,8 +144,9 @@ impl Backend {
     pub fn reconfigure(&self, server: &ServerConfig, config: &Config, agent_changed: bool) {
         self.weight.store(server.weight, Ordering::Relaxed);
         if agent_changed {
-            *self.agent.write() = proxy_agent(config, config.backend_keep_alive, &self.addresses);
-            *self.fresh_agent.write() = proxy_agent(config, 0, &self.addresses);
+            let (agent, fresh_agent) = proxy_agents(config, &self.addresses);
+            *self.agent.write() = agent;
+            *self.fresh_agent.write() = fresh_agent;
         }
     }
 
@@ -254,6 +256,15 @@ const UPSTREAM_OUTPUT_BUFFER: usize = MAX_HEAD_BYTES + 4 * 1024;
 /// own size check sees a head that is too large (a smaller buffer makes it report the backend
 /// as disconnected).
 const UPSTREAM_INPUT_BUFFER: usize = MAX_RESPONSE_HEAD_BYTES + 4 * 1024;
+
+/// The pooled Agent (`backendKeepAlive` idle connections) and the pool-less one, sharing the
+/// backend's looked-up address.
+fn proxy_agents(config: &Config, addresses: &Arc<AddressCache>) -> (ureq::Agent, ureq::Agent) {
+    (
+        proxy_agent(config, config.backend_keep_alive, addresses),
+        proxy_agent(config, 0, addresses),
+    )
+}
 
 /// An Agent configured for proxying (shared/crates.md): statuses and redirects passed through,
 /// no headers of its own, no environment proxy, any method, only phase timeouts (a global
