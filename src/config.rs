@@ -31,6 +31,8 @@ const KNOWN_KEYS: &[&str] = &[
     "clientTimeout",
     "adminAddress",
     "accessLog",
+    "maxTunnels",
+    "tunnelIdleTimeout",
 ];
 
 /// Default worker threads. Measured (docs/benchmarks.md, sweeps): 8 workers were best or tied
@@ -82,6 +84,12 @@ pub struct Config {
     pub admin_address: Option<SocketAddr>,
     /// One log line per request in combined log format.
     pub access_log: bool,
+    /// Most WebSocket (and other upgrade) tunnels open at once; beyond it the handshake gets
+    /// 503. 0 means upgrades are never carried out: the offer is dropped and the request served
+    /// as plain HTTP/1.1.
+    pub max_tunnels: usize,
+    /// A tunnel with no bytes either way for this long is closed.
+    pub tunnel_idle_timeout: Duration,
     /// Values accepted but changed, one line each, for the log and `--check`: the config
     /// works, but not quite as written.
     pub warnings: Vec<String>,
@@ -223,6 +231,15 @@ impl Config {
                 Some(value) => Some(parse_address("adminAddress", value)?),
             },
             access_log: keys.boolean("accessLog", false)?,
+            max_tunnels: keys.count(
+                "maxTunnels",
+                crate::tunnel::DEFAULT_MAX_TUNNELS,
+                0..=100_000,
+            )? as usize,
+            tunnel_idle_timeout: keys.positive_duration(
+                "tunnelIdleTimeout",
+                crate::tunnel::DEFAULT_TUNNEL_IDLE_TIMEOUT,
+            )?,
             warnings,
         };
         Ok(config)

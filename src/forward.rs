@@ -7,6 +7,8 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use parking_lot::RwLock;
 use std::time::Instant;
 
 use tiny_http::{HTTPVersion, Method, Request};
@@ -14,13 +16,16 @@ use ureq::http::{self, HeaderName, HeaderValue};
 use ureq::{SendBody, Timeout};
 
 use crate::access_log::AccessLine;
-use crate::backend::Backend;
+use crate::backend::{Backend, InFlight};
 use crate::balancer::Balancer;
+use crate::chunked::ChunkedReader;
 use crate::hangup::Hangups;
 use crate::headers::ConnectionTokens;
 use crate::relay::{self, Buffers, ClientSide, Relayed};
-use crate::request_check::{self, BodyFraming, Rejection};
+use crate::request_check::{self, BodyFraming, Head, Rejection};
 use crate::stats::ErrorKind;
+use crate::tunnel::{Ends, Reservation, TunnelLimits, Tunnels};
+use crate::upgrade::{self, Answer, HandshakeError, HandshakeTimeouts};
 
 /// Everything a worker needs to forward requests, shared by all workers.
 pub struct Forwarder {
@@ -34,6 +39,10 @@ pub struct Forwarder {
     pub access_log: AtomicBool,
     /// Requests sent again after a failed attempt, for metrics.
     pub retries: AtomicU64,
+    /// Open WebSocket (and other upgrade) tunnels and their limits.
+    pub tunnels: Arc<Tunnels>,
+    /// Timeouts for a tunnel's handshake, which does not go through ureq.
+    handshake_timeouts: RwLock<HandshakeTimeouts>,
 }
 
 impl Forwarder {
@@ -49,6 +58,8 @@ impl Forwarder {
             forwarded_server_header: AtomicBool::new(false),
             access_log: AtomicBool::new(false),
             retries: AtomicU64::new(0),
+            tunnels: Tunnels::new(tunnel_limits(config)),
+            handshake_timeouts: RwLock::new(handshake_timeouts(config)),
         };
         forwarder.set_switches(config);
         forwarder
@@ -59,6 +70,22 @@ impl Forwarder {
         self.forwarded_server_header
             .store(config.forwarded_server_header, Ordering::Relaxed);
         self.access_log.store(config.access_log, Ordering::Relaxed);
+        self.tunnels.set_limits(tunnel_limits(config));
+        *self.handshake_timeouts.write() = handshake_timeouts(config);
+    }
+}
+
+fn tunnel_limits(config: &crate::config::Config) -> TunnelLimits {
+    TunnelLimits {
+        max_open: config.max_tunnels,
+        idle_timeout: config.tunnel_idle_timeout,
+    }
+}
+
+fn handshake_timeouts(config: &crate::config::Config) -> HandshakeTimeouts {
+    HandshakeTimeouts {
+        connect: config.connect_timeout,
+        answer: config.backend_timeout,
     }
 }
 
@@ -117,6 +144,20 @@ impl Failure {
     }
 }
 
+/// One client exchange as relaying needs it.
+struct Exchange<'a> {
+    client: &'a ClientSide,
+    method: &'a str,
+    started: Instant,
+}
+
+/// A backend's `101 Switching Protocols`, with the connection it arrived on.
+struct Switch {
+    headers: http::HeaderMap,
+    backend: std::net::TcpStream,
+    early: Vec<u8>,
+}
+
 /// Where a failed request goes next.
 enum Retry {
     SameBackend,
@@ -126,7 +167,7 @@ enum Retry {
 /// A request on its way from the intake to a worker, with the verdict of its head check.
 pub struct Job {
     request: Request,
-    verdict: Result<BodyFraming, Rejection>,
+    verdict: Result<Head, Rejection>,
 }
 
 impl Forwarder {
@@ -175,8 +216,8 @@ impl Forwarder {
         } = job;
         let client_addr = request.remote_addr().copied();
         let client = client_side(&request);
-        let framing = match verdict {
-            Ok(framing) => framing,
+        let head = match verdict {
+            Ok(head) => head,
             Err(rejection) => {
                 let status = self.reject(request, &client, &rejection, buffers);
                 return Outcome {
@@ -187,6 +228,12 @@ impl Forwarder {
             }
         };
         let client_ip = client_addr.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+        if let Some(protocols) = &head.upgrade
+            && self.tunnels.limits().max_open > 0
+        {
+            return self.tunnel(request, &client, client_ip, protocols, buffers, started);
+        }
+        let framing = head.framing;
         let method = request.method().to_string();
         let idempotent = matches!(
             method.as_str(),
@@ -204,30 +251,15 @@ impl Forwarder {
             loop {
                 // The one retry on this backend must not take another pooled connection.
                 let fresh = idempotent && !may_retry_here;
-                let attempt = self.attempt(&mut request, &backend, client_addr, framing, fresh);
+                let attempt = self.attempt(&mut request, &backend, client_addr, &head, fresh);
                 let (failure, body_started) = match attempt {
                     Ok(response) => {
-                        let forwarded = self
-                            .forwarded_server_header
-                            .load(Ordering::Relaxed)
-                            .then_some(backend.url.original.as_str());
-                        let mut writer = request.into_writer();
-                        let outcome = relay::relay_response(
-                            &mut *writer,
-                            response,
-                            &client,
-                            forwarded,
-                            buffers,
-                        );
-                        drop(in_flight);
-                        let (status, body_bytes) =
-                            self.finish_relay(outcome, writer, client_addr, &method, started);
-                        backend.stats.record_answer(status, started.elapsed());
-                        return Outcome {
-                            status,
-                            body_bytes,
-                            backend: Some(backend),
+                        let exchange = Exchange {
+                            client: &client,
+                            method: &method,
+                            started,
                         };
+                        return self.deliver(request, response, in_flight, &exchange, buffers);
                     }
                     Err(failed) => failed,
                 };
@@ -283,6 +315,224 @@ impl Forwarder {
         }
     }
 
+    /// Relays a backend's answer to the client and records it against the backend.
+    fn deliver(
+        &self,
+        request: Request,
+        response: http::Response<ureq::Body>,
+        in_flight: InFlight,
+        exchange: &Exchange,
+        buffers: &mut Buffers,
+    ) -> Outcome {
+        let backend = Arc::clone(in_flight.backend());
+        let client_addr = request.remote_addr().copied();
+        let forwarded = self
+            .forwarded_server_header
+            .load(Ordering::Relaxed)
+            .then_some(backend.url.original.as_str());
+        let mut writer = request.into_writer();
+        let outcome =
+            relay::relay_response(&mut *writer, response, exchange.client, forwarded, buffers);
+        drop(in_flight);
+        let (status, body_bytes) = self.finish_relay(
+            outcome,
+            writer,
+            client_addr,
+            exchange.method,
+            exchange.started,
+        );
+        backend
+            .stats
+            .record_answer(status, exchange.started.elapsed());
+        Outcome {
+            status,
+            body_bytes,
+            backend: Some(backend),
+        }
+    }
+
+    /// Carries out an upgrade (a WebSocket handshake). The handshake goes to the backend the
+    /// balancer picks (another one if it cannot be reached); if that backend switches protocols
+    /// the connection becomes a tunnel on threads of its own and this worker is free again. Any
+    /// other answer is relayed as usual.
+    fn tunnel(
+        &self,
+        request: Request,
+        client: &ClientSide,
+        client_ip: IpAddr,
+        protocols: &str,
+        buffers: &mut Buffers,
+        started: Instant,
+    ) -> Outcome {
+        let client_addr = request.remote_addr().copied();
+        let method = request.method().to_string();
+        let Some(place) = self.tunnels.reserve() else {
+            log::warn!(
+                "refused an upgrade to {protocols} from {client_ip}: {} tunnels are open (maxTunnels)",
+                self.tunnels.limits().max_open
+            );
+            let message = "Service Unavailable: too many open tunnels";
+            let body_bytes = self.answer(request, client, 503, message, None, true, buffers);
+            return Outcome {
+                status: 503,
+                body_bytes,
+                backend: None,
+            };
+        };
+        let timeouts = *self.handshake_timeouts.read();
+        let mut tried: Vec<u64> = Vec::new();
+        let mut last_failure: Option<Failure> = None;
+        let mut last_backend: Option<Arc<Backend>> = None;
+        while let Some(in_flight) = self.balancer.pick(client_ip, &tried) {
+            let backend = Arc::clone(in_flight.backend());
+            let upstream =
+                match build_upstream_request(&request, &backend, client_addr, BodyFraming::Empty) {
+                    Ok(upstream) => upstream,
+                    Err(failure) => {
+                        last_failure = Some(failure);
+                        break;
+                    }
+                };
+            let failure = match upgrade::handshake(&upstream, protocols, timeouts) {
+                Ok(Answer::Switched {
+                    headers,
+                    stream,
+                    early,
+                }) => {
+                    drop(in_flight);
+                    let switch = Switch {
+                        headers,
+                        backend: stream,
+                        early,
+                    };
+                    return self.switch(request, client, place, backend, switch, buffers, started);
+                }
+                Ok(Answer::Declined(response)) => {
+                    let exchange = Exchange {
+                        client,
+                        method: &method,
+                        started,
+                    };
+                    return self.deliver(request, response, in_flight, &exchange, buffers);
+                }
+                Err(HandshakeError::Connect(reason)) => Failure::Connect(reason),
+                Err(HandshakeError::Timeout(reason)) => Failure::Timeout(reason),
+                Err(HandshakeError::Closed(reason)) => Failure::Closed(reason),
+                Err(HandshakeError::Broken(reason)) => Failure::Broken(reason),
+            };
+            log::warn!(
+                "upgrade to {protocols} at {} failed: {}",
+                backend.url.original,
+                describe_failure(&failure)
+            );
+            if let Some(kind) = failure.error_kind() {
+                backend.stats.record_error(kind);
+            }
+            let unreachable = matches!(failure, Failure::Connect(_));
+            if let Failure::Connect(reason) = &failure {
+                backend.mark_down(reason);
+            }
+            last_failure = Some(failure);
+            last_backend = Some(backend);
+            if !unreachable {
+                break;
+            }
+            self.retries.fetch_add(1, Ordering::Relaxed);
+            tried.extend(last_backend.as_ref().map(|b| b.key));
+        }
+        let (status, message) = match &last_failure {
+            Some(failure) => (failure.status(), failure.message()),
+            None => (503, "No healthy server available"),
+        };
+        let body_bytes = self.answer(request, client, status, message, None, true, buffers);
+        Outcome {
+            status,
+            body_bytes,
+            backend: last_backend,
+        }
+    }
+
+    /// The backend switched protocols: relays its 101 to the client and starts the tunnel.
+    #[allow(clippy::too_many_arguments)]
+    fn switch(
+        &self,
+        request: Request,
+        client: &ClientSide,
+        place: Reservation,
+        backend: Arc<Backend>,
+        switch: Switch,
+        buffers: &mut Buffers,
+        started: Instant,
+    ) -> Outcome {
+        let client_addr = request.remote_addr().copied();
+        let protocol = switch
+            .headers
+            .get(http::header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let client_socket = self.hangups.client_socket(client_addr.as_ref());
+        let (Some(protocol), Some(client_socket)) = (protocol, client_socket) else {
+            log::warn!(
+                "upgrade at {} failed: the 101 names no protocol, or the client socket is gone",
+                backend.url.original
+            );
+            backend.stats.record_error(ErrorKind::Broken);
+            let body_bytes = self.answer(request, client, 502, "Bad Gateway", None, true, buffers);
+            return Outcome {
+                status: 502,
+                body_bytes,
+                backend: Some(backend),
+            };
+        };
+        let mut answer = tiny_http::Response::empty(101);
+        let tokens = ConnectionTokens::from_headers(
+            switch
+                .headers
+                .get_all(http::header::CONNECTION)
+                .iter()
+                .map(|v| ("connection", v.as_bytes())),
+        );
+        // tiny_http writes `Connection: upgrade` and `Upgrade` itself.
+        for (name, value) in &switch.headers {
+            if tokens.is_hop_by_hop(name.as_str()) {
+                continue;
+            }
+            match tiny_http::Header::from_bytes(name.as_str().as_bytes(), value.as_bytes()) {
+                Ok(header) => answer.add_header(header),
+                Err(()) => log::debug!("dropped a non-ASCII {name} header from a 101"),
+            }
+        }
+        if self.forwarded_server_header.load(Ordering::Relaxed)
+            && let Ok(header) = tiny_http::Header::from_bytes(
+                &b"X-Forwarded-Server"[..],
+                backend.url.original.as_bytes(),
+            )
+        {
+            answer.add_header(header);
+        }
+        let label = format!(
+            "{} <-> {} ({protocol})",
+            client_addr.map_or_else(|| "?".into(), |a| a.to_string()),
+            backend.url.original
+        );
+        let client_reader = request.upgrade(&protocol, answer);
+        let ends = Ends {
+            client_reader,
+            client_socket,
+            backend: switch.backend,
+            early: switch.early,
+        };
+        if let Err(error) = place.start(ends, label) {
+            log::error!("cannot start a tunnel's threads: {error}");
+        }
+        backend.stats.record_answer(101, started.elapsed());
+        Outcome {
+            status: 101,
+            body_bytes: 0,
+            backend: Some(backend),
+        }
+    }
+
     /// Answers 503 with `Retry-After` when every worker is busy and the queue is full.
     pub fn refuse_busy(&self, job: Job, buffers: &mut Buffers) {
         let started = Instant::now();
@@ -292,7 +542,7 @@ impl Forwarder {
             .load(Ordering::Relaxed)
             .then(|| AccessLine::of(&request));
         let client = client_side(&request);
-        let unread_body = verdict != Ok(BodyFraming::Empty);
+        let unread_body = !verdict.is_ok_and(|head| head.framing == BodyFraming::Empty);
         let body_bytes = self.answer(
             request,
             &client,
@@ -314,12 +564,13 @@ impl Forwarder {
         request: &mut Request,
         backend: &Backend,
         client_addr: Option<SocketAddr>,
-        framing: BodyFraming,
+        head: &Head,
         fresh_connection: bool,
     ) -> Result<http::Response<ureq::Body>, (Failure, bool)> {
+        let framing = head.framing;
         let upstream = build_upstream_request(request, backend, client_addr, framing)
             .map_err(|f| (f, false))?;
-        let mut body = ClientBody::new(request, framing, &self.hangups, client_addr);
+        let mut body = ClientBody::new(request, head, &self.hangups, client_addr);
         let agent = if fresh_connection {
             backend.fresh_agent()
         } else {
@@ -602,33 +853,52 @@ fn target_authority(target: &str) -> Option<&str> {
 
 /// The client's request body as ureq reads it: counts what was consumed (a consumed body cannot
 /// be replayed on another backend) and turns a short body into an error, because ureq spins
-/// forever on a reader that ends before Content-Length (shared/crates.md).
+/// forever on a reader that ends before Content-Length.
 struct ClientBody<'a> {
-    /// `None` when the request has no body (then nothing is read at all).
-    inner: Option<&'a mut dyn Read>,
+    source: BodySource<'a>,
     remaining: Option<u64>,
     bytes_read: u64,
     failure: Option<String>,
-    /// For chunked bodies: to ask whether an end of body was really the client leaving.
+    /// For chunked bodies decoded by tiny_http: to ask whether an end of body was really the
+    /// client leaving.
     hangups: &'a Hangups,
     client: Option<SocketAddr>,
+}
+
+/// Where the body's bytes come from.
+enum BodySource<'a> {
+    /// No body: nothing is read at all.
+    None,
+    /// tiny_http's body reader: a decoded chunked body, or one framed by Content-Length.
+    Framed(&'a mut dyn Read),
+    /// A chunked body in the raw bytes tiny_http hands over for `Connection: upgrade`, decoded
+    /// here (that connection ends after this request, so reading ahead does no harm).
+    RawChunked(ChunkedReader<io::BufReader<&'a mut dyn Read>>),
 }
 
 impl<'a> ClientBody<'a> {
     fn new(
         request: &'a mut Request,
-        framing: BodyFraming,
+        head: &Head,
         hangups: &'a Hangups,
         client: Option<SocketAddr>,
     ) -> ClientBody<'a> {
-        let remaining = match framing {
+        let remaining = match head.framing {
             BodyFraming::Length(n) => Some(n),
             _ => None,
         };
         // Only touch the reader when there is a body: as_reader() sends `100 Continue`.
-        let inner = (framing != BodyFraming::Empty).then(|| request.as_reader());
+        let source = match head.framing {
+            BodyFraming::Empty => BodySource::None,
+            BodyFraming::Chunked if head.body_is_raw => {
+                BodySource::RawChunked(ChunkedReader::new(io::BufReader::new(request.as_reader())))
+            }
+            BodyFraming::Length(_) | BodyFraming::Chunked => {
+                BodySource::Framed(request.as_reader())
+            }
+        };
         ClientBody {
-            inner,
+            source,
             remaining,
             bytes_read: 0,
             failure: None,
@@ -645,14 +915,17 @@ impl Read for ClientBody<'_> {
             Some(n) => buf.len().min(usize::try_from(n).unwrap_or(usize::MAX)),
             None => buf.len(),
         };
-        let Some(inner) = self.inner.as_mut() else {
-            return Ok(0);
+        let (result, decoded_by_tiny_http) = match &mut self.source {
+            BodySource::None => return Ok(0),
+            BodySource::Framed(inner) => (inner.read(&mut buf[..limit]), true),
+            BodySource::RawChunked(inner) => (inner.read(&mut buf[..limit]), false),
         };
-        let result = inner.read(&mut buf[..limit]);
         let read = match result {
+            // tiny_http's chunked decoder ends a body cut mid-chunk as if it were complete.
             Ok(0)
                 if self.remaining.is_some()
-                    || self.hangups.client_sent_eof(self.client.as_ref()) =>
+                    || (decoded_by_tiny_http
+                        && self.hangups.client_closed(self.client.as_ref())) =>
             {
                 let message = "the client closed the connection before sending its whole body";
                 self.failure = Some(message.into());

@@ -67,11 +67,22 @@ impl Hangups {
         self.close_socket(client)
     }
 
-    /// Whether the client has already closed its side of the connection. tiny_http's chunked
-    /// decoder reports end-of-file inside a chunk as a clean end of the body, so a body that
-    /// ends must be checked this way before it is passed on as complete.
-    pub fn client_sent_eof(&self, client: Option<&SocketAddr>) -> bool {
-        client.is_some_and(|client| client_sent_eof(*client, self.local_port))
+    /// Whether the client has closed its side of the connection (its FIN has arrived).
+    /// tiny_http's chunked decoder reports end-of-file inside a chunk as a clean end of the
+    /// body, so a body that ends must be checked this way before it is passed on as complete.
+    ///
+    /// It asks the kernel for the TCP state rather than peeking for end-of-file: once a
+    /// `Connection: close` request's body is read, tiny_http shuts down the read side of the
+    /// socket itself, and a peek would then see an end-of-file the client never sent.
+    pub fn client_closed(&self, client: Option<&SocketAddr>) -> bool {
+        client.is_some_and(|client| client_closed(*client, self.local_port))
+    }
+
+    /// A socket of tinylb's own for this client's connection (a duplicate of tiny_http's), so
+    /// a tunnel can write to the client while tiny_http's stream is read on another thread.
+    pub fn client_socket(&self, client: Option<&SocketAddr>) -> Option<std::net::TcpStream> {
+        let client = client?;
+        with_client_socket(*client, self.local_port, |s| s.try_clone().ok()).flatten()
     }
 
     /// The second half of [`Hangups::hang_up`], for callers that already called `remember`.
@@ -123,22 +134,26 @@ fn shutdown_client_socket(peer: SocketAddr, local_port: u16) -> bool {
     with_client_socket(peer, local_port, |s| s.shutdown(Shutdown::Write).is_ok()).unwrap_or(false)
 }
 
-/// Whether the client has sent end-of-file: a peek that does not wait reads 0 bytes.
+/// Whether the peer's FIN has arrived: the TCP state is one of those past it.
 #[cfg(target_os = "linux")]
-fn client_sent_eof(peer: SocketAddr, local_port: u16) -> bool {
+fn client_closed(peer: SocketAddr, local_port: u16) -> bool {
     use std::os::fd::AsRawFd;
     with_client_socket(peer, local_port, |socket| {
-        let mut byte = 0u8;
-        // SAFETY: recv writes at most 1 byte into `byte`, which lives for the call.
-        let read = unsafe {
-            libc::recv(
+        // SAFETY: tcp_info is plain data; getsockopt writes at most `length` bytes into it.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut length = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let result = unsafe {
+            libc::getsockopt(
                 socket.as_raw_fd(),
-                (&mut byte as *mut u8).cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut length,
             )
         };
-        read == 0
+        // CLOSE_WAIT (8) and LAST_ACK (9) follow the peer's FIN; CLOSING (11), TIME_WAIT (6)
+        // and CLOSE (7) come after it too.
+        result == 0 && matches!(info.tcpi_state, 6..=9 | 11)
     })
     .unwrap_or(false)
 }
@@ -150,6 +165,15 @@ fn shutdown_client_socket(_peer: SocketAddr, _local_port: u16) -> bool {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn client_sent_eof(_peer: SocketAddr, _local_port: u16) -> bool {
+fn client_closed(_peer: SocketAddr, _local_port: u16) -> bool {
     false
+}
+
+#[cfg(not(target_os = "linux"))]
+fn with_client_socket<R>(
+    _peer: SocketAddr,
+    _local_port: u16,
+    _action: impl FnOnce(&std::net::TcpStream) -> R,
+) -> Option<R> {
+    None
 }

@@ -11,6 +11,8 @@ const HOP_BY_HOP: &[&str] = &[
     "trailer",
     "transfer-encoding",
     "upgrade",
+    // Only meaningful with an `Upgrade: h2c` offer, which tinylb never passes on.
+    "http2-settings",
 ];
 
 /// The header names one message's `Connection` headers list, lower-cased.

@@ -12,6 +12,10 @@
 //!    could not take it.
 //! 4. [`relay`]: writes the backend's answer to the client with framing tinylb controls;
 //!    [`hangup`] ends a connection when the answer must be cut short.
+//! 5. An upgrade (a WebSocket handshake) takes a side road: [`upgrade`] does the handshake
+//!    with the backend over a plain socket, and after its `101` a [`tunnel`] copies bytes both
+//!    ways on two threads of its own, so the worker is free again. [`chunked`] decodes the
+//!    chunked bodies tiny_http leaves undecoded on such connections.
 //!
 //! Beside it:
 //!
@@ -38,6 +42,7 @@ pub mod access_log;
 pub mod admin;
 pub mod backend;
 pub mod balancer;
+pub mod chunked;
 pub mod config;
 pub mod duration;
 pub mod forward;
@@ -57,6 +62,8 @@ pub mod stats;
 pub mod status;
 pub mod status_page;
 pub mod strict_json;
+pub mod tunnel;
+pub mod upgrade;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -221,7 +228,20 @@ impl LoadBalancer {
             "shutting down: no longer accepting; {busy} requests in flight, waiting up to {}",
             duration::format_duration(self.grace_period)
         );
-        let abandoned = self.pool.wait(Instant::now() + self.grace_period, abort);
+        let deadline = Instant::now() + self.grace_period;
+        let abandoned = self.pool.wait(deadline, abort);
+        let tunnels = &self.shared.forwarder.tunnels;
+        if tunnels.open() > 0 {
+            log::info!("waiting for {} open tunnels", tunnels.open());
+            let cut = tunnels.close_all(if abandoned > 0 {
+                Instant::now()
+            } else {
+                deadline
+            });
+            if cut > 0 {
+                log::warn!("grace period over: closed {cut} tunnels");
+            }
+        }
         let _ = self.stop_health.send(());
         let _ = self.health.join();
         if let Some((thread, stop)) = self.watcher {

@@ -130,6 +130,35 @@ pub fn render(status: &Status) -> String {
         "Workers forwarding a request right now.",
     );
     let _ = writeln!(out, "tinylb_workers_busy {}", status.busy_workers);
+    let tunnels = &status.tunnels;
+    header(
+        &mut out,
+        "tunnels_open",
+        "gauge",
+        "WebSocket and other upgrade tunnels open now.",
+    );
+    let _ = writeln!(out, "tinylb_tunnels_open {}", tunnels.open);
+    header(
+        &mut out,
+        "tunnels_max",
+        "gauge",
+        "Most tunnels that may be open at once (maxTunnels).",
+    );
+    let _ = writeln!(out, "tinylb_tunnels_max {}", tunnels.max);
+    header(
+        &mut out,
+        "tunnels_opened_total",
+        "counter",
+        "Tunnels opened since start.",
+    );
+    let _ = writeln!(out, "tinylb_tunnels_opened_total {}", tunnels.opened);
+    header(
+        &mut out,
+        "tunnels_refused_total",
+        "counter",
+        "Upgrade handshakes answered 503 because maxTunnels were open.",
+    );
+    let _ = writeln!(out, "tinylb_tunnels_refused_total {}", tunnels.refused);
     header(
         &mut out,
         "uptime_seconds",

@@ -129,7 +129,22 @@ pub fn relay_response(
         || status.is_informational()
         || status == http::StatusCode::NO_CONTENT
         || status == http::StatusCode::NOT_MODIFIED;
-    let framing = match (no_body, response.body().content_length()) {
+    // ureq knows the length of the bodies it read itself; a body framed by tinylb (a declined
+    // upgrade) has its length only in the header.
+    let length = response.body().content_length().or_else(|| {
+        let headers = response.headers();
+        (!headers.contains_key(header::TRANSFER_ENCODING))
+            .then(|| {
+                headers
+                    .get(header::CONTENT_LENGTH)?
+                    .to_str()
+                    .ok()?
+                    .parse()
+                    .ok()
+            })
+            .flatten()
+    });
+    let framing = match (no_body, length) {
         (true, _) => Framing::None,
         (false, Some(n)) => Framing::Length(n),
         (false, None) if client.http10 => Framing::UntilClose,

@@ -38,10 +38,32 @@ pub const MAX_TARGET_BYTES: usize = 16 * 1024;
 /// byte of that buffer is memory held by each pooled connection.
 pub const MAX_HEAD_BYTES: usize = 32 * 1024;
 
-/// Checks size, framing, Host and upgrades; returns how to read the body.
-pub fn check_request(request: &Request) -> Result<BodyFraming, Rejection> {
+/// Most header fields a request may have, as Apache's `LimitRequestFields` (HAProxy allows
+/// 101). Past it the answer is 431 and nothing is forwarded.
+pub const MAX_HEADER_FIELDS: usize = 100;
+
+/// What the checks learned about a request head that passed them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// How the body is framed.
+    pub framing: BodyFraming,
+    /// tiny_http hands over the connection's raw bytes as the body, not a decoded body: it does
+    /// so whenever the first `Connection` header mentions `upgrade`. tinylb must then frame the
+    /// body itself, and tiny_http reads no further request from the connection.
+    pub body_is_raw: bool,
+    /// The protocols to offer the backend (`websocket`), when the request is an upgrade tinylb
+    /// can carry out as a tunnel. Offers it will not carry out (`h2c`) are not here: they are
+    /// dropped and the request is served as HTTP/1.1.
+    pub upgrade: Option<String>,
+}
+
+/// Checks size, framing and Host; returns how to read the body and whether to tunnel.
+pub fn check_request(request: &Request) -> Result<Head, Rejection> {
     if request.url().len() > MAX_TARGET_BYTES {
         return Err(reject(414, "the request target is longer than 16 KiB"));
+    }
+    if request.headers().len() > MAX_HEADER_FIELDS {
+        return Err(reject(431, "the request has more than 100 header fields"));
     }
     let head_bytes = request.url().len()
         + request
@@ -66,21 +88,39 @@ pub fn check_request(request: &Request) -> Result<BodyFraming, Rejection> {
     if values("Host").count() > 1 {
         return Err(reject(400, "more than one Host header"));
     }
-    if values("Upgrade").next().is_some()
-        || values("Connection").any(|v| v.to_ascii_lowercase().contains("upgrade"))
-    {
-        return Err(reject(
-            501,
-            "protocol upgrades (WebSocket, h2c) are not supported",
-        ));
-    }
-    let codings: Vec<&str> = values("Transfer-Encoding")
+    let framing = body_framing(values("Transfer-Encoding"), values("Content-Length"))?;
+    let body_is_raw = values("Connection")
+        .next()
+        .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"));
+    let names_upgrade = values("Connection")
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    // A tunnel needs the raw connection from tiny_http, an HTTP/1.1 handshake without a body
+    // (a body would have to be relayed before the switch), and a protocol worth tunnelling.
+    let upgrade = (body_is_raw && names_upgrade && is_http11 && framing == BodyFraming::Empty)
+        .then(|| tunnelled_protocols(values("Upgrade")))
+        .flatten();
+    Ok(Head {
+        framing,
+        body_is_raw,
+        upgrade,
+    })
+}
+
+/// The body framing from the `Transfer-Encoding` and `Content-Length` values. Anything
+/// ambiguous is refused: tiny_http reads any Transfer-Encoding as chunked and ignores a
+/// Content-Length it cannot parse, so a proxy forwarding what it misread would smuggle.
+fn body_framing<'a>(
+    transfer_encodings: impl Iterator<Item = &'a str>,
+    lengths: impl Iterator<Item = &'a str>,
+) -> Result<BodyFraming, Rejection> {
+    let codings: Vec<&str> = transfer_encodings
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .collect();
     let has_transfer_encoding = !codings.is_empty();
     let only_chunked = codings.len() == 1 && codings[0].eq_ignore_ascii_case("chunked");
-    let mut lengths = values("Content-Length").peekable();
+    let mut lengths = lengths.peekable();
     let has_content_length = lengths.peek().is_some();
     if has_transfer_encoding && has_content_length {
         return Err(reject(400, "both Content-Length and Transfer-Encoding"));
@@ -107,6 +147,27 @@ pub fn check_request(request: &Request) -> Result<BodyFraming, Rejection> {
         None | Some(0) => BodyFraming::Empty,
         Some(n) => BodyFraming::Length(n),
     })
+}
+
+/// The offered protocols tinylb passes on, comma-separated, or `None` if none is left. HTTP/2
+/// offers (`h2c`, what curl's `--http2` and Java's HttpClient send) are dropped: a tunnel would
+/// hide every later request from the balancer, and RFC 9110 section 7.8 lets a server ignore
+/// an upgrade it will not perform.
+fn tunnelled_protocols<'a>(upgrade_values: impl Iterator<Item = &'a str>) -> Option<String> {
+    let kept: Vec<&str> = upgrade_values
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && !is_http2(p))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(", "))
+}
+
+fn is_http2(protocol: &str) -> bool {
+    let name = protocol.split('/').next().unwrap_or(protocol);
+    ["h2c", "h2"]
+        .iter()
+        .any(|p| protocol.eq_ignore_ascii_case(p))
+        || (name.eq_ignore_ascii_case("HTTP") && protocol[name.len()..].starts_with("/2"))
 }
 
 /// Digits only: no sign, no spaces inside, no list.
@@ -136,7 +197,7 @@ pub fn client_keeps_alive(request: &Request) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_content_length;
+    use super::*;
 
     #[test]
     fn content_length_is_digits_only() {
@@ -146,5 +207,35 @@ mod tests {
         assert_eq!(parse_content_length("+5"), None);
         assert_eq!(parse_content_length("5, 5"), None);
         assert_eq!(parse_content_length(""), None);
+    }
+
+    #[test]
+    fn http2_offers_are_dropped_and_others_kept() {
+        let offer = |v: &'static str| tunnelled_protocols(std::iter::once(v));
+        assert_eq!(offer("h2c"), None);
+        assert_eq!(offer("H2C, HTTP/2.0"), None);
+        assert_eq!(offer("websocket"), Some("websocket".into()));
+        assert_eq!(offer("h2c, websocket"), Some("websocket".into()));
+        assert_eq!(offer("HTTP/1.1, foo/2"), Some("HTTP/1.1, foo/2".into()));
+        assert_eq!(offer(" , "), None);
+    }
+
+    #[test]
+    fn framing_refuses_every_ambiguous_transfer_encoding() {
+        let framing = |te: &[&'static str], cl: &[&'static str]| {
+            body_framing(te.iter().copied(), cl.iter().copied()).map_err(|r| r.status)
+        };
+        assert_eq!(framing(&["chunked"], &[]), Ok(BodyFraming::Chunked));
+        assert_eq!(framing(&["CHUNKED"], &[]), Ok(BodyFraming::Chunked));
+        assert_eq!(framing(&[], &["5"]), Ok(BodyFraming::Length(5)));
+        assert_eq!(framing(&[], &["0"]), Ok(BodyFraming::Empty));
+        assert_eq!(framing(&[], &["5", "5"]), Ok(BodyFraming::Length(5)));
+        assert_eq!(framing(&["chunked"], &["5"]), Err(400));
+        assert_eq!(framing(&["chunked, identity"], &[]), Err(501));
+        assert_eq!(framing(&["identity, chunked"], &[]), Err(501));
+        assert_eq!(framing(&["xchunked"], &[]), Err(501));
+        assert_eq!(framing(&["chunked", "chunked"], &[]), Err(501));
+        assert_eq!(framing(&[], &["5", "6"]), Err(400));
+        assert_eq!(framing(&[], &["-1"]), Err(400));
     }
 }

@@ -30,8 +30,24 @@ pub struct Status {
     pub queue_capacity: usize,
     /// Requests sent again after a failed attempt.
     pub retries: u64,
+    /// WebSocket (and other upgrade) tunnels.
+    pub tunnels: TunnelStatus,
     /// The backends, in config order.
     pub backends: Vec<BackendStatus>,
+}
+
+/// The tunnels' counters.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TunnelStatus {
+    /// Open now.
+    pub open: usize,
+    /// Most that may be open at once (`maxTunnels`).
+    pub max: usize,
+    /// Opened since start.
+    pub opened: u64,
+    /// Handshakes answered 503 because `max` were open.
+    pub refused: u64,
 }
 
 /// One backend's row.
@@ -173,6 +189,12 @@ impl Status {
                 .forwarder
                 .retries
                 .load(std::sync::atomic::Ordering::Relaxed),
+            tunnels: TunnelStatus {
+                open: shared.forwarder.tunnels.open(),
+                max: shared.forwarder.tunnels.limits().max_open,
+                opened: shared.forwarder.tunnels.opened_total(),
+                refused: shared.forwarder.tunnels.refused_total(),
+            },
             backends,
         }
     }

@@ -41,7 +41,8 @@ pub fn render(status: &Status) -> String {
          <li>algorithm <b>{algorithm}</b></li><li>up <b>{uptime}</b></li>\
          <li>listening on <b>{listen}</b></li>\
          <li>workers busy <b>{busy} / {workers}</b></li>\
-         <li>queued <b>{queued} / {capacity}</b></li><li>retries <b>{retries}</b></li></ul>",
+         <li>queued <b>{queued} / {capacity}</b></li><li>retries <b>{retries}</b></li>\
+         <li>tunnels open <b>{tunnels} / {max_tunnels}</b></li></ul>",
         version = status.version,
         algorithm = status.algorithm,
         uptime = human_duration(status.uptime_seconds as f64),
@@ -51,6 +52,8 @@ pub fn render(status: &Status) -> String {
         queued = status.queue_depth,
         capacity = status.queue_capacity,
         retries = status.retries,
+        tunnels = status.tunnels.open,
+        max_tunnels = status.tunnels.max,
     );
     page.push_str(
         "<table><thead><tr><th>#</th><th>backend</th><th>weight</th><th>health</th>\

@@ -941,18 +941,6 @@ fn http11_request_without_host_is_refused() {
     assert_refused_unforwarded(b"GET /no-host HTTP/1.1\r\nX-Other: 1\r\n\r\n", 400);
 }
 
-#[test]
-fn websocket_upgrade_gets_501() {
-    let request = "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-    assert_refused_unforwarded(request.as_bytes(), 501);
-    // Upgrade without the Connection token is refused the same way.
-    assert_refused_unforwarded(
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n",
-        501,
-    );
-}
-
 // ---------------------------------------------------------------------------------------------
 // Backend failed half-way through the body: a truncation the client can detect.
 // ---------------------------------------------------------------------------------------------

@@ -1,0 +1,208 @@
+//! Upgrade offers tinylb does not carry out are ignored, never refused (RFC 9110 section 7.8):
+//! an `h2c` offer (curl's `--http2`, every request of Java's HttpClient on http://) is served
+//! as HTTP/1.1 with the offer's headers dropped, bodies and all; an `Upgrade` header that
+//! `Connection` does not name is an ordinary hop-by-hop header. With such an offer tiny_http
+//! hands the body over undecoded, so these tests also check the body framing tinylb does itself.
+
+mod common;
+
+use std::io::{BufReader, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::backend::pattern_byte;
+use common::raw::keep_alive_connection;
+use common::{Backend, pattern_sha256, raw_exchange, read_response, start_lb, wait_until};
+
+/// What the JDK's HttpClient sends with its defaults on http:// (and curl --http2 alike).
+const H2C_OFFER: &str = "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+                         HTTP2-Settings: AAEAAEAAAAIAAAABAAMAAABkAAQBAAAAAAUAAEAA\r\n";
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len as u64).map(pattern_byte).collect()
+}
+
+/// Sends `head` and then `body_pieces` as separate writes, and reads one answer.
+fn exchange_in_pieces(
+    addr: std::net::SocketAddr,
+    head: &str,
+    body_pieces: &[Vec<u8>],
+) -> (u16, String, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    for piece in body_pieces {
+        stream.write_all(piece).unwrap();
+        stream.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut stream, &mut answer);
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let head_text = text
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let (status, body) = read_response(&mut &answer[..]).expect("an answer");
+    (status, head_text, body)
+}
+
+fn chunked(body: &[u8], piece: usize) -> Vec<Vec<u8>> {
+    let mut pieces: Vec<Vec<u8>> = body
+        .chunks(piece)
+        .map(|data| {
+            let mut chunk = format!("{:x}\r\n", data.len()).into_bytes();
+            chunk.extend_from_slice(data);
+            chunk.extend_from_slice(b"\r\n");
+            chunk
+        })
+        .collect();
+    pieces.push(b"0\r\n\r\n".to_vec());
+    pieces
+}
+
+#[test]
+fn an_h2c_offer_is_served_as_http11_with_the_offer_dropped() {
+    let backend = Backend::start("a");
+    let lb = start_lb(&[&backend], "");
+    let answer = raw_exchange(
+        lb.addr,
+        format!("GET /h2c HTTP/1.1\r\nHost: example.com\r\n{H2C_OFFER}\r\n").as_bytes(),
+        Duration::from_secs(5),
+    );
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(!text.to_ascii_lowercase().contains("upgrade"), "{text}");
+    let seen = backend.seen_proxied();
+    assert_eq!(seen.len(), 1);
+    for header in ["upgrade", "http2-settings", "connection"] {
+        assert!(
+            seen[0].header_values(header).is_empty(),
+            "{header} reached the backend: {:?}",
+            seen[0].headers
+        );
+    }
+}
+
+#[test]
+fn a_post_with_an_h2c_offer_forwards_its_body_intact() {
+    let backend = Backend::start("a");
+    let lb = start_lb(&[&backend], "");
+    let body = pattern(300_000);
+    let head = format!(
+        "POST /sha256 HTTP/1.1\r\nHost: x\r\n{H2C_OFFER}Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let pieces: Vec<Vec<u8>> = body.chunks(50_000).map(<[u8]>::to_vec).collect();
+    let (status, head, answer) = exchange_in_pieces(lb.addr, &head, &pieces);
+    assert_eq!(status, 200, "{head}");
+    let expected = format!("{} {}\n", pattern_sha256(body.len() as u64), body.len());
+    assert_eq!(String::from_utf8_lossy(&answer), expected);
+}
+
+#[test]
+fn a_chunked_post_with_an_h2c_offer_is_decoded_by_tinylb() {
+    let backend = Backend::start("a");
+    let lb = start_lb(&[&backend], "");
+    let body = pattern(200_000);
+    let head = format!(
+        "POST /sha256 HTTP/1.1\r\nHost: x\r\n{H2C_OFFER}Transfer-Encoding: chunked\r\n\r\n"
+    );
+    let (status, head, answer) = exchange_in_pieces(lb.addr, &head, &chunked(&body, 7_000));
+    assert_eq!(status, 200, "{head}");
+    let expected = format!("{} {}\n", pattern_sha256(body.len() as u64), body.len());
+    assert_eq!(String::from_utf8_lossy(&answer), expected);
+}
+
+#[test]
+fn a_chunked_post_with_an_h2c_offer_cut_mid_chunk_never_completes_upstream() {
+    let backend = Backend::start("a");
+    let lb = start_lb(&[&backend], "");
+    let head =
+        format!("POST /cut HTTP/1.1\r\nHost: x\r\n{H2C_OFFER}Transfer-Encoding: chunked\r\n\r\n");
+    let mut stream = TcpStream::connect(lb.addr).unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut body = b"3e8\r\n".to_vec();
+    body.extend_from_slice(&[b'y'; 500]);
+    stream.write_all(&body).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || backend
+        .connections_accepted()
+        >= 2));
+    std::thread::sleep(Duration::from_millis(100)); // let the first bytes travel upstream
+    drop(stream);
+    // A later request proves the first was dealt with; the cut one is never seen complete.
+    let after = raw_exchange(
+        lb.addr,
+        b"GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert!(after.starts_with(b"HTTP/1.1 200"));
+    let targets: Vec<String> = backend
+        .seen_proxied()
+        .into_iter()
+        .map(|s| s.target)
+        .collect();
+    assert_eq!(
+        targets,
+        ["/after"],
+        "the cut upload reached the backend as complete"
+    );
+}
+
+#[test]
+fn an_upgrade_header_not_named_in_connection_is_dropped_and_keep_alive_kept() {
+    let backend = Backend::start("a");
+    let lb = start_lb(&[&backend], "");
+    let (mut writer, mut reader) = keep_alive_connection(lb.addr);
+    for n in 0..2 {
+        writer
+            .write_all(
+                format!("GET /plain/{n} HTTP/1.1\r\nHost: x\r\nUpgrade: foo\r\n\r\n").as_bytes(),
+            )
+            .unwrap();
+        let (status, _) = read_response(&mut reader).expect("an answer on the same connection");
+        assert_eq!(status, 200);
+    }
+    let seen = backend.seen_proxied();
+    assert_eq!(seen.len(), 2);
+    assert!(seen.iter().all(|s| s.header_values("upgrade").is_empty()));
+}
+
+#[test]
+fn a_websocket_offer_is_served_as_plain_http_when_max_tunnels_is_0() {
+    let backend = Backend::start("a");
+    let lb = start_lb(&[&backend], r#""maxTunnels": 0"#);
+    let answer = raw_exchange(
+        lb.addr,
+        b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    let (status, body) = read_response(&mut BufReader::new(&answer[..])).expect("an answer");
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&body).contains("target /chat"));
+    let seen = backend.seen_proxied();
+    assert!(
+        seen[0].header_values("upgrade").is_empty(),
+        "{:?}",
+        seen[0].headers
+    );
+    assert_eq!(seen[0].header_values("sec-websocket-key").len(), 1);
+}
+
+#[test]
+fn an_upgrade_offer_with_a_body_is_served_as_plain_http() {
+    let backend = Backend::start("a");
+    let lb = start_lb(&[&backend], "");
+    let (status, head, body) = exchange_in_pieces(
+        lb.addr,
+        "POST /sha256 HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\
+         Content-Length: 5\r\n\r\n",
+        &[b"hello".to_vec()],
+    );
+    assert_eq!(status, 200, "{head}");
+    assert!(String::from_utf8_lossy(&body).ends_with(" 5\n"));
+}
