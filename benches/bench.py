@@ -34,6 +34,9 @@ The same harness runs the sweeps behind the defaults (docs/benchmarks.md, "Sweep
 - `--tinylb-config JSON`, given several times, runs one tinylb per config as separate targets,
   interleaved in the same run (`tinylb`, `tinylb#2`, ...), so a sweep's variants share the
   machine's noise just as tinylb and nginx do; ratios to nginx are given for the first;
+- `--candidate PATH`, given once or more, runs another tinylb binary (an earlier build, a
+  musl build) with the first config as one more target in the same rounds (`tinylb#2`, ...),
+  so two builds are compared side by side;
 - `--backends N` puts N backend ports behind every load balancer (nginx's file and connection
   limits and its upstream keep-alive cache grow with N);
 - `--only-small` skips the 64 MiB downloads; `--no-write` leaves docs/benchmarks.md alone (or
@@ -166,6 +169,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         " one tinylb per config, interleaved in the same run",
     )
     parser.add_argument(
+        "--candidate",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="PATH",
+        help="another tinylb binary to run beside target/release/tinylb with the first config"
+        " (an earlier build, say); give it several times for several",
+    )
+    parser.add_argument(
         "--backends",
         type=int,
         default=DEFAULT_BACKENDS,
@@ -213,6 +225,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.tinylb_extras.append(extra)
     if len(args.tinylb_extras) > 1 and "tinylb" not in args.targets:
         parser.error("--tinylb-config given several times, but tinylb is not in --targets")
+    if args.candidate and "tinylb" not in args.targets:
+        parser.error("--candidate needs tinylb in --targets")
+    for path in args.candidate:
+        if not os.access(path, os.X_OK):
+            parser.error(f"--candidate: {path} is not an executable file")
+    # One tinylb target per (config, binary): each config with this build, then each candidate
+    # with the first config.
+    args.tinylb_runs = [(extra, TINYLB) for extra in args.tinylb_extras] + [
+        (args.tinylb_extras[0], path.resolve()) for path in args.candidate
+    ]
     return args
 
 
@@ -1310,8 +1332,8 @@ def write_report(out: Path, report: str) -> None:
 
 
 def target_count(args) -> int:
-    """How many targets this run measures (each tinylb config is one)."""
-    tinylbs = len(args.tinylb_extras) if "tinylb" in args.targets else 0
+    """How many targets this run measures (each tinylb config and candidate is one)."""
+    tinylbs = len(args.tinylb_runs) if "tinylb" in args.targets else 0
     return len([t for t in args.targets if t != "tinylb"]) + tinylbs
 
 
@@ -1326,20 +1348,24 @@ def tinylb_key(index: int) -> str:
     return "tinylb" if index == 0 else f"tinylb#{index + 1}"
 
 
-def tinylb_label(index: int, extra: dict, count: int) -> str:
-    """`tinylb` alone; with several configs, the extra keys that tell them apart."""
+def tinylb_label(index: int, extra: dict, count: int, binary: Path = TINYLB) -> str:
+    """`tinylb` alone; with several, the extra keys or the binary that tell them apart."""
+    if binary != TINYLB:
+        return f"tinylb {binary}"
     if count == 1:
         return "tinylb"
     return f"tinylb {json.dumps(extra, separators=(',', ':'))}" if extra else tinylb_key(index)
 
 
-def start_tinylb(procs: Processes, tmp: Path, index: int, config: dict, port: int):
+def start_tinylb(
+    procs: Processes, tmp: Path, index: int, config: dict, port: int, binary: Path = TINYLB
+):
     """Writes tinylb's config and starts it with RUST_LOG=warn; returns (process, log path)."""
     name = tinylb_key(index).replace("#", "-")
     (tmp / f"{name}.json").write_text(json.dumps(config, indent=2))
     env = dict(os.environ, RUST_LOG="warn")
     log_path = tmp / f"{name}.log"
-    proc = procs.start(name, [str(TINYLB), "--config", str(tmp / f"{name}.json")], log_path, env)
+    proc = procs.start(name, [str(binary), "--config", str(tmp / f"{name}.json")], log_path, env)
     wait_ready(name, proc, port, log_path)
     return proc, log_path
 
@@ -1351,7 +1377,7 @@ def start_everything(procs: Processes, tools: dict, tmp: Path, args) -> list[Tar
     is also pointed at it.
     """
     count = args.backends
-    tinylbs = len(args.tinylb_extras) if "tinylb" in args.targets else 0
+    tinylbs = len(args.tinylb_runs) if "tinylb" in args.targets else 0
     shapes = [key for key in SHAPES if key in args.targets]
     ports = free_ports(count + 2 + len(shapes) + tinylbs)
     backend_ports, lb1_port, lb2_port = ports[:count], ports[count], ports[count + 1]
@@ -1370,10 +1396,10 @@ def start_everything(procs: Processes, tools: dict, tmp: Path, args) -> list[Tar
     targets = []
     if "direct" in args.targets:
         targets.append(Target("direct", "backend direct", backend_ports[0], backend, True))
-    for index, (extra, port) in enumerate(zip(args.tinylb_extras, tinylb_ports)):
+    for index, ((extra, binary), port) in enumerate(zip(args.tinylb_runs, tinylb_ports)):
         config = tinylb_config(port, backend_ports, extra)
-        proc, log_path = start_tinylb(procs, tmp, index, config, port)
-        label = tinylb_label(index, extra, tinylbs)
+        proc, log_path = start_tinylb(procs, tmp, index, config, port, binary)
+        label = tinylb_label(index, extra, tinylbs, binary)
         targets.append(
             Target(tinylb_key(index), label, port, proc, False, config, log_path)
         )
