@@ -112,12 +112,9 @@ impl<R: BufRead> Read for ChunkedReader<R> {
 
 /// Reads one CRLF-terminated line (without the CRLF). A bare LF or CR inside is refused, as are
 /// lines longer than [`MAX_LINE`].
-fn read_line(source: &mut impl BufRead) -> io::Result<Vec<u8>> {
+fn read_line(source: &mut dyn BufRead) -> io::Result<Vec<u8>> {
     let mut line = Vec::new();
-    let read = source
-        .by_ref()
-        .take(MAX_LINE as u64)
-        .read_until(b'\n', &mut line)?;
+    let read = Read::take(source, MAX_LINE as u64).read_until(b'\n', &mut line)?;
     if read == 0 || line.last() != Some(&b'\n') {
         return Err(if read < MAX_LINE {
             cut_short()

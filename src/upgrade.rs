@@ -97,7 +97,7 @@ pub fn handshake(
             buffered = rest;
             continue;
         }
-        let body = framed_body(status, &headers, Cursor::new(rest).chain(stream))
+        let body = framed_body(status, &headers, Cursor::new(rest), stream)
             .map_err(HandshakeError::Broken)?;
         let mut response = http::Response::new(body);
         *response.status_mut() = http::StatusCode::from_u16(status)
@@ -255,31 +255,47 @@ fn trim_ows(bytes: &[u8]) -> &[u8] {
 fn framed_body(
     status: u16,
     headers: &HeaderMap,
-    source: impl Read + Send + Sync + 'static,
+    source: Cursor<Vec<u8>>,
+    stream: TcpStream,
 ) -> Result<ureq::Body, String> {
-    let builder = ureq::Body::builder();
-    if status == 204 || status == 304 {
-        return Ok(builder.data(Vec::new()));
-    }
-    let chunked = headers
+    let source = source.chain(stream);
+    let body = if status == 204 || status == 304 {
+        DeclinedBody::Exact(ExactLength { source, left: 0 })
+    } else if headers
         .get_all(header::TRANSFER_ENCODING)
         .iter()
-        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
-    if chunked {
-        return Ok(builder.reader(ChunkedReader::new(BufReader::new(source))));
-    }
-    match headers.get(header::CONTENT_LENGTH) {
-        Some(value) => {
-            let length = std::str::from_utf8(value.as_bytes())
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or("bad Content-Length")?;
-            Ok(builder.reader(ExactLength {
-                source,
-                left: length,
-            }))
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"))
+    {
+        DeclinedBody::Chunked(ChunkedReader::new(BufReader::new(source)))
+    } else if let Some(value) = headers.get(header::CONTENT_LENGTH) {
+        let left = std::str::from_utf8(value.as_bytes())
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or("bad Content-Length")?;
+        DeclinedBody::Exact(ExactLength { source, left })
+    } else {
+        DeclinedBody::UntilClose(source)
+    };
+    Ok(ureq::Body::builder().reader(body))
+}
+
+/// The bytes already read after the head, then the rest of the connection.
+type Rest = io::Chain<Cursor<Vec<u8>>, TcpStream>;
+
+/// A declined answer's body, one type for every framing.
+enum DeclinedBody {
+    Exact(ExactLength<Rest>),
+    Chunked(ChunkedReader<BufReader<Rest>>),
+    UntilClose(Rest),
+}
+
+impl Read for DeclinedBody {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            DeclinedBody::Exact(body) => body.read(buf),
+            DeclinedBody::Chunked(body) => body.read(buf),
+            DeclinedBody::UntilClose(body) => body.read(buf),
         }
-        None => Ok(builder.reader(source)),
     }
 }
 
