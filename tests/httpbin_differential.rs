@@ -155,26 +155,6 @@ impl Drop for Httpbin {
     }
 }
 
-/// How a response's body was delimited on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    /// A response that has no body by its nature (HEAD, 204, 304).
-    NoBody,
-    Length(usize),
-    Chunked,
-    Close,
-}
-
-#[derive(Debug)]
-struct Response {
-    status: u16,
-    /// Header lines in arrival order, names as sent.
-    headers: Vec<(String, String)>,
-    /// The body with the framing removed (chunks joined).
-    body: Vec<u8>,
-    framing: Framing,
-}
-
 /// Sends `head`, then each of `chunks` as its own write (a chunked body, finished with the
 /// last chunk), and reads one response. Every read has a 10 s timeout, so nothing hangs.
 fn send_request(addr: SocketAddr, head: &[u8], chunks: &[&[u8]]) -> std::io::Result<Response> {
@@ -196,104 +176,6 @@ fn send_request(addr: SocketAddr, head: &[u8], chunks: &[&[u8]]) -> std::io::Res
     }
     let no_body = head.starts_with(b"HEAD ");
     read_full_response(&mut BufReader::new(stream), no_body)
-}
-
-/// Reads one response with its headers, skipping interim 1xx answers. (`read_response` in
-/// tests/common returns no headers, and these comparisons are mostly about headers.)
-fn read_full_response(reader: &mut impl BufRead, head_request: bool) -> std::io::Result<Response> {
-    use std::io::{Error, ErrorKind};
-    let bad = |what: String| Error::new(ErrorKind::InvalidData, what);
-    for _interim in 0..10 {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Err(Error::new(
-                ErrorKind::UnexpectedEof,
-                "closed before a response",
-            ));
-        }
-        let status: u16 = line
-            .strip_prefix("HTTP/1.1 ")
-            .and_then(|rest| rest.get(..3)?.parse().ok())
-            .ok_or_else(|| bad(format!("not an HTTP/1.1 status line: {line:?}")))?;
-        let mut headers = Vec::new();
-        for _ in 0..200 {
-            line.clear();
-            if reader.read_line(&mut line)? == 0 {
-                return Err(Error::new(
-                    ErrorKind::UnexpectedEof,
-                    "closed inside the head",
-                ));
-            }
-            let header = line.trim_end_matches(['\r', '\n']);
-            if header.is_empty() {
-                break;
-            }
-            let (name, value) = header
-                .split_once(':')
-                .ok_or_else(|| bad(format!("bad header line {header:?}")))?;
-            headers.push((name.to_string(), value.trim().to_string()));
-        }
-        if (100..200).contains(&status) {
-            continue;
-        }
-        let value = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.clone())
-        };
-        let mut body = Vec::new();
-        let framing = if head_request || status == 204 || status == 304 {
-            Framing::NoBody
-        } else if value("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-            read_chunked(reader, &mut body)?;
-            Framing::Chunked
-        } else if let Some(length) = value("content-length") {
-            let length: usize = length
-                .parse()
-                .map_err(|_| bad(format!("bad Content-Length {length:?}")))?;
-            body.resize(length, 0);
-            reader.read_exact(&mut body)?;
-            Framing::Length(length)
-        } else {
-            reader.read_to_end(&mut body)?;
-            Framing::Close
-        };
-        return Ok(Response {
-            status,
-            headers,
-            body,
-            framing,
-        });
-    }
-    Err(bad("more than ten interim answers".to_string()))
-}
-
-fn read_chunked(reader: &mut impl BufRead, body: &mut Vec<u8>) -> std::io::Result<()> {
-    use std::io::{Error, ErrorKind};
-    let mut line = String::new();
-    for _ in 0..1_000_000 {
-        line.clear();
-        reader.read_line(&mut line)?;
-        let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
-            .map_err(|_| Error::new(ErrorKind::InvalidData, format!("chunk size {line:?}")))?;
-        if size == 0 {
-            // Trailers, if any, up to the blank line.
-            for _ in 0..100 {
-                line.clear();
-                if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
-                    return Ok(());
-                }
-            }
-            return Ok(());
-        }
-        let start = body.len();
-        body.resize(start + size, 0);
-        reader.read_exact(&mut body[start..])?;
-        line.clear();
-        reader.read_line(&mut line)?;
-    }
-    Err(Error::new(ErrorKind::InvalidData, "too many chunks"))
 }
 
 /// How two bodies are compared.

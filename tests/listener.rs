@@ -336,7 +336,13 @@ fn listener_recovers_from_file_descriptor_exhaustion_without_leaking_threads() {
     assert_eq!(fresh_get(lb.addr, "/", Duration::from_secs(3)), Some(200));
     let threads_at_start = lb.threads();
     let fds_at_start = open_fds(lb.pid);
-    let accept_threads_at_start = lb.accept_threads();
+    // The accept thread may be busy with the connection just made: wait until it is back in
+    // accept(), rather than catching it at one instant.
+    let mut accept_threads_at_start = 0;
+    wait_until(Duration::from_secs(3), || {
+        accept_threads_at_start = lb.accept_threads();
+        accept_threads_at_start == 1
+    });
     assert_eq!(accept_threads_at_start, 1);
 
     let first = exhaust_and_release(&lb, 1, threads_at_start);

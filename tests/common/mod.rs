@@ -154,65 +154,132 @@ pub fn open_fds(pid: u32) -> usize {
 }
 
 /// Reads one response from a raw connection: the status and the body, framed by
-/// Content-Length, chunked, or (with neither) the end of the stream. Not for HEAD, 1xx, 204 or
-/// 304 answers, which have no body whatever their headers say.
+/// Content-Length, chunked, or (with neither) the end of the stream. Not for HEAD answers,
+/// which have no body whatever their headers say: use [`read_full_response`].
 pub fn read_response(reader: &mut impl std::io::BufRead) -> std::io::Result<(u16, Vec<u8>)> {
+    read_full_response(reader, false).map(|response| (response.status, response.body))
+}
+
+/// How a response's body was delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// A response that has no body by its nature (HEAD, 204, 304).
+    NoBody,
+    Length(usize),
+    Chunked,
+    Close,
+}
+
+/// One response read off a raw connection.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    /// Header lines in arrival order, names as sent.
+    pub headers: Vec<(String, String)>,
+    /// The body with the framing removed (chunks joined).
+    pub body: Vec<u8>,
+    pub framing: Framing,
+}
+
+/// Reads one response with its headers, skipping interim 1xx answers; `head_request` says the
+/// answer has no body whatever its headers say (204 and 304 never have one).
+pub fn read_full_response(
+    reader: &mut impl std::io::BufRead,
+    head_request: bool,
+) -> std::io::Result<Response> {
     use std::io::{Error, ErrorKind};
-    let bad = |what: &str| Error::new(ErrorKind::InvalidData, what.to_string());
-    let mut line = String::new();
-    if reader.read_line(&mut line)? == 0 {
-        return Err(Error::new(
-            ErrorKind::UnexpectedEof,
-            "closed before a response",
-        ));
-    }
-    let status: u16 = line
-        .strip_prefix("HTTP/1.")
-        .and_then(|rest| rest.get(2..5)?.parse().ok())
-        .ok_or_else(|| bad(&format!("not a status line: {line:?}")))?;
-    let (mut length, mut chunked) = (None, false);
-    loop {
-        line.clear();
+    let bad = |what: String| Error::new(ErrorKind::InvalidData, what);
+    for _interim in 0..10 {
+        let mut line = String::new();
         if reader.read_line(&mut line)? == 0 {
             return Err(Error::new(
                 ErrorKind::UnexpectedEof,
-                "closed inside the head",
+                "closed before a response",
             ));
         }
-        let header = line.trim_end_matches(['\r', '\n']);
-        if header.is_empty() {
-            break;
-        }
-        let (name, value) = header.split_once(':').ok_or_else(|| bad(header))?;
-        if name.eq_ignore_ascii_case("content-length") {
-            length = Some(value.trim().parse::<usize>().map_err(|_| bad(header))?);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.trim().eq_ignore_ascii_case("chunked");
-        }
-    }
-    let mut body = Vec::new();
-    if chunked {
-        loop {
+        let status: u16 = line
+            .strip_prefix("HTTP/1.")
+            .and_then(|rest| rest.get(2..5)?.parse().ok())
+            .ok_or_else(|| bad(format!("not a status line: {line:?}")))?;
+        let mut headers = Vec::new();
+        for _ in 0..200 {
             line.clear();
-            reader.read_line(&mut line)?;
-            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
-                .map_err(|_| bad(&format!("bad chunk size {line:?}")))?;
-            let start = body.len();
-            body.resize(start + size, 0);
-            reader.read_exact(&mut body[start..])?;
-            line.clear();
-            reader.read_line(&mut line)?;
-            if size == 0 {
+            if reader.read_line(&mut line)? == 0 {
+                return Err(Error::new(
+                    ErrorKind::UnexpectedEof,
+                    "closed inside the head",
+                ));
+            }
+            let header = line.trim_end_matches(['\r', '\n']);
+            if header.is_empty() {
                 break;
             }
+            let (name, value) = header
+                .split_once(':')
+                .ok_or_else(|| bad(format!("bad header line {header:?}")))?;
+            headers.push((name.to_string(), value.trim().to_string()));
         }
-    } else if let Some(length) = length {
-        body.resize(length, 0);
-        reader.read_exact(&mut body)?;
-    } else {
-        reader.read_to_end(&mut body)?;
+        if (100..200).contains(&status) {
+            continue;
+        }
+        let value = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+        };
+        let mut body = Vec::new();
+        let framing = if head_request || status == 204 || status == 304 {
+            Framing::NoBody
+        } else if value("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+            read_chunked(reader, &mut body)?;
+            Framing::Chunked
+        } else if let Some(length) = value("content-length") {
+            let length: usize = length
+                .parse()
+                .map_err(|_| bad(format!("bad Content-Length {length:?}")))?;
+            body.resize(length, 0);
+            reader.read_exact(&mut body)?;
+            Framing::Length(length)
+        } else {
+            reader.read_to_end(&mut body)?;
+            Framing::Close
+        };
+        return Ok(Response {
+            status,
+            headers,
+            body,
+            framing,
+        });
     }
-    Ok((status, body))
+    Err(bad("more than ten interim answers".to_string()))
+}
+
+fn read_chunked(reader: &mut impl std::io::BufRead, body: &mut Vec<u8>) -> std::io::Result<()> {
+    use std::io::{Error, ErrorKind};
+    let mut line = String::new();
+    for _ in 0..1_000_000 {
+        line.clear();
+        reader.read_line(&mut line)?;
+        let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+            .map_err(|_| Error::new(ErrorKind::InvalidData, format!("chunk size {line:?}")))?;
+        if size == 0 {
+            // Trailers, if any, up to the blank line.
+            for _ in 0..100 {
+                line.clear();
+                if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
+                    return Ok(());
+                }
+            }
+            return Ok(());
+        }
+        let start = body.len();
+        body.resize(start + size, 0);
+        reader.read_exact(&mut body[start..])?;
+        line.clear();
+        reader.read_line(&mut line)?;
+    }
+    Err(Error::new(ErrorKind::InvalidData, "too many chunks"))
 }
 
 /// Starts tinylb in-process from a whole config.json text, for tests that need settings
