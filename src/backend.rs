@@ -32,6 +32,8 @@ pub struct Backend {
     draining: AtomicBool,
     /// Requests in flight; counted by an [`InFlight`] guard so a panicking worker cannot leak one.
     in_flight: AtomicUsize,
+    /// Tunnels open to this backend; counted by an [`OpenTunnel`] guard that the tunnel holds.
+    tunnels: AtomicUsize,
     /// Health details for the status page.
     health: Mutex<HealthRecord>,
     /// Times the health state flipped, for metrics.
@@ -72,6 +74,7 @@ impl Backend {
             healthy: AtomicBool::new(true),
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            tunnels: AtomicUsize::new(0),
             health: Mutex::new(HealthRecord::default()),
             flips: AtomicU64::new(0),
             stats: BackendStats::default(),
@@ -118,6 +121,19 @@ impl Backend {
     /// Requests being served right now.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// WebSocket (and other upgrade) tunnels open to this backend right now.
+    pub fn tunnels(&self) -> usize {
+        self.tunnels.load(Ordering::Relaxed)
+    }
+
+    /// Counts a tunnel as open to this backend until the returned guard is dropped.
+    pub fn open_tunnel(self: &Arc<Self>) -> OpenTunnel {
+        self.tunnels.fetch_add(1, Ordering::Relaxed);
+        OpenTunnel {
+            backend: Arc::clone(self),
+        }
     }
 
     /// Times the health state flipped since start.
@@ -242,6 +258,17 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.backend.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Keeps a tunnel counted on its backend until dropped.
+pub struct OpenTunnel {
+    backend: Arc<Backend>,
+}
+
+impl Drop for OpenTunnel {
+    fn drop(&mut self) {
+        self.backend.tunnels.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

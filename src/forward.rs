@@ -521,6 +521,7 @@ impl Forwarder {
             client_socket,
             backend: switch.backend,
             early: switch.early,
+            counted: backend.open_tunnel(),
         };
         if let Err(error) = place.start(ends, label) {
             log::error!("cannot start a tunnel's threads: {error}");

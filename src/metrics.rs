@@ -55,6 +55,15 @@ pub fn render(status: &Status) -> String {
     });
     header(
         &mut out,
+        "backend_tunnels_open",
+        "gauge",
+        "WebSocket and other upgrade tunnels open to each backend.",
+    );
+    per_backend(&mut out, status, "backend_tunnels_open", |b| {
+        b.tunnels as f64
+    });
+    header(
+        &mut out,
         "backend_up",
         "gauge",
         "1 if the backend passes its health checks, else 0.",

@@ -70,6 +70,8 @@ pub struct BackendStatus {
     pub flips: u64,
     /// Requests being served right now.
     pub in_flight: usize,
+    /// WebSocket (and other upgrade) tunnels open to it.
+    pub tunnels: usize,
     /// Answers relayed since start.
     pub served: u64,
     /// Answers by status class.
@@ -161,6 +163,7 @@ impl Status {
                     since_flip_seconds: health.last_flip.map(ago),
                     flips: backend.flips(),
                     in_flight: backend.in_flight(),
+                    tunnels: backend.tunnels(),
                     served: stats.served(),
                     responses: Classes { c1, c2, c3, c4, c5 },
                     errors: Errors {

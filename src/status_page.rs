@@ -103,7 +103,7 @@ fn row(page: &mut String, backend: &BackendStatus) {
          <td data-label=\"backend\">{url}</td><td class=\"n\" data-label=\"weight\">{weight}</td>\
          <td data-label=\"health\"><span><span class=\"state {state}\">{state}</span>{since}\
          <span class=\"detail\">{check}</span></span></td>\
-         <td class=\"n\" data-label=\"in flight\">{in_flight}</td>\
+         <td class=\"n\" data-label=\"in flight\">{in_flight}{tunnels}</td>\
          <td class=\"n\" data-label=\"served\">{served}</td>\
          <td class=\"n\" data-label=\"2xx / 3xx / 4xx / 5xx\">{} / {} / {} / {}</td>\
          <td class=\"n\" data-label=\"errors\">{} / {} / {}</td>\
@@ -120,6 +120,10 @@ fn row(page: &mut String, backend: &BackendStatus) {
         weight = backend.weight,
         state = backend.state,
         in_flight = backend.in_flight,
+        tunnels = match backend.tunnels {
+            0 => String::new(),
+            n => format!("<span class=\"detail\">+ {n} tunnels</span>"),
+        },
         served = backend.served,
         p50 = millis(backend.latency_p50_ms),
         p99 = millis(backend.latency_p99_ms),

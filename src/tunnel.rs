@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::backend::OpenTunnel;
+
 /// Default `maxTunnels`. Each open tunnel costs two small threads, four descriptors, two 16 KiB
 /// buffers; nginx's default `worker_connections` of 512 likewise allows 256 proxied connections.
 pub const DEFAULT_MAX_TUNNELS: u64 = 256;
@@ -168,6 +170,8 @@ pub struct Ends {
     pub backend: TcpStream,
     /// Bytes the backend sent right after its 101, owed to the client first.
     pub early: Vec<u8>,
+    /// Counts the tunnel on its backend (least-connections weighs it) while it is open.
+    pub counted: OpenTunnel,
 }
 
 impl Reservation {
@@ -189,6 +193,7 @@ impl Reservation {
             client: ends.client_socket,
             backend: ends.backend,
             client_stream: Mutex::new(None),
+            _counted: ends.counted,
             label,
             _place: self,
         });
@@ -234,6 +239,7 @@ struct Tunnel {
     backend: TcpStream,
     /// tiny_http's stream once its direction is done, kept until the whole tunnel is.
     client_stream: Mutex<Option<Box<dyn Read + Send>>>,
+    _counted: OpenTunnel,
     label: String,
     _place: Reservation,
 }

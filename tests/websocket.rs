@@ -183,18 +183,36 @@ impl Lb {
         open_fds(self.pid())
     }
 
-    /// `/status.json`'s `tunnels` object.
-    fn tunnel_status(&self) -> serde_json::Value {
+    /// `/status.json`.
+    fn status(&self) -> serde_json::Value {
         let admin = self.admin.expect("admin listener");
         let answer = raw_exchange(
             admin,
             b"GET /status.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
             Duration::from_secs(5),
         );
-        let text = String::from_utf8_lossy(&answer);
-        let body = text.split("\r\n\r\n").nth(1).expect("a body");
-        let status: serde_json::Value = serde_json::from_str(body).expect("status.json is JSON");
-        status["tunnels"].clone()
+        let (status, body) = read_response(&mut &answer[..]).expect("an answer");
+        assert_eq!(status, 200);
+        serde_json::from_slice(&body).expect("status.json is JSON")
+    }
+
+    /// `/status.json`'s `tunnels` object.
+    fn tunnel_status(&self) -> serde_json::Value {
+        self.status()["tunnels"].clone()
+    }
+
+    /// A POST to the admin listener, such as a drain.
+    fn admin_post(&self, path: &str) {
+        let admin = self.admin.expect("admin listener");
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        let answer = raw_exchange(admin, request.as_bytes(), Duration::from_secs(5));
+        assert!(
+            answer.starts_with(b"HTTP/1.1 2"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
     }
 
     fn metrics(&self) -> String {
@@ -471,4 +489,29 @@ fn sigterm_gives_open_tunnels_the_grace_period_then_closes_them() {
         lb.run.log_text()
     );
     assert!(socket.read().is_err(), "the tunnel was closed at the end");
+}
+
+#[test]
+fn least_connections_counts_open_tunnels_as_load() {
+    let a = WsBackend::start(Mode::Echo);
+    let b = WsBackend::start(Mode::Echo);
+    let lb = Lb::start("least", &[&a, &b], r#""algorithm": "least-connections""#);
+    // Three WebSockets to a while b is drained...
+    lb.admin_post("/backends/1/drain");
+    let _on_a: Vec<_> = (0..3).map(|_| connect(lb.addr, "/")).collect();
+    assert!(wait_until(Duration::from_secs(5), || a.open() == 3));
+    lb.admin_post("/backends/1/undrain");
+    // ...then two more: both must go to b, the backend with fewer open connections. Counting
+    // only requests in flight (none between handshakes) would alternate them.
+    let _on_b: Vec<_> = (0..2).map(|_| connect(lb.addr, "/")).collect();
+    assert!(wait_until(Duration::from_secs(5), || b.open() == 2));
+    assert_eq!(a.open(), 3);
+    let status = lb.status();
+    let tunnels: Vec<u64> = status["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .map(|backend| backend["tunnels"].as_u64().expect("a count"))
+        .collect();
+    assert_eq!(tunnels, [3, 2]);
 }

@@ -1,5 +1,6 @@
-//! Least connections: the available backend with the fewest requests in flight relative to its
-//! weight (a backend of weight 2 may carry twice the load). Ties are broken by a rotating start,
+//! Least connections: the available backend with the fewest connections in use relative to its
+//! weight (a backend of weight 2 may carry twice the load): requests in flight plus open
+//! tunnels, since a WebSocket is a connection the backend serves for as long as it lasts. Ties are broken by a rotating start,
 //! so an idle cluster is still served in turn rather than always by the first backend.
 
 use std::net::IpAddr;
@@ -25,17 +26,19 @@ impl Strategy for LeastConnections {
             if !peer.available {
                 continue;
             }
-            // in_flight / weight < best.in_flight / best.weight, without division.
-            let less_loaded = |b: &Peer| {
-                peer.in_flight as u128 * u128::from(b.weight)
-                    < b.in_flight as u128 * u128::from(peer.weight)
-            };
+            // load / weight < best's load / best's weight, without division.
+            let less_loaded =
+                |b: &Peer| load(peer) * u128::from(b.weight) < load(b) * u128::from(peer.weight);
             if best.is_none_or(|b| less_loaded(&peers[b])) {
                 best = Some(i);
             }
         }
         best
     }
+}
+
+fn load(peer: &Peer) -> u128 {
+    peer.in_flight as u128 + peer.tunnels as u128
 }
 
 #[cfg(test)]
@@ -58,6 +61,16 @@ mod tests {
         peers[0].in_flight = 1;
         peers[1].in_flight = 2; // 2/3 < 1/1
         assert_eq!(sequence(&mut LeastConnections::default(), &peers, 2), "bb");
+    }
+
+    #[test]
+    fn open_tunnels_count_as_load() {
+        let mut peers = peers(&[1, 1]);
+        peers[0].tunnels = 3;
+        peers[1].in_flight = 2;
+        assert_eq!(sequence(&mut LeastConnections::default(), &peers, 2), "bb");
+        peers[1].tunnels = 2; // 4 against 3
+        assert_eq!(sequence(&mut LeastConnections::default(), &peers, 2), "aa");
     }
 
     #[test]

@@ -77,6 +77,9 @@ pub struct Peer {
     pub weight: u32,
     /// Requests this backend is serving right now.
     pub in_flight: usize,
+    /// WebSocket (and other upgrade) tunnels open to it: long-lived connections that
+    /// least-connections counts as load, as nginx's `least_conn` does.
+    pub tunnels: usize,
     /// A stable hash of the backend's URL, so ip-hash keeps clients on the same backend even
     /// when the list changes order or length.
     pub key: u64,
@@ -160,6 +163,7 @@ impl Balancer {
                 available: available && !exclude.contains(&b.key),
                 weight: b.weight(),
                 in_flight: b.in_flight(),
+                tunnels: b.tunnels(),
                 key: b.key,
             }
         }));
@@ -191,6 +195,7 @@ pub(crate) mod test_support {
                 available: true,
                 weight,
                 in_flight: 0,
+                tunnels: 0,
                 key: crate::backend::url_key(&format!("http://10.0.0.{i}:80")),
             })
             .collect()
