@@ -1,7 +1,10 @@
 //! One request, start to finish: check the head, pick a backend, send the request there with
 //! ureq (body streamed from the client), relay the answer, and retry on another backend when
 //! the first could not take the request. Every failure maps to one status in one place
-//! (`Failure::status`).
+//! (`Failure::status`). An upgrade (a WebSocket handshake) takes the side road in
+//! [`tunnelling`].
+
+mod tunnelling;
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -24,8 +27,8 @@ use crate::headers::ConnectionTokens;
 use crate::relay::{self, Buffers, ClientSide, Relayed};
 use crate::request_check::{self, BodyFraming, Head, Rejection};
 use crate::stats::ErrorKind;
-use crate::tunnel::{Ends, Reservation, TunnelLimits, Tunnels};
-use crate::upgrade::{self, Answer, HandshakeError, HandshakeTimeouts};
+use crate::tunnel::{TunnelLimits, Tunnels};
+use crate::upgrade::HandshakeTimeouts;
 
 /// Everything a worker needs to forward requests, shared by all workers.
 pub struct Forwarder {
@@ -149,13 +152,6 @@ struct Exchange<'a> {
     client: &'a ClientSide,
     method: &'a str,
     started: Instant,
-}
-
-/// A backend's `101 Switching Protocols`, with the connection it arrived on.
-struct Switch {
-    headers: http::HeaderMap,
-    backend: std::net::TcpStream,
-    early: Vec<u8>,
 }
 
 /// Where a failed request goes next.
@@ -347,189 +343,6 @@ impl Forwarder {
         Outcome {
             status,
             body_bytes,
-            backend: Some(backend),
-        }
-    }
-
-    /// Carries out an upgrade (a WebSocket handshake). The handshake goes to the backend the
-    /// balancer picks (another one if it cannot be reached); if that backend switches protocols
-    /// the connection becomes a tunnel on threads of its own and this worker is free again. Any
-    /// other answer is relayed as usual.
-    fn tunnel(
-        &self,
-        request: Request,
-        client: &ClientSide,
-        client_ip: IpAddr,
-        protocols: &str,
-        buffers: &mut Buffers,
-        started: Instant,
-    ) -> Outcome {
-        let client_addr = request.remote_addr().copied();
-        let method = request.method().to_string();
-        let Some(place) = self.tunnels.reserve() else {
-            log::warn!(
-                "refused an upgrade to {protocols} from {client_ip}: {} tunnels are open (maxTunnels)",
-                self.tunnels.limits().max_open
-            );
-            let message = "Service Unavailable: too many open tunnels";
-            let body_bytes = self.answer(request, client, 503, message, None, true, buffers);
-            return Outcome {
-                status: 503,
-                body_bytes,
-                backend: None,
-            };
-        };
-        let timeouts = *self.handshake_timeouts.read();
-        let mut tried: Vec<u64> = Vec::new();
-        let mut last_failure: Option<Failure> = None;
-        let mut last_backend: Option<Arc<Backend>> = None;
-        while let Some(in_flight) = self.balancer.pick(client_ip, &tried) {
-            let backend = Arc::clone(in_flight.backend());
-            let upstream =
-                match build_upstream_request(&request, &backend, client_addr, BodyFraming::Empty) {
-                    Ok(upstream) => upstream,
-                    Err(failure) => {
-                        last_failure = Some(failure);
-                        break;
-                    }
-                };
-            let failure = match upgrade::handshake(&upstream, protocols, timeouts) {
-                Ok(Answer::Switched {
-                    headers,
-                    stream,
-                    early,
-                }) => {
-                    drop(in_flight);
-                    let switch = Switch {
-                        headers,
-                        backend: stream,
-                        early,
-                    };
-                    return self.switch(request, client, place, backend, switch, buffers, started);
-                }
-                Ok(Answer::Declined(response)) => {
-                    let exchange = Exchange {
-                        client,
-                        method: &method,
-                        started,
-                    };
-                    return self.deliver(request, response, in_flight, &exchange, buffers);
-                }
-                Err(HandshakeError::Connect(reason)) => Failure::Connect(reason),
-                Err(HandshakeError::Timeout(reason)) => Failure::Timeout(reason),
-                Err(HandshakeError::Closed(reason)) => Failure::Closed(reason),
-                Err(HandshakeError::Broken(reason)) => Failure::Broken(reason),
-            };
-            log::warn!(
-                "upgrade to {protocols} at {} failed: {}",
-                backend.url.original,
-                describe_failure(&failure)
-            );
-            if let Some(kind) = failure.error_kind() {
-                backend.stats.record_error(kind);
-            }
-            let unreachable = matches!(failure, Failure::Connect(_));
-            if let Failure::Connect(reason) = &failure {
-                backend.mark_down(reason);
-            }
-            last_failure = Some(failure);
-            last_backend = Some(backend);
-            if !unreachable {
-                break;
-            }
-            self.retries.fetch_add(1, Ordering::Relaxed);
-            tried.extend(last_backend.as_ref().map(|b| b.key));
-        }
-        let (status, message) = match &last_failure {
-            Some(failure) => (failure.status(), failure.message()),
-            None => (503, "No healthy server available"),
-        };
-        let body_bytes = self.answer(request, client, status, message, None, true, buffers);
-        Outcome {
-            status,
-            body_bytes,
-            backend: last_backend,
-        }
-    }
-
-    /// The backend switched protocols: relays its 101 to the client and starts the tunnel.
-    #[allow(clippy::too_many_arguments)]
-    fn switch(
-        &self,
-        request: Request,
-        client: &ClientSide,
-        place: Reservation,
-        backend: Arc<Backend>,
-        switch: Switch,
-        buffers: &mut Buffers,
-        started: Instant,
-    ) -> Outcome {
-        let client_addr = request.remote_addr().copied();
-        let protocol = switch
-            .headers
-            .get(http::header::UPGRADE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let client_socket = self.hangups.client_socket(client_addr.as_ref());
-        let (Some(protocol), Some(client_socket)) = (protocol, client_socket) else {
-            log::warn!(
-                "upgrade at {} failed: the 101 names no protocol, or the client socket is gone",
-                backend.url.original
-            );
-            backend.stats.record_error(ErrorKind::Broken);
-            let body_bytes = self.answer(request, client, 502, "Bad Gateway", None, true, buffers);
-            return Outcome {
-                status: 502,
-                body_bytes,
-                backend: Some(backend),
-            };
-        };
-        let mut answer = tiny_http::Response::empty(101);
-        let tokens = ConnectionTokens::from_headers(
-            switch
-                .headers
-                .get_all(http::header::CONNECTION)
-                .iter()
-                .map(|v| ("connection", v.as_bytes())),
-        );
-        // tiny_http writes `Connection: upgrade` and `Upgrade` itself.
-        for (name, value) in &switch.headers {
-            if tokens.is_hop_by_hop(name.as_str()) {
-                continue;
-            }
-            match tiny_http::Header::from_bytes(name.as_str().as_bytes(), value.as_bytes()) {
-                Ok(header) => answer.add_header(header),
-                Err(()) => log::debug!("dropped a non-ASCII {name} header from a 101"),
-            }
-        }
-        if self.forwarded_server_header.load(Ordering::Relaxed)
-            && let Ok(header) = tiny_http::Header::from_bytes(
-                &b"X-Forwarded-Server"[..],
-                backend.url.original.as_bytes(),
-            )
-        {
-            answer.add_header(header);
-        }
-        let label = format!(
-            "{} <-> {} ({protocol})",
-            client_addr.map_or_else(|| "?".into(), |a| a.to_string()),
-            backend.url.original
-        );
-        let client_reader = request.upgrade(&protocol, answer);
-        let ends = Ends {
-            client_reader,
-            client_socket,
-            backend: switch.backend,
-            early: switch.early,
-            counted: backend.open_tunnel(),
-        };
-        if let Err(error) = place.start(ends, label) {
-            log::error!("cannot start a tunnel's threads: {error}");
-        }
-        backend.stats.record_answer(101, started.elapsed());
-        Outcome {
-            status: 101,
-            body_bytes: 0,
             backend: Some(backend),
         }
     }
