@@ -192,6 +192,27 @@ mod tests {
     }
 
     #[test]
+    fn a_size_line_is_one_to_sixteen_hex_digits() {
+        assert_eq!(decode(b"0000000000000001\r\nx\r\n0\r\n\r\n").unwrap(), b"x");
+        for size in [&b"00000000000000001"[..], b"+1", b"", b" "] {
+            let mut input = size.to_vec();
+            input.extend_from_slice(b"\r\nx\r\n0\r\n\r\n");
+            let error = decode(&input).unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{size:?}");
+        }
+    }
+
+    #[test]
+    fn is_done_only_after_the_final_chunk() {
+        let mut reader = ChunkedReader::new(&b"2\r\nab\r\n0\r\n\r\n"[..]);
+        let mut buf = [0u8; 1];
+        reader.read_exact(&mut buf).unwrap();
+        assert!(!reader.is_done());
+        reader.read_to_end(&mut Vec::new()).unwrap();
+        assert!(reader.is_done());
+    }
+
+    #[test]
     fn bad_framing_is_invalid_data() {
         for input in [
             &b"x\r\nabc\r\n0\r\n\r\n"[..],

@@ -154,7 +154,7 @@ fn handshake_head(request: &http::Request<()>, protocols: &str) -> Vec<u8> {
 
 /// Reads until `buffered` holds a whole head; returns where the head ends (after its blank
 /// line). Bytes after it stay in `buffered`.
-fn read_head(stream: &mut TcpStream, buffered: &mut Vec<u8>) -> io::Result<usize> {
+fn read_head(stream: &mut impl Read, buffered: &mut Vec<u8>) -> io::Result<usize> {
     let mut searched: usize = 0;
     loop {
         if let Some(at) = find_blank_line(&buffered[searched.saturating_sub(3)..]) {
@@ -328,6 +328,138 @@ impl<R: Read> Read for ExactLength<R> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::TcpListener;
+    use std::time::Instant;
+
+    /// A backend on 127.0.0.1 that reads one request head and answers `answer`, then holds
+    /// the connection for a second, longer than the test's answer timeout.
+    fn backend_answering(
+        answer: &'static [u8],
+    ) -> (http::Request<()>, std::thread::JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let thread = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut head = Vec::new();
+            let at = read_head(&mut stream, &mut head).unwrap();
+            head.truncate(at);
+            stream.write_all(answer).unwrap();
+            std::thread::sleep(Duration::from_secs(1));
+            head
+        });
+        (request_to(addr), thread)
+    }
+
+    fn request_to(addr: SocketAddr) -> http::Request<()> {
+        http::Request::builder()
+            .uri(format!("http://{addr}/chat?x=1"))
+            .header("host", "example.com")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .body(())
+            .unwrap()
+    }
+
+    const QUICK: HandshakeTimeouts = HandshakeTimeouts {
+        connect: Duration::from_secs(2),
+        answer: Duration::from_millis(300),
+    };
+
+    #[test]
+    fn a_switch_keeps_the_bytes_behind_the_101() {
+        let (request, backend) = backend_answering(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x02hi",
+        );
+        let Ok(Answer::Switched { headers, early, .. }) = handshake(&request, "websocket", QUICK)
+        else {
+            panic!("expected a switch");
+        };
+        assert_eq!(headers["upgrade"], "websocket");
+        assert_eq!(early, b"\x81\x02hi");
+        let sent = backend.join().unwrap();
+        assert_eq!(
+            String::from_utf8(sent).unwrap(),
+            "GET /chat?x=1 HTTP/1.1\r\nhost: example.com\r\n\
+             sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn interim_answers_are_skipped_and_a_refusal_keeps_its_body() {
+        let (request, _backend) = backend_answering(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 426 Upgrade Required\r\nContent-Length: 4\r\n\r\nnope",
+        );
+        let Ok(Answer::Declined(response)) = handshake(&request, "websocket", QUICK) else {
+            panic!("expected the 426");
+        };
+        assert_eq!(response.status(), 426);
+        let mut body = String::new();
+        response
+            .into_body()
+            .into_reader()
+            .read_to_string(&mut body)
+            .unwrap();
+        assert_eq!(body, "nope");
+    }
+
+    #[test]
+    fn failures_are_sorted_like_the_forwarders() {
+        // Nothing listens: a connect failure, safe to try elsewhere.
+        let free = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let refused = handshake(&request_to(free), "websocket", QUICK);
+        assert!(
+            matches!(refused, Err(HandshakeError::Connect(ref r)) if r == "connection refused"),
+            "{:?}",
+            refused.err()
+        );
+        // Silent: a timeout after `answer`.
+        let (request, _backend) = backend_answering(b"");
+        let started = Instant::now();
+        let silent = handshake(&request, "websocket", QUICK);
+        assert!(
+            matches!(silent, Err(HandshakeError::Timeout(_))),
+            "{:?}",
+            silent.err()
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // Garbage: broken.
+        let (request, _backend) = backend_answering(b"SSH-2.0-OpenSSH\r\n\r\n");
+        let garbage = handshake(&request, "websocket", QUICK);
+        assert!(
+            matches!(garbage, Err(HandshakeError::Broken(_))),
+            "{:?}",
+            garbage.err()
+        );
+    }
+
+    #[test]
+    fn a_head_is_found_across_reads_and_what_follows_it_stays() {
+        let mut source: &[u8] = b"HTTP/1.1 200 OK\r\nA: 1\r\n\r\nbody";
+        let mut buffered = Vec::new();
+        let end = read_head(&mut source, &mut buffered).unwrap();
+        assert_eq!(&buffered[..end], b"HTTP/1.1 200 OK\r\nA: 1\r\n\r\n");
+        assert_eq!(&buffered[end..], b"body");
+        // The blank line split over two reads.
+        let mut first: &[u8] = b"HTTP/1.1 200 OK\r\n\r";
+        let mut buffered = Vec::new();
+        assert_eq!(
+            read_head(&mut first, &mut buffered).unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
+        let mut second: &[u8] = b"\nrest";
+        assert_eq!(read_head(&mut second, &mut buffered).unwrap(), 19);
+        // Too large.
+        let huge = vec![b'a'; MAX_RESPONSE_HEAD_BYTES + 10_000];
+        let mut buffered = Vec::new();
+        assert_eq!(
+            read_head(&mut &huge[..], &mut buffered).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+    }
+
     use super::*;
 
     #[test]
