@@ -53,6 +53,7 @@ rustup_reason() {
 
 if ! command -v file >/dev/null; then
   echo "dist: installing file with apt-get (to check the binaries are static)"
+  export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -qq file >"$LOGS/apt-file.log" 2>&1 ||
     { apt-get update -qq && apt-get install -y -qq file; } >>"$LOGS/apt-file.log" 2>&1 ||
     { echo "dist: cannot install file (see $LOGS/apt-file.log)"; exit 1; }
