@@ -59,6 +59,10 @@ if ! command -v file >/dev/null; then
     { echo "dist: cannot install file (see $LOGS/apt-file.log)"; exit 1; }
 fi
 
+# Where cargo puts its output: CARGO_TARGET_DIR or a cargo config may move it from ./target.
+target_dir=$("$CARGO" metadata --format-version 1 --no-deps |
+  grep -o '"target_directory":"[^"]*"' | cut -d'"' -f4)
+
 built=()
 failed=0
 for target in "$@"; do
@@ -81,7 +85,7 @@ for target in "$@"; do
     failed=1
     continue
   fi
-  cp "target/$target/release/tinylb" "$out"
+  cp "$target_dir/$target/release/tinylb" "$out"
   kind=$(file -b "$out")
   case "$kind" in
     *"statically linked"* | *"static-pie linked"*) ;;
