@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import re
+import selectors
 import shutil
 import signal
 import socket
@@ -110,8 +111,6 @@ class Backend:
 
 def read_line(proc: subprocess.Popen, timeout: float) -> str:
     """The first line a child prints, or '' if none comes within `timeout` seconds."""
-    import selectors
-
     with selectors.DefaultSelector() as sel:
         sel.register(proc.stdout, selectors.EVENT_READ)
         if not sel.select(timeout):
