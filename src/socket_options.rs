@@ -10,11 +10,12 @@ use std::time::Duration;
 
 /// Sets SO_RCVTIMEO and SO_SNDTIMEO on the listening socket, and so on every client socket
 /// accepted from it: a client that goes quiet, or stops reading, is cut off after `timeout`.
-/// Note that accept() itself then also times out (see `listener::keep_accepting`).
+/// Note that accept() itself then also times out, which the [`crate::pinger`] keeps from happening.
 pub fn set_client_timeouts(listener: &TcpListener, timeout: Duration) -> io::Result<()> {
     let value = libc::timeval {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+        // `as _` takes the field's own type: libc marks the time_t alias deprecated on musl.
+        tv_sec: timeout.as_secs().min(i32::MAX as u64) as _,
+        tv_usec: timeout.subsec_micros() as _,
     };
     set_option(listener, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &value)?;
     set_option(listener, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &value)

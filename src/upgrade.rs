@@ -155,17 +155,22 @@ fn handshake_head(request: &http::Request<()>, protocols: &str) -> Vec<u8> {
 /// Reads until `buffered` holds a whole head; returns where the head ends (after its blank
 /// line). Bytes after it stay in `buffered`.
 fn read_head(stream: &mut impl Read, buffered: &mut Vec<u8>) -> io::Result<usize> {
+    let too_large = || io::Error::new(io::ErrorKind::InvalidData, "answer head larger than 32 KiB");
     let mut searched: usize = 0;
     loop {
-        if let Some(at) = find_blank_line(&buffered[searched.saturating_sub(3)..]) {
-            return Ok(searched.saturating_sub(3) + at + 4);
+        // The blank line may straddle two reads: look again at the last three bytes.
+        let from = searched.saturating_sub(3);
+        if let Some(at) = find_blank_line(&buffered[from..]) {
+            let end = from + at + 4;
+            return if end > MAX_RESPONSE_HEAD_BYTES {
+                Err(too_large())
+            } else {
+                Ok(end)
+            };
         }
         searched = buffered.len();
         if searched > MAX_RESPONSE_HEAD_BYTES {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "answer head larger than 32 KiB",
-            ));
+            return Err(too_large());
         }
         let mut chunk = [0u8; 4096];
         let read = stream.read(&mut chunk)?;
@@ -425,6 +430,19 @@ mod tests {
             silent.err()
         );
         assert!(started.elapsed() < Duration::from_secs(2));
+        // A head past 32 KiB: broken, not a closed connection.
+        static HUGE: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+            let mut head = b"HTTP/1.1 101 Switching Protocols\r\nX-Big: ".to_vec();
+            head.resize(MAX_RESPONSE_HEAD_BYTES + 8192, b'a');
+            head
+        });
+        let (request, _backend) = backend_answering(&HUGE);
+        let huge = handshake(&request, "websocket", QUICK);
+        assert!(
+            matches!(huge, Err(HandshakeError::Broken(_))),
+            "{:?}",
+            huge.err()
+        );
         // Garbage: broken.
         let (request, _backend) = backend_answering(b"SSH-2.0-OpenSSH\r\n\r\n");
         let garbage = handshake(&request, "websocket", QUICK);
@@ -451,13 +469,42 @@ mod tests {
         );
         let mut second: &[u8] = b"\nrest";
         assert_eq!(read_head(&mut second, &mut buffered).unwrap(), 19);
-        // Too large.
-        let huge = vec![b'a'; MAX_RESPONSE_HEAD_BYTES + 10_000];
-        let mut buffered = Vec::new();
+        // The limit is exact, whatever the size of the reads.
+        let head_of = |len: usize| {
+            let mut head = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
+            head.resize(len - 4, b'a');
+            head.extend_from_slice(b"\r\n\r\n");
+            head
+        };
+        let read_in_pieces = |bytes: &[u8]| {
+            let mut pieces = Pieces(bytes, 1000);
+            read_head(&mut pieces, &mut Vec::new())
+        };
+        let at_limit = head_of(MAX_RESPONSE_HEAD_BYTES);
+        assert_eq!(read_in_pieces(&at_limit).unwrap(), MAX_RESPONSE_HEAD_BYTES);
+        let over = head_of(MAX_RESPONSE_HEAD_BYTES + 1);
         assert_eq!(
-            read_head(&mut &huge[..], &mut buffered).unwrap_err().kind(),
+            read_in_pieces(&over).unwrap_err().kind(),
             io::ErrorKind::InvalidData
         );
+        // A head that never ends is refused once past the limit, not read to the end.
+        let endless = vec![b'a'; MAX_RESPONSE_HEAD_BYTES * 3];
+        assert_eq!(
+            read_in_pieces(&endless).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+    }
+
+    /// A reader that hands out at most `.1` bytes per read.
+    struct Pieces<'a>(&'a [u8], usize);
+
+    impl Read for Pieces<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.1).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
     }
 
     use super::*;
