@@ -41,7 +41,7 @@ pub struct Backend {
     /// Answers, errors and latency.
     pub stats: BackendStats,
     /// One Agent per backend: ureq's pool scans every idle connection under one lock, so a
-    /// shared Agent was 25-35% slower (shared/crates.md). Replaced when a reload changes the
+    /// shared Agent was 25-35% slower (docs/crates.md). Replaced when a reload changes the
     /// timeouts or `backendKeepAlive`; ureq's Agent is a cheap handle, cloned per request.
     agent: RwLock<ureq::Agent>,
     /// The same settings with no keep-alive pool: for a retry after a pooled connection turned
@@ -293,7 +293,7 @@ fn proxy_agents(config: &Config, addresses: &Arc<AddressCache>) -> (ureq::Agent,
     )
 }
 
-/// An Agent configured for proxying (shared/crates.md): statuses and redirects passed through,
+/// An Agent configured for proxying (docs/crates.md): statuses and redirects passed through,
 /// no headers of its own, no environment proxy, any method, only phase timeouts (a global
 /// timeout would make ureq spawn a thread per request for DNS).
 fn proxy_agent(config: &Config, idle: usize, addresses: &Arc<AddressCache>) -> ureq::Agent {

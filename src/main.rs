@@ -50,7 +50,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Command, String> {
 }
 
 fn init_logging() {
-    // with_level before env(): RUST_LOG overrides the default (shared/crates.md). ureq logs
+    // with_level before env(): RUST_LOG overrides the default (docs/crates.md). ureq logs
     // every request at debug; keep it quiet unless it warns. tiny_http's only messages are
     // accept errors, which tinylb reports itself (once, with what it does about them).
     let logger = simple_logger::SimpleLogger::new()

@@ -1,7 +1,7 @@
 //! Writing answers to the client through tiny_http's raw `into_writer()`: status line, headers
 //! and body framing are all tinylb's, because tiny_http's own `Response` would re-chunk large
 //! bodies, buffer whole bodies for HTTP/1.0 clients, and write a final chunk even when the
-//! backend's body broke off (shared/crates.md). Bodies stream through one fixed buffer.
+//! backend's body broke off (docs/crates.md). Bodies stream through one fixed buffer.
 
 use std::io::{self, Read, Write};
 

@@ -1,7 +1,7 @@
 //! Socket and process settings that std does not expose, set through `libc`. tiny_http accepts
 //! client sockets itself and gives no access to them, but on Linux an accepted socket inherits
 //! the listening socket's options: timeouts and TCP_NODELAY set here reach every client
-//! connection (shared/crates.md, last section).
+//! connection (docs/crates.md).
 
 use std::io;
 use std::net::TcpListener;

@@ -1143,7 +1143,7 @@ fn http10_request_without_host_is_forwarded() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// HTTP/2 request lines and the HTTP/2 preface: tiny_http deadlocks on them (shared/crates.md).
+// HTTP/2 request lines and the HTTP/2 preface: tiny_http deadlocks on them (docs/crates.md).
 // ---------------------------------------------------------------------------------------------
 
 const HTTP2_CLIENTS: i64 = 50;
