@@ -147,6 +147,16 @@ impl Failure {
     }
 }
 
+/// How an exchange ended when no backend answered it.
+struct Failed {
+    /// The last attempt's failure; `None` when no backend was available at all.
+    failure: Option<Failure>,
+    /// The backend of the last attempt, for the access log.
+    backend: Option<Arc<Backend>>,
+    /// Whether the client connection must end after the answer.
+    must_close: bool,
+}
+
 /// One client exchange as relaying needs it.
 struct Exchange<'a> {
     client: &'a ClientSide,
@@ -259,20 +269,10 @@ impl Forwarder {
                     }
                     Err(failed) => failed,
                 };
-                log::warn!(
-                    "{method} to {} failed: {}",
-                    backend.url.original,
-                    describe_failure(&failure)
-                );
-                if let Some(kind) = failure.error_kind() {
-                    backend.stats.record_error(kind);
-                }
+                self.charge_failure(&method, &backend, &failure);
                 let replayable = !body_started;
                 let next = match &failure {
-                    Failure::Connect(reason) => {
-                        backend.mark_down(reason);
-                        replayable.then_some(Retry::OtherBackend)
-                    }
+                    Failure::Connect(_) => replayable.then_some(Retry::OtherBackend),
                     Failure::Closed(_) if replayable && may_retry_here => Some(Retry::SameBackend),
                     Failure::Closed(_) | Failure::Broken(_) if replayable && idempotent => {
                         Some(Retry::OtherBackend)
@@ -297,17 +297,58 @@ impl Forwarder {
                 }
             }
         }
-        let (status, message) = match &last_failure {
+        let must_close =
+            matches!(last_failure, Some(Failure::ClientBody(_))) || framing != BodyFraming::Empty;
+        let failed = Failed {
+            failure: last_failure,
+            backend: last_backend,
+            must_close,
+        };
+        self.answer_failure(request, &client, failed, buffers)
+    }
+
+    /// Logs a failed attempt and charges it to its backend: counted by kind, and a backend that
+    /// could not even be reached is marked down at once.
+    fn charge_failure(&self, what: &str, backend: &Backend, failure: &Failure) {
+        log::warn!(
+            "{what} to {} failed: {}",
+            backend.url.original,
+            describe_failure(failure)
+        );
+        if let Some(kind) = failure.error_kind() {
+            backend.stats.record_error(kind);
+        }
+        if let Failure::Connect(reason) = failure {
+            backend.mark_down(reason);
+        }
+    }
+
+    /// Answers with the status of the last failed attempt, or 503 when no backend was left to
+    /// try.
+    fn answer_failure(
+        &self,
+        request: Request,
+        client: &ClientSide,
+        failed: Failed,
+        buffers: &mut Buffers,
+    ) -> Outcome {
+        let (status, message) = match &failed.failure {
             Some(failure) => (failure.status(), failure.message()),
             None => (503, "No healthy server available"),
         };
-        let must_close =
-            matches!(last_failure, Some(Failure::ClientBody(_))) || framing != BodyFraming::Empty;
-        let body_bytes = self.answer(request, &client, status, message, None, must_close, buffers);
+        let body_bytes = self.answer(
+            request,
+            client,
+            status,
+            message,
+            None,
+            failed.must_close,
+            buffers,
+        );
         Outcome {
             status,
             body_bytes,
-            backend: last_backend,
+            backend: failed.backend,
         }
     }
 

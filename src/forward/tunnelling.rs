@@ -11,7 +11,7 @@ use std::time::Instant;
 use tiny_http::Request;
 use ureq::http;
 
-use super::{Exchange, Failure, Forwarder, Outcome, build_upstream_request, describe_failure};
+use super::{Exchange, Failed, Failure, Forwarder, Outcome, build_upstream_request};
 use crate::backend::Backend;
 use crate::headers::ConnectionTokens;
 use crate::relay::{Buffers, ClientSide};
@@ -97,18 +97,8 @@ impl Forwarder {
                 Err(HandshakeError::Closed(reason)) => Failure::Closed(reason),
                 Err(HandshakeError::Broken(reason)) => Failure::Broken(reason),
             };
-            log::warn!(
-                "upgrade to {protocols} at {} failed: {}",
-                backend.url.original,
-                describe_failure(&failure)
-            );
-            if let Some(kind) = failure.error_kind() {
-                backend.stats.record_error(kind);
-            }
+            self.charge_failure(&format!("upgrade to {protocols}"), &backend, &failure);
             let unreachable = matches!(failure, Failure::Connect(_));
-            if let Failure::Connect(reason) = &failure {
-                backend.mark_down(reason);
-            }
             last_failure = Some(failure);
             last_backend = Some(backend);
             if !unreachable {
@@ -117,16 +107,13 @@ impl Forwarder {
             self.retries.fetch_add(1, Ordering::Relaxed);
             tried.extend(last_backend.as_ref().map(|b| b.key));
         }
-        let (status, message) = match &last_failure {
-            Some(failure) => (failure.status(), failure.message()),
-            None => (503, "No healthy server available"),
-        };
-        let body_bytes = self.answer(request, client, status, message, None, true, buffers);
-        Outcome {
-            status,
-            body_bytes,
+        let failed = Failed {
+            failure: last_failure,
             backend: last_backend,
-        }
+            // tiny_http ends a connection that asked for an upgrade after this answer anyway.
+            must_close: true,
+        };
+        self.answer_failure(request, client, failed, buffers)
     }
 
     /// The backend switched protocols: relays its 101 to the client and starts the tunnel.
