@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::balancer::Algorithm;
 use crate::duration::{DurationError, format_duration, parse_duration};
 
 /// Every key tinylb reads; anything else is a typo and is refused.
@@ -126,6 +125,44 @@ pub struct HealthConfig {
     pub rise: u32,
     /// Consecutive failed checks that take an up backend out.
     pub fall: u32,
+}
+
+/// The algorithm named by the config key `algorithm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// Strict rotation over the available backends; weights are ignored.
+    RoundRobin,
+    /// nginx's smooth weighted round robin.
+    WeightedRoundRobin,
+    /// Fewest requests in flight relative to weight.
+    LeastConnections,
+    /// A client IP keeps its backend (rendezvous hashing).
+    IpHash,
+}
+
+impl Algorithm {
+    /// Every algorithm, in the order the docs list them.
+    pub const ALL: [Algorithm; 4] = [
+        Algorithm::RoundRobin,
+        Algorithm::WeightedRoundRobin,
+        Algorithm::LeastConnections,
+        Algorithm::IpHash,
+    ];
+
+    /// The name used in config.json.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::RoundRobin => "round-robin",
+            Algorithm::WeightedRoundRobin => "weighted-round-robin",
+            Algorithm::LeastConnections => "least-connections",
+            Algorithm::IpHash => "ip-hash",
+        }
+    }
+
+    /// The algorithm with this config name, if any.
+    pub fn from_name(name: &str) -> Option<Algorithm> {
+        Algorithm::ALL.into_iter().find(|a| a.name() == name)
+    }
 }
 
 /// A config that cannot be used, with a message that names the key and the value.

@@ -14,57 +14,20 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::backend::{Backend, InFlight};
+pub use crate::config::Algorithm;
 
 pub use ip_hash::IpHash;
 pub use least_connections::LeastConnections;
 pub use round_robin::RoundRobin;
 pub use weighted_round_robin::WeightedRoundRobin;
 
-/// The algorithm named by the config key `algorithm`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Algorithm {
-    /// Strict rotation over the available backends; weights are ignored.
-    RoundRobin,
-    /// nginx's smooth weighted round robin.
-    WeightedRoundRobin,
-    /// Fewest requests in flight relative to weight.
-    LeastConnections,
-    /// A client IP keeps its backend (rendezvous hashing).
-    IpHash,
-}
-
-impl Algorithm {
-    /// Every algorithm, in the order the docs list them.
-    pub const ALL: [Algorithm; 4] = [
-        Algorithm::RoundRobin,
-        Algorithm::WeightedRoundRobin,
-        Algorithm::LeastConnections,
-        Algorithm::IpHash,
-    ];
-
-    /// The name used in config.json.
-    pub fn name(self) -> &'static str {
-        match self {
-            Algorithm::RoundRobin => "round-robin",
-            Algorithm::WeightedRoundRobin => "weighted-round-robin",
-            Algorithm::LeastConnections => "least-connections",
-            Algorithm::IpHash => "ip-hash",
-        }
-    }
-
-    /// The algorithm with this config name, if any.
-    pub fn from_name(name: &str) -> Option<Algorithm> {
-        Algorithm::ALL.into_iter().find(|a| a.name() == name)
-    }
-
-    /// Fresh state for this algorithm.
-    pub fn strategy(self) -> Box<dyn Strategy> {
-        match self {
-            Algorithm::RoundRobin => Box::new(RoundRobin::default()),
-            Algorithm::WeightedRoundRobin => Box::new(WeightedRoundRobin::default()),
-            Algorithm::LeastConnections => Box::new(LeastConnections::default()),
-            Algorithm::IpHash => Box::new(IpHash),
-        }
+/// Fresh state for an algorithm.
+fn strategy_for(algorithm: Algorithm) -> Box<dyn Strategy> {
+    match algorithm {
+        Algorithm::RoundRobin => Box::new(RoundRobin::default()),
+        Algorithm::WeightedRoundRobin => Box::new(WeightedRoundRobin::default()),
+        Algorithm::LeastConnections => Box::new(LeastConnections::default()),
+        Algorithm::IpHash => Box::new(IpHash),
     }
 }
 
@@ -118,7 +81,7 @@ impl Balancer {
                 peers: Vec::with_capacity(backends.len()),
                 backends: backends.into(),
                 algorithm,
-                strategy: algorithm.strategy(),
+                strategy: strategy_for(algorithm),
             }),
         }
     }
@@ -139,7 +102,7 @@ impl Balancer {
         let mut state = self.state.lock();
         state.backends = backends.into();
         state.algorithm = algorithm;
-        state.strategy = algorithm.strategy();
+        state.strategy = strategy_for(algorithm);
     }
 
     /// Chooses an available backend whose key is not in `exclude` (those already failed this
