@@ -2,45 +2,26 @@
 //! optional tuning keys, turned into a checked [`Config`] or a [`ConfigError`] that names the key
 //! and the value, so a typo stops tinylb at start instead of surprising it later.
 
+mod keys;
+mod servers;
+
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use crate::duration::{DurationError, format_duration, parse_duration};
+use crate::duration::format_duration;
+use keys::Keys;
+use servers::{parse_address, parse_listen, parse_servers};
 
-/// Every key tinylb reads; anything else is a typo and is refused.
-const KNOWN_KEYS: &[&str] = &[
-    "port",
-    "servers",
-    "healthCheckInterval",
-    "healthCheckTimeout",
-    "healthCheckRise",
-    "healthCheckFall",
-    "algorithm",
-    "connectTimeout",
-    "backendTimeout",
-    "workers",
-    "queueSize",
-    "backendKeepAlive",
-    "forwardedServerHeader",
-    "shutdownGracePeriod",
-    "clientTimeout",
-    "adminAddress",
-    "accessLog",
-    "maxTunnels",
-    "tunnelIdleTimeout",
-];
-
-/// Default worker threads. Measured (docs/benchmarks.md, sweeps): 8 workers were best or tied
-/// at 16, 64 and 256 connections on a 2-core machine; 16 and 32 were no faster and used more
-/// CPU per request and memory.
+/// Default worker threads: the best or tied count in the benchmark sweeps, where more were no
+/// faster and cost CPU and memory; see "Defaults from measurement" in docs/benchmarks.md.
 pub const DEFAULT_WORKERS: usize = 8;
-/// Default queue between the listener and the workers: deep enough that 256 keep-alive clients
-/// never see a 503, short enough that an overload is answered at once instead of piling up
-/// (docs/benchmarks.md: at 1,024 connections a queue of 1,024 doubled the median latency).
+/// Default queue between the listener and the workers: deep enough that ordinary load gets no
+/// 503, short enough that an overload is answered at once instead of piling up; see "Defaults
+/// from measurement" in docs/benchmarks.md.
 pub const DEFAULT_QUEUE_SIZE: usize = 512;
 
 /// Default `clientTimeout`. tiny_http holds a thread per open connection, so an idle client
@@ -69,7 +50,7 @@ pub struct Config {
     pub queue_size: usize,
     /// Idle connections kept open to each backend for the next request (nginx's upstream
     /// `keepalive`); 0 opens a new connection per request. Defaults to `workers`: no more can
-    /// be in use at once, and the sweep in docs/benchmarks.md found fewer slower.
+    /// be in use at once, and fewer were slower in the benchmark sweep (docs/benchmarks.md).
     pub backend_keep_alive: usize,
     /// Adds the seed article's `X-Forwarded-Server` header; off by default because it tells
     /// clients about the inside network.
@@ -167,7 +148,10 @@ impl Algorithm {
 
 /// A config that cannot be used, with a message that names the key and the value.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError(pub String);
+pub struct ConfigError(
+    /// The whole message, key first, ready for the log or `--check`.
+    pub String,
+);
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -177,6 +161,7 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// The one shape of every message about a value: `key: what is wrong`.
 fn error(key: &str, message: impl fmt::Display) -> ConfigError {
     ConfigError(format!("{key}: {message}"))
 }
@@ -219,13 +204,7 @@ impl Config {
                     .into(),
             ));
         };
-        if let Some(unknown) = object.keys().find(|k| !KNOWN_KEYS.contains(&k.as_str())) {
-            return Err(error(
-                &format!("{unknown:?}"),
-                format!("unknown key; known keys are {}", KNOWN_KEYS.join(", ")),
-            ));
-        }
-        let keys = Keys(&object);
+        let keys = Keys::new(&object)?;
         let interval = keys.duration("healthCheckInterval", "2s")?;
         if interval.is_zero() {
             return Err(error("healthCheckInterval", "must be more than 0"));
@@ -300,266 +279,25 @@ impl Config {
             servers.join(", "),
             self.workers,
             self.queue_size,
-            crate::duration::format_duration(self.health.interval)
+            format_duration(self.health.interval)
         )
     }
-}
-
-/// Typed access to the optional keys, each with its default and a message naming the key.
-struct Keys<'a>(&'a Map<String, Value>);
-
-impl Keys<'_> {
-    fn required(&self, key: &str) -> Result<&Value, ConfigError> {
-        self.0.get(key).ok_or_else(|| error(key, "is missing"))
-    }
-
-    fn duration(&self, key: &str, default: &str) -> Result<Duration, ConfigError> {
-        let text = match self.0.get(key) {
-            None => default,
-            Some(Value::String(text)) => text.as_str(),
-            Some(Value::Number(n)) => {
-                return Err(error(
-                    key,
-                    format!("{n} has no unit; write a string like \"{n}s\" or \"{n}ms\""),
-                ));
-            }
-            Some(other) => {
-                return Err(error(key, format!("{other} is not a duration like \"2s\"")));
-            }
-        };
-        parse_duration(text).map_err(|e| match e {
-            DurationError::MissingUnit => error(
-                key,
-                format!("{text:?} has no unit; write \"{text}s\" or \"{text}ms\""),
-            ),
-            DurationError::Invalid => error(
-                key,
-                format!("{text:?} is not a duration; write it like \"500ms\", \"2s\" or \"1m30s\""),
-            ),
-        })
-    }
-
-    fn positive_duration(&self, key: &str, default: &str) -> Result<Duration, ConfigError> {
-        let value = self.duration(key, default)?;
-        if value.is_zero() {
-            return Err(error(key, "must be more than 0"));
-        }
-        Ok(value)
-    }
-
-    fn count(
-        &self,
-        key: &str,
-        default: u64,
-        range: std::ops::RangeInclusive<u64>,
-    ) -> Result<u64, ConfigError> {
-        let Some(value) = self.0.get(key) else {
-            return Ok(default);
-        };
-        match value.as_u64() {
-            Some(n) if range.contains(&n) => Ok(n),
-            _ => Err(error(
-                key,
-                format!(
-                    "{value} must be a whole number from {} to {}",
-                    range.start(),
-                    range.end()
-                ),
-            )),
-        }
-    }
-
-    fn boolean(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
-        match self.0.get(key) {
-            None => Ok(default),
-            Some(Value::Bool(b)) => Ok(*b),
-            Some(other) => Err(error(key, format!("{other} must be true or false"))),
-        }
-    }
-
-    fn algorithm(&self) -> Result<Algorithm, ConfigError> {
-        let name = match self.0.get("algorithm") {
-            None => return Ok(Algorithm::RoundRobin),
-            Some(Value::String(name)) => name,
-            Some(other) => return Err(error("algorithm", format!("{other} is not a string"))),
-        };
-        Algorithm::from_name(name).ok_or_else(|| {
-            error(
-                "algorithm",
-                format!(
-                    "{name:?} is not one of {}",
-                    Algorithm::ALL.map(|a| a.name()).join(", ")
-                ),
-            )
-        })
-    }
-}
-
-/// `":8080"` (every interface, as Go writes it), `"127.0.0.1:8080"`, `"[::1]:8080"` or
-/// `"localhost:8080"`.
-fn parse_listen(value: &Value) -> Result<SocketAddr, ConfigError> {
-    parse_address("port", value)
-}
-
-/// A listen address for the config key `key`.
-fn parse_address(key: &str, value: &Value) -> Result<SocketAddr, ConfigError> {
-    let Value::String(text) = value else {
-        return Err(error(
-            key,
-            format!("{value} is not an address; write it as a string like \":8080\""),
-        ));
-    };
-    let parsed = if let Some(port) = text.strip_prefix(':') {
-        port.parse::<u16>()
-            .ok()
-            .map(|p| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), p))
-    } else if let Some(port) = text.strip_prefix("localhost:") {
-        port.parse::<u16>()
-            .ok()
-            .map(|p| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p))
-    } else {
-        text.parse::<SocketAddr>().ok()
-    };
-    parsed.ok_or_else(|| {
-        let hint = if text.parse::<u16>().is_ok() {
-            format!("; write \":{text}\"")
-        } else {
-            String::new()
-        };
-        error(
-            key,
-            format!("{text:?} is not a listen address like \":8080\" or \"127.0.0.1:8080\"{hint}"),
-        )
-    })
-}
-
-fn parse_servers(value: &Value) -> Result<Vec<ServerConfig>, ConfigError> {
-    let Value::Array(entries) = value else {
-        return Err(error(
-            "servers",
-            format!("{value} is not a list of URLs like [\"http://localhost:5001\"]"),
-        ));
-    };
-    if entries.is_empty() {
-        return Err(error(
-            "servers",
-            "is empty; list at least one backend like \"http://localhost:5001\"",
-        ));
-    }
-    entries
-        .iter()
-        .enumerate()
-        .map(|(i, entry)| parse_server(&format!("servers[{i}]"), entry))
-        .collect()
-}
-
-fn parse_server(key: &str, entry: &Value) -> Result<ServerConfig, ConfigError> {
-    match entry {
-        Value::String(url) => Ok(ServerConfig {
-            url: parse_backend_url(key, url)?,
-            weight: 1,
-        }),
-        Value::Object(fields) => {
-            if let Some(unknown) = fields.keys().find(|k| *k != "url" && *k != "weight") {
-                return Err(error(
-                    key,
-                    format!("unknown key {unknown:?}; a server has \"url\" and \"weight\""),
-                ));
-            }
-            let url = match fields.get("url") {
-                Some(Value::String(url)) => parse_backend_url(&format!("{key}.url"), url)?,
-                Some(other) => {
-                    return Err(error(
-                        &format!("{key}.url"),
-                        format!("{other} is not a string"),
-                    ));
-                }
-                None => return Err(error(&format!("{key}.url"), "is missing")),
-            };
-            let weight = match fields.get("weight") {
-                None => 1,
-                Some(value) => match value.as_u64() {
-                    Some(0) => {
-                        return Err(error(
-                            &format!("{key}.weight"),
-                            "0 is not allowed; a weight is at least 1 (remove the server to stop its traffic)",
-                        ));
-                    }
-                    Some(w) if w <= 1_000_000 => w as u32,
-                    _ => {
-                        return Err(error(
-                            &format!("{key}.weight"),
-                            format!("{value} must be a whole number from 1 to 1000000"),
-                        ));
-                    }
-                },
-            };
-            Ok(ServerConfig { url, weight })
-        }
-        other => Err(error(
-            key,
-            format!("{other} is not a URL string or {{\"url\": ..., \"weight\": ...}}"),
-        )),
-    }
-}
-
-/// Checks a backend URL: plain `http://host[:port][/prefix]` only.
-fn parse_backend_url(key: &str, url: &str) -> Result<BackendUrl, ConfigError> {
-    if url.starts_with("https://") {
-        return Err(error(
-            key,
-            format!(
-                "{url:?}: https backends are not supported (tinylb speaks plain HTTP to backends); \
-                 use an http:// URL"
-            ),
-        ));
-    }
-    let Some(rest) = url.strip_prefix("http://") else {
-        let suggestion = match url.split_once("://") {
-            Some((scheme, _)) => format!("scheme {scheme:?} is not supported; use http://"),
-            None => format!("has no scheme; write \"http://{url}\""),
-        };
-        return Err(error(key, format!("{url:?} {suggestion}")));
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    if authority.is_empty() {
-        return Err(error(key, format!("{url:?} has no host")));
-    }
-    if authority.contains('@') {
-        return Err(error(
-            key,
-            format!("{url:?}: user names in backend URLs are not supported"),
-        ));
-    }
-    if path.contains(['?', '#']) {
-        return Err(error(
-            key,
-            format!("{url:?}: a backend URL may have a path prefix but no query or fragment"),
-        ));
-    }
-    let valid = authority
-        .parse::<ureq::http::uri::Authority>()
-        .is_ok_and(|parsed| {
-            let after_host = &authority[parsed.host().len()..];
-            !parsed.host().is_empty() && (after_host.is_empty() || parsed.port_u16().is_some())
-        });
-    if !valid {
-        return Err(error(key, format!("{url:?} has a bad host or port")));
-    }
-    Ok(BackendUrl {
-        original: url.to_string(),
-        origin: format!("http://{authority}"),
-        prefix: path.trim_end_matches('/').to_string(),
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse_err(text: &str) -> String {
-        Config::parse(text).unwrap_err().0
+    /// Checks that each config text is refused with a message containing the expected part;
+    /// the submodules' tests share it.
+    pub(super) fn assert_refused(cases: &[(&str, &str)]) {
+        for (text, expected) in cases {
+            let message = Config::parse(text).unwrap_err().0;
+            assert!(
+                message.contains(expected),
+                "{text}\n  gave: {message}\n  wanted: {expected}"
+            );
+        }
     }
 
     #[test]
@@ -603,72 +341,14 @@ mod tests {
     }
 
     #[test]
-    fn every_bad_value_names_its_key() {
-        let cases = [
+    fn a_file_that_is_not_a_json_object_is_refused() {
+        assert_refused(&[
             (r#"{"port": ":8080",}"#, "invalid JSON at line 1, column 18"),
-            (
-                r#"{"port": ":8080", "servers": ["http://a:1"], "algoritm": "x"}"#,
-                "\"algoritm\": unknown key",
-            ),
-            (r#"{"port": ":8080"}"#, "servers: is missing"),
-            (r#"{"servers": ["http://a:1"]}"#, "port: is missing"),
-            (r#"{"port": ":8080", "servers": []}"#, "servers: is empty"),
-            (
-                r#"{"port": ":8080", "servers": ["localhost:5003"]}"#,
-                "servers[0]: \"localhost:5003\" has no scheme; write \"http://localhost:5003\"",
-            ),
-            (
-                r#"{"port": ":8080", "servers": ["https://a:1"]}"#,
-                "https backends are not supported",
-            ),
-            (
-                r#"{"port": ":8080", "servers": [{"url": "http://a:1", "weight": 0}]}"#,
-                "servers[0].weight: 0 is not allowed",
-            ),
-            (
-                r#"{"port": ":8080", "servers": ["http://a:1"], "healthCheckInterval": "2"}"#,
-                "healthCheckInterval: \"2\" has no unit",
-            ),
-            (
-                r#"{"port": ":8080", "servers": ["http://a:1"], "healthCheckInterval": 2}"#,
-                "healthCheckInterval: 2 has no unit",
-            ),
-            (
-                r#"{"port": ":8080", "servers": ["http://a:1"], "algorithm": "fastest"}"#,
-                "algorithm: \"fastest\" is not one of round-robin",
-            ),
-            (
-                r#"{"port": "8080", "servers": ["http://a:1"]}"#,
-                "write \":8080\"",
-            ),
-            (
-                r#"{"port": 8080, "servers": ["http://a:1"]}"#,
-                "port: 8080 is not an address",
-            ),
-            (
-                r#"{"port": ":8080", "servers": ["http://a:x"]}"#,
-                "bad host or port",
-            ),
-            (
-                r#"{"port": ":8080", "servers": ["http://a:1"], "workers": 0}"#,
-                "workers: 0 must be a whole number",
-            ),
-            (
-                r#"{"port": ":8080", "servers": ["http://a:1"], "backendKeepAlive": -1}"#,
-                "backendKeepAlive: -1 must be a whole number from 0 to 1024",
-            ),
             (
                 r#"{"port": ":8080", "servers": ["http://a:1"], "port": ":9090"}"#,
                 r#"invalid JSON at line 1, column 51: the key "port" appears twice"#,
             ),
             (r#"[1]"#, "top level must be a JSON object"),
-        ];
-        for (text, expected) in cases {
-            let message = parse_err(text);
-            assert!(
-                message.contains(expected),
-                "{text}\n  gave: {message}\n  wanted: {expected}"
-            );
-        }
+        ]);
     }
 }
