@@ -29,8 +29,8 @@ use std::thread;
 use std::time::Duration;
 
 use tiny_http::{Request, Server};
-use tinylb::pinger::Pinger;
-use tinylb::socket_options;
+use tinylb::client::Pinger;
+use tinylb::client::socket_options;
 
 /// As tinylb's default.
 const WORKERS: usize = 8;

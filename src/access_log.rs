@@ -7,8 +7,6 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tiny_http::Request;
-
 /// What the access log needs from a request, taken before the request is consumed.
 pub struct AccessLine {
     client: Option<IpAddr>,
@@ -19,26 +17,21 @@ pub struct AccessLine {
 }
 
 impl AccessLine {
-    /// Captures the request's side of the line.
-    pub fn of(request: &Request) -> AccessLine {
-        let header = |name: &'static str| {
-            request
-                .headers()
-                .iter()
-                .find(|h| h.field.equiv(name))
-                .map_or_else(|| "-".to_string(), |h| escape(h.value.as_str()))
-        };
+    /// Captures the request's side of the line: the client, the request line as received,
+    /// and the `Referer` and `User-Agent` headers when there are any.
+    pub fn new(
+        client: Option<IpAddr>,
+        request_line: &str,
+        referer: Option<&str>,
+        user_agent: Option<&str>,
+    ) -> AccessLine {
+        let quoted = |value: Option<&str>| value.map_or_else(|| "-".to_string(), escape);
         AccessLine {
-            client: request.remote_addr().map(|a| a.ip()),
+            client,
             received: SystemTime::now(),
-            request_line: escape(&format!(
-                "{} {} HTTP/{}",
-                request.method(),
-                request.url(),
-                request.http_version()
-            )),
-            referer: header("Referer"),
-            user_agent: header("User-Agent"),
+            request_line: escape(request_line),
+            referer: quoted(referer),
+            user_agent: quoted(user_agent),
         }
     }
 

@@ -1,143 +1,113 @@
 //! The admin listener, off unless `adminAddress` is set: the status page at `/`,
 //! `/status.json`, `/metrics` for Prometheus, and `POST /backends/{index}/drain` and
 //! `/undrain`. It never proxies. It has no authentication, so bind it to localhost only.
-//!
-//! One thread answers admin requests one at a time: they are rare and cheap, and this way a
-//! scrape can never take a worker from the proxy.
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
-use tiny_http::{Header, Method, Request, Response, Server};
-
-use crate::Shared;
-use crate::status::Status;
+use crate::client::admin_server::{AdminReply, AdminServer};
+use crate::error::StartError;
+use crate::status::{Sources, Status};
 use crate::{metrics, status_page};
 
-/// Largest request body the admin listener reads (and ignores).
-const MAX_BODY: u64 = 64 * 1024;
+const TEXT: &str = "text/plain; charset=utf-8";
+const JSON: &str = "application/json";
 
 /// The running admin listener.
 pub struct Admin {
-    server: Arc<Server>,
-    thread: JoinHandle<()>,
-    /// Where it listens (useful with port 0).
-    pub addr: SocketAddr,
+    server: AdminServer,
 }
 
 impl Admin {
-    /// Binds `addr` and starts answering.
-    pub fn start(addr: SocketAddr, shared: Arc<Shared>) -> Result<Admin, String> {
-        let server = Server::http(addr)
-            .map_err(|e| format!("adminAddress: cannot listen on {addr}: {e}"))?;
-        let local = server
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| format!("adminAddress: {addr} is not an IP address"))?;
-        let server = Arc::new(server);
-        let serving = Arc::clone(&server);
-        let thread = std::thread::Builder::new()
-            .name("admin".into())
-            .spawn(move || {
-                while let Ok(request) = serving.recv() {
-                    answer(request, &shared);
-                }
-            })
-            .map_err(|e| format!("cannot start a thread: {e}"))?;
+    /// Binds `addr` and starts answering from `sources`.
+    pub fn start(addr: SocketAddr, sources: Arc<Sources>) -> Result<Admin, StartError> {
+        let server = AdminServer::start(addr, move |method, path| route(&sources, method, path))?;
+        let local = server.addr;
         if !local.ip().is_loopback() {
             log::warn!(
                 "the admin listener on {local} is reachable beyond this machine; it has no authentication"
             );
         }
         log::info!("admin listener on http://{local}/ (status page, /status.json, /metrics)");
-        Ok(Admin {
-            server,
-            thread,
-            addr: local,
-        })
+        Ok(Admin { server })
+    }
+
+    /// Where it listens (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr
     }
 
     /// Stops answering.
     pub fn stop(self) {
-        self.server.unblock();
-        let _ = self.thread.join();
+        self.server.stop();
     }
 }
 
-fn answer(mut request: Request, shared: &Shared) {
-    // Read any body to its end first: tiny_http would otherwise parse what is left of a chunked
-    // body as the next request on this connection. Admin requests need no body, so a large one
-    // is refused.
-    let mut sink = std::io::sink();
-    let body = std::io::copy(&mut request.as_reader().take(MAX_BODY + 1), &mut sink);
-    if !matches!(body, Ok(n) if n <= MAX_BODY) {
-        let _ = request.respond(plain(413, "admin requests take no body\n"));
-        return;
-    }
-    let path = request.url().split('?').next().unwrap_or("").to_string();
+/// Which page a request asks for.
+fn route(sources: &Sources, method: &str, path: &str) -> AdminReply {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let response = match (request.method(), segments.as_slice()) {
-        (Method::Get | Method::Head, [""]) => with_type(
-            status_page::render(&Status::collect(shared)),
+    let read = matches!(method, "GET" | "HEAD");
+    match (method, segments.as_slice()) {
+        (_, [""]) if read => reply(
+            200,
             "text/html; charset=utf-8",
+            status_page::render(&Status::collect(sources)),
         ),
-        (Method::Get | Method::Head, ["status.json"]) => {
-            let body = serde_json::to_string_pretty(&Status::collect(shared))
+        (_, ["status.json"]) if read => {
+            let body = serde_json::to_string_pretty(&Status::collect(sources))
                 .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
-            with_type(body, "application/json")
+            reply(200, JSON, body)
         }
-        (Method::Get | Method::Head, ["metrics"]) => with_type(
-            metrics::render(&Status::collect(shared)),
+        (_, ["metrics"]) if read => reply(
+            200,
             "text/plain; version=0.0.4; charset=utf-8",
+            metrics::render(&Status::collect(sources)),
         ),
-        (Method::Post, ["backends", index, action @ ("drain" | "undrain")]) => {
-            drain(shared, index, *action == "drain")
+        ("POST", ["backends", index, action @ ("drain" | "undrain")]) => {
+            drain(sources, index, *action == "drain")
         }
-        (_, ["backends", _, "drain" | "undrain"]) => {
-            plain(405, "use POST\n").with_header(header("Allow", "POST"))
-        }
-        (_, [""] | ["status.json"] | ["metrics"]) => {
-            plain(405, "use GET\n").with_header(header("Allow", "GET, HEAD"))
-        }
-        _ => plain(404, "not found: try /, /status.json or /metrics\n"),
-    };
-    if let Err(error) = request.respond(response) {
-        log::debug!("admin answer not delivered: {error}");
+        (_, ["backends", _, "drain" | "undrain"]) => AdminReply {
+            allow: Some("POST"),
+            ..reply(405, TEXT, "use POST\n".into())
+        },
+        (_, [""] | ["status.json"] | ["metrics"]) => AdminReply {
+            allow: Some("GET, HEAD"),
+            ..reply(405, TEXT, "use GET\n".into())
+        },
+        _ => reply(
+            404,
+            TEXT,
+            "not found: try /, /status.json or /metrics\n".into(),
+        ),
     }
 }
 
 /// `POST /backends/{index}/drain`: no new requests go there; those in flight finish.
-fn drain(shared: &Shared, index: &str, draining: bool) -> Response<std::io::Cursor<Vec<u8>>> {
-    let backends = shared.forwarder.balancer.backends();
-    let Some(backend) = index.parse::<usize>().ok().and_then(|i| backends.get(i)) else {
-        return plain(
-            404,
-            &format!("no backend {index}; there are {}\n", backends.len()),
-        );
+fn drain(sources: &Sources, index: &str, draining: bool) -> AdminReply {
+    let backends = sources.balancer.backends();
+    let Some((index, backend)) = index
+        .parse::<usize>()
+        .ok()
+        .and_then(|i| Some((i, backends.get(i)?)))
+    else {
+        let message = format!("no backend {index}; there are {}\n", backends.len());
+        return reply(404, TEXT, message);
     };
     backend.set_draining(draining);
     let body = serde_json::json!({
-        "index": index.parse::<usize>().unwrap_or_default(),
+        "index": index,
         "url": backend.url.original,
         "draining": draining,
         "inFlight": backend.in_flight(),
     });
-    with_type(body.to_string(), "application/json")
+    reply(200, JSON, body.to_string())
 }
 
-fn with_type(body: String, content_type: &str) -> Response<std::io::Cursor<Vec<u8>>> {
-    Response::from_data(body.into_bytes())
-        .with_header(header("Content-Type", content_type))
-        .with_header(header("Cache-Control", "no-store"))
-}
-
-fn plain(status: u16, body: &str) -> Response<std::io::Cursor<Vec<u8>>> {
-    with_type(body.to_string(), "text/plain; charset=utf-8").with_status_code(status)
-}
-
-fn header(name: &str, value: &str) -> Header {
-    // Both are fixed ASCII strings from this file, which Header accepts.
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("ASCII header")
+fn reply(status: u16, content_type: &'static str, body: String) -> AdminReply {
+    AdminReply {
+        status,
+        content_type,
+        body,
+        allow: None,
+    }
 }

@@ -1,34 +1,33 @@
-//! tinylb, a small threaded HTTP/1.1 load balancer.
+//! tinylb, a small threaded HTTP/1.1 load balancer, and a teaching example of how a classic
+//! threaded server is built: a listener, a bounded channel, a fixed pool of workers, blocking
+//! I/O. `docs/tour.md` walks one request through the code; this is the map.
 //!
 //! # The path of one request
 //!
-//! 1. [`listener`]: tiny_http accepts the connection and parses the request head on its own
-//!    thread per connection; the intake thread moves the request into a bounded channel, or
-//!    answers 503 with `Retry-After` when the channel is full.
-//! 2. [`pool`]: one of a fixed number of workers takes it and calls [`forward`].
-//! 3. [`forward`]: checks the head ([`request_check`]), asks the [`balancer`] for a backend
-//!    (one mutex, four algorithms), sends the request there with ureq, streaming the body
-//!    ([`backend`] holds one ureq Agent per backend), and retries elsewhere if the backend
-//!    could not take it.
-//! 4. [`relay`]: writes the backend's answer to the client with framing tinylb controls;
-//!    [`hangup`] ends a connection when the answer must be cut short.
-//! 5. An upgrade (a WebSocket handshake) takes a side road: [`upgrade`] does the handshake
-//!    with the backend over a plain socket, and after its `101` a [`tunnel`] copies bytes both
-//!    ways on two threads of its own, so the worker is free again. [`chunked`] decodes the
-//!    chunked bodies tiny_http leaves undecoded on such connections.
+//! 1. [`client`]: tiny_http accepts the connection and parses the head on a thread per
+//!    connection; [`client::Incoming`] checks it and hands it over as a [`client::Exchange`].
+//!    Everything tiny_http leaves undone is made up for in that folder.
+//! 2. [`intake`]: one thread moves each exchange into the bounded channel, or answers 503 with
+//!    `Retry-After` when it is full.
+//! 3. [`pool`]: one of a fixed number of workers takes it and calls [`forward`].
+//! 4. [`forward`]: the story of the request. It asks the [`balancer`] for a backend (one mutex,
+//!    four algorithms), sends the request there through [`upstream`] (everything ureq), relays
+//!    the answer back through the exchange, and on a failure lets [`forward::retry`] decide
+//!    whether another backend gets it. [`failure`] says what each failure means for the client.
+//! 5. An upgrade (a WebSocket handshake) takes a side road: after the backend's `101`, a
+//!    [`tunnel`] copies bytes both ways on two threads of its own.
 //!
 //! Beside it:
 //!
-//! - the [`health`] thread sends a HEAD to every backend each `healthCheckInterval`;
-//! - [`stats`] counts what each backend served; [`status`] gathers one snapshot of everything,
-//!   which the [`admin`] listener shows as a page ([`status_page`]), JSON and Prometheus
-//!   [`metrics`], and where backends can be drained;
-//! - [`reload`] watches config.json and applies changes without a restart;
-//! - [`access_log`] writes one line per request when asked to;
-//! - [`strict_json`] refuses a config.json that gives a key twice;
-//! - [`socket_options`] sets what std cannot: client timeouts, the backlog, the fd limit;
-//! - the [`pinger`] thread connects to the listener now and then, which tiny_http needs;
-//! - [`resolve`] keeps each backend's looked-up address, so requests do not each call DNS.
+//! - the [`health`] thread checks every backend each `healthCheckInterval`; [`backend`] keeps
+//!   each one's state and counters, [`stats`] what it served;
+//! - [`status`] gathers one snapshot of everything, which the [`admin`] listener shows as a page
+//!   ([`status_page`]), JSON and Prometheus [`metrics`], and where backends can be drained;
+//! - [`reload`] watches config.json and applies changes live, through [`switches`] and the
+//!   balancer;
+//! - [`config`] reads config.json ([`strict_json`] refuses a key given twice, [`duration`] reads
+//!   `"5s"`); [`access_log`] writes one line per request when asked to; [`message`] holds the
+//!   HTTP/1.1 rules both sides share, [`chunked`] the strict chunked decoder.
 //!
 //! # Log levels (a contract)
 //!
@@ -43,32 +42,30 @@ pub mod admin;
 pub mod backend;
 pub mod balancer;
 pub mod chunked;
+pub mod client;
 pub mod config;
 pub mod duration;
+pub mod error;
+pub mod failure;
 pub mod forward;
-pub mod hangup;
-pub mod headers;
 pub mod health;
-pub mod listener;
+pub mod intake;
+pub mod message;
 pub mod metrics;
-pub mod pinger;
 pub mod pool;
-pub mod relay;
 pub mod reload;
-pub mod request_check;
-pub mod resolve;
-pub mod socket_options;
 pub mod stats;
 pub mod status;
 pub mod status_page;
 pub mod strict_json;
+pub mod switches;
 pub mod tunnel;
-pub mod upgrade;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -78,26 +75,15 @@ use parking_lot::RwLock;
 use crate::admin::Admin;
 use crate::backend::Backend;
 use crate::balancer::Balancer;
-use crate::config::{Config, HealthConfig};
-use crate::forward::{Forwarder, Job};
-use crate::hangup::Hangups;
-use crate::pool::{PoolCounters, WorkerPool};
-
-/// What the admin listener and the reload watcher share with the request path.
-pub struct Shared {
-    /// The request path: balancer, switches, retry counter.
-    pub forwarder: Arc<Forwarder>,
-    /// Health-check settings, read by the health thread every round.
-    pub health: Arc<RwLock<HealthConfig>>,
-    /// The config in force (after reloads).
-    pub config: RwLock<Config>,
-    /// The requests' channel, for its length.
-    pub queue: Receiver<Job>,
-    /// How busy the workers are.
-    pub pool: Arc<PoolCounters>,
-    /// When tinylb started, for the uptime.
-    pub started: Instant,
-}
+use crate::client::{Incoming, Listener};
+use crate::config::Config;
+use crate::error::StartError;
+use crate::forward::Forwarder;
+use crate::pool::WorkerPool;
+use crate::reload::Reloadable;
+use crate::status::Sources;
+use crate::switches::Switches;
+use crate::tunnel::{TunnelLimits, Tunnels};
 
 /// A running load balancer: listener, intake, workers, health thread, and optionally the admin
 /// listener and the config watcher.
@@ -111,7 +97,10 @@ pub struct LoadBalancer {
     admin: Option<Admin>,
     watcher: Option<(JoinHandle<()>, Sender<()>)>,
     grace_period: Duration,
-    shared: Arc<Shared>,
+    balancer: Arc<Balancer>,
+    tunnels: Arc<Tunnels>,
+    /// What the config watcher will change, until it starts.
+    reloadable: Option<Reloadable>,
 }
 
 /// What a graceful shutdown achieved, for the last log line and for tests.
@@ -126,47 +115,57 @@ pub struct ShutdownReport {
 impl LoadBalancer {
     /// Binds the listen address, runs the first health-check round, and starts every thread.
     /// The error is one line that names what failed (for example the address in use).
-    pub fn start(config: Config) -> Result<LoadBalancer, String> {
-        let listener = listener::Listener::bind(config.listen, config.client_timeout)?;
+    pub fn start(config: Config) -> Result<LoadBalancer, StartError> {
+        let listener = Listener::bind(config.listen, config.client_timeout)?;
         let local_addr = listener.local_addr();
         let backends: Vec<Arc<Backend>> = config
             .servers
             .iter()
             .map(|server| Arc::new(Backend::new(server, &config)))
             .collect();
-        health::first_round(&backends, &config.health);
+        health::checker::first_round(&backends, &config.health);
 
         let balancer = Arc::new(Balancer::new(backends, config.algorithm, config.workers));
+        let switches = Arc::new(Switches::new(&config));
+        let tunnels = Tunnels::new(TunnelLimits::of(&config));
+        let retries = Arc::new(AtomicU64::new(0));
         let forwarder = Arc::new(Forwarder::new(
             Arc::clone(&balancer),
-            Hangups::new(local_addr.port()),
-            &config,
+            Arc::clone(&switches),
+            Arc::clone(&tunnels),
+            Arc::clone(&retries),
         ));
         let (queue, requests) = crossbeam_channel::bounded(config.queue_size);
-        let spawn_error = |e: std::io::Error| format!("cannot start a thread: {e}");
-        let pool = WorkerPool::start(config.workers, requests.clone(), Arc::clone(&forwarder))
-            .map_err(spawn_error)?;
+        let pool = WorkerPool::start(config.workers, requests, forwarder)?;
         let stopping = Arc::new(AtomicBool::new(false));
-        let intake = listener::spawn_intake(
-            listener,
+        let incoming = Incoming::start(listener)?;
+        let intake = intake::spawn(
+            incoming,
             queue,
-            Arc::clone(&forwarder),
+            Arc::clone(&switches),
             Arc::clone(&stopping),
         )?;
         let health_settings = Arc::new(RwLock::new(config.health));
         let (stop_health, health_stopped) = crossbeam_channel::bounded(1);
-        let health = health::spawn(balancer, Arc::clone(&health_settings), health_stopped)
-            .map_err(spawn_error)?;
-        let shared = Arc::new(Shared {
-            forwarder,
-            health: health_settings,
-            config: RwLock::new(config.clone()),
-            queue: requests,
-            pool: Arc::clone(pool.counters()),
-            started: Instant::now(),
-        });
+        let health = health::checker::spawn(
+            Arc::clone(&balancer),
+            Arc::clone(&health_settings),
+            health_stopped,
+        )?;
         let admin = match config.admin_address {
-            Some(addr) => Some(Admin::start(addr, Arc::clone(&shared))?),
+            Some(addr) => {
+                let sources = Arc::new(Sources {
+                    balancer: Arc::clone(&balancer),
+                    tunnels: Arc::clone(&tunnels),
+                    pool: Arc::clone(pool.counters()),
+                    retries,
+                    listen: config.listen,
+                    workers: config.workers,
+                    queue_capacity: config.queue_size,
+                    started: Instant::now(),
+                });
+                Some(Admin::start(addr, sources)?)
+            }
             None => None,
         };
 
@@ -185,16 +184,27 @@ impl LoadBalancer {
             admin,
             watcher: None,
             grace_period: config.shutdown_grace_period,
-            shared,
+            balancer: Arc::clone(&balancer),
+            tunnels: Arc::clone(&tunnels),
+            reloadable: Some(Reloadable {
+                running: config,
+                balancer,
+                switches,
+                tunnels,
+                health: health_settings,
+            }),
         })
     }
 
     /// Re-reads `path` whenever it changes and applies it live (see [`reload`]). `loaded` is
     /// the text the running config was parsed from: any other content is a change.
-    pub fn watch_config(&mut self, path: PathBuf, loaded: String) -> Result<(), String> {
+    /// Only the first call starts a watcher.
+    pub fn watch_config(&mut self, path: PathBuf, loaded: String) -> Result<(), StartError> {
+        let Some(target) = self.reloadable.take() else {
+            return Ok(());
+        };
         let (stop, stopped) = crossbeam_channel::bounded(1);
-        let thread = reload::spawn(path, loaded.into_bytes(), Arc::clone(&self.shared), stopped)
-            .map_err(|e| format!("cannot start a thread: {e}"))?;
+        let thread = reload::spawn(path, loaded.into_bytes(), target, stopped)?;
         self.watcher = Some((thread, stop));
         Ok(())
     }
@@ -206,12 +216,12 @@ impl LoadBalancer {
 
     /// The admin listener's address, if it runs.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().map(|a| a.addr)
+        self.admin.as_ref().map(Admin::addr)
     }
 
     /// The backends now, in config order.
     pub fn backends(&self) -> Arc<[Arc<Backend>]> {
-        self.shared.forwarder.balancer.backends()
+        self.balancer.backends()
     }
 
     /// Stops accepting, lets queued and in-flight requests finish for up to the grace period
@@ -230,7 +240,7 @@ impl LoadBalancer {
         );
         let deadline = Instant::now() + self.grace_period;
         let abandoned = self.pool.wait(deadline, abort);
-        let tunnels = &self.shared.forwarder.tunnels;
+        let tunnels = &self.tunnels;
         if tunnels.open() > 0 {
             log::info!("waiting for {} open tunnels", tunnels.open());
             let cut = tunnels.close_all(if abandoned > 0 {

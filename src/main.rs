@@ -103,7 +103,7 @@ fn main() -> ExitCode {
     }
     // Every client connection is a file descriptor; the usual soft limit (1024) is far below
     // what the machine allows, and running out stops accept().
-    match tinylb::socket_options::raise_open_files_limit() {
+    match tinylb::client::socket_options::raise_open_files_limit() {
         Ok(limit) => log::info!("open files limit: {limit}"),
         Err(error) => log::warn!("cannot raise the open files limit: {error}"),
     }

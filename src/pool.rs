@@ -10,17 +10,23 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, select};
 
-use crate::forward::{Forwarder, Job};
-use crate::relay::Buffers;
+use crate::client::{Buffers, Exchange};
+use crate::forward::Forwarder;
 
 /// How busy the workers are, for the status page and the shutdown log.
-#[derive(Debug, Default)]
 pub struct PoolCounters {
     busy: AtomicUsize,
     served: AtomicUsize,
+    /// The channel's receiving end, for its length.
+    queue: Receiver<Exchange>,
 }
 
 impl PoolCounters {
+    /// Requests waiting for a worker.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
     /// Requests being forwarded right now.
     pub fn busy(&self) -> usize {
         self.busy.load(Ordering::Relaxed)
@@ -45,10 +51,14 @@ impl WorkerPool {
     /// Starts `size` workers reading from `requests`.
     pub fn start(
         size: usize,
-        requests: Receiver<Job>,
+        requests: Receiver<Exchange>,
         forwarder: Arc<Forwarder>,
     ) -> std::io::Result<WorkerPool> {
-        let counters = Arc::new(PoolCounters::default());
+        let counters = Arc::new(PoolCounters {
+            busy: AtomicUsize::new(0),
+            served: AtomicUsize::new(0),
+            queue: requests.clone(),
+        });
         let (exit_sender, exited) = crossbeam_channel::bounded(size);
         for n in 0..size {
             let requests = requests.clone();
@@ -59,12 +69,12 @@ impl WorkerPool {
                 .name(format!("worker-{n}"))
                 .spawn(move || {
                     let mut buffers = Buffers::default();
-                    for job in requests.iter() {
+                    for exchange in requests.iter() {
                         counters.busy.fetch_add(1, Ordering::Relaxed);
                         // A bug must cost one request, not a worker: the dropped Request
                         // answers 500 by itself.
                         let result = catch_unwind(AssertUnwindSafe(|| {
-                            forwarder.handle(job, &mut buffers);
+                            forwarder.handle(exchange, &mut buffers);
                         }));
                         if result.is_err() {
                             log::error!("a worker panicked while forwarding a request");

@@ -9,10 +9,28 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
+use parking_lot::RwLock;
 
-use crate::Shared;
 use crate::backend::Backend;
-use crate::config::Config;
+use crate::balancer::Balancer;
+use crate::config::{Config, HealthConfig};
+use crate::switches::Switches;
+use crate::tunnel::{TunnelLimits, Tunnels};
+
+/// What a reload changes: a narrow handle on the parts of the running tinylb that can change
+/// while it runs.
+pub struct Reloadable {
+    /// The config in force: the one tinylb started with, updated by each reload.
+    pub running: Config,
+    /// The backends and the algorithm.
+    pub balancer: Arc<Balancer>,
+    /// The request path's switches.
+    pub switches: Arc<Switches>,
+    /// The tunnels' limits.
+    pub tunnels: Arc<Tunnels>,
+    /// The health checks' settings.
+    pub health: Arc<RwLock<HealthConfig>>,
+}
 
 /// How often the file is read. Reading a small file twice a second costs nothing measurable,
 /// and comparing bytes (not mtime) catches every kind of edit.
@@ -23,7 +41,7 @@ const POLL: Duration = Duration::from_millis(500);
 pub fn spawn(
     path: PathBuf,
     loaded: Vec<u8>,
-    shared: Arc<Shared>,
+    mut target: Reloadable,
     stop: Receiver<()>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
@@ -42,7 +60,7 @@ pub fn spawn(
                     .map_err(|_| "the file is not UTF-8".to_string())
                     .and_then(|text| Config::parse(text).map_err(|e| e.to_string()))
                 {
-                    Ok(config) => apply(&shared, config),
+                    Ok(config) => apply(&mut target, config),
                     Err(error) => log::error!(
                         "config reload refused, keeping the running config: {}: {error}",
                         path.display()
@@ -54,11 +72,11 @@ pub fn spawn(
 
 /// Applies a new, valid config: backends added, removed or re-weighted, algorithm, timeouts,
 /// health checks and switches. Keeps each surviving backend's state (health, counters, pool).
-pub fn apply(shared: &Shared, new: Config) {
+pub fn apply(target: &mut Reloadable, new: Config) {
     for warning in &new.warnings {
         log::warn!("config reload: {warning}");
     }
-    let mut current = shared.config.write();
+    let current = &target.running;
     let fixed: Vec<&str> = [
         ("port", current.listen != new.listen),
         ("workers", current.workers != new.workers),
@@ -97,7 +115,7 @@ pub fn apply(shared: &Shared, new: Config) {
     effective.admin_address = current.admin_address;
     effective.shutdown_grace_period = current.shutdown_grace_period;
 
-    let old = shared.forwarder.balancer.backends();
+    let old = target.balancer.backends();
     let mut added = Vec::new();
     let backends: Vec<Arc<Backend>> = effective
         .servers
@@ -115,21 +133,19 @@ pub fn apply(shared: &Shared, new: Config) {
         })
         .collect();
     // New backends get a check before their first request, as at start-up.
-    crate::health::first_round(&added, &effective.health);
+    crate::health::checker::first_round(&added, &effective.health);
     let removed = old
         .iter()
         .filter(|b| !backends.iter().any(|n| Arc::ptr_eq(n, b)))
         .count();
-    shared
-        .forwarder
-        .balancer
-        .replace(backends, effective.algorithm);
-    *shared.health.write() = effective.health;
-    shared.forwarder.set_switches(&effective);
+    target.balancer.replace(backends, effective.algorithm);
+    *target.health.write() = effective.health;
+    target.switches.apply(&effective);
+    target.tunnels.set_limits(TunnelLimits::of(&effective));
     log::info!(
         "config reloaded: {} added, {removed} removed; {}",
         added.len(),
         effective.summary()
     );
-    *current = effective;
+    target.running = effective;
 }

@@ -1,12 +1,37 @@
 //! One snapshot of what tinylb is doing, gathered from the live counters, and shown three ways
 //! by the admin listener: the HTML status page, `/status.json`, and Prometheus `/metrics`.
 
-use std::time::{Duration, SystemTime};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
-use crate::Shared;
+use crate::balancer::Balancer;
+use crate::pool::PoolCounters;
 use crate::stats::StatsSnapshot;
+use crate::tunnel::Tunnels;
+
+/// The live counters a status is read from: a narrow handle for the admin listener.
+pub struct Sources {
+    /// The backends and the algorithm.
+    pub balancer: Arc<Balancer>,
+    /// The open tunnels.
+    pub tunnels: Arc<Tunnels>,
+    /// The workers and the queue.
+    pub pool: Arc<PoolCounters>,
+    /// Requests sent again after a failed attempt.
+    pub retries: Arc<AtomicU64>,
+    /// Settings fixed while tinylb runs, shown as they are.
+    pub listen: SocketAddr,
+    /// The size of the worker pool.
+    pub workers: usize,
+    /// The queue's capacity.
+    pub queue_capacity: usize,
+    /// When tinylb started.
+    pub started: Instant,
+}
 
 /// The whole status, as `/status.json` returns it.
 #[derive(Debug, Serialize)]
@@ -126,15 +151,14 @@ pub struct Errors {
 
 impl Status {
     /// Reads every counter once.
-    pub fn collect(shared: &Shared) -> Status {
+    pub fn collect(sources: &Sources) -> Status {
         let now = SystemTime::now();
         let ago = |at: SystemTime| {
             now.duration_since(at)
                 .unwrap_or(Duration::ZERO)
                 .as_secs_f64()
         };
-        let backends = shared
-            .forwarder
+        let backends = sources
             .balancer
             .backends()
             .iter()
@@ -178,25 +202,22 @@ impl Status {
                 }
             })
             .collect();
-        let config = shared.config.read();
+        let tunnels = &sources.tunnels;
         Status {
             version: env!("CARGO_PKG_VERSION"),
-            algorithm: shared.forwarder.balancer.algorithm().name(),
-            uptime_seconds: shared.started.elapsed().as_secs(),
-            listen: config.listen.to_string(),
-            workers: config.workers,
-            busy_workers: shared.pool.busy(),
-            queue_depth: shared.queue.len(),
-            queue_capacity: config.queue_size,
-            retries: shared
-                .forwarder
-                .retries
-                .load(std::sync::atomic::Ordering::Relaxed),
+            algorithm: sources.balancer.algorithm().name(),
+            uptime_seconds: sources.started.elapsed().as_secs(),
+            listen: sources.listen.to_string(),
+            workers: sources.workers,
+            busy_workers: sources.pool.busy(),
+            queue_depth: sources.pool.queued(),
+            queue_capacity: sources.queue_capacity,
+            retries: sources.retries.load(Ordering::Relaxed),
             tunnels: TunnelStatus {
-                open: shared.forwarder.tunnels.open(),
-                max: shared.forwarder.tunnels.limits().max_open,
-                opened: shared.forwarder.tunnels.opened_total(),
-                refused: shared.forwarder.tunnels.refused_total(),
+                open: tunnels.open(),
+                max: tunnels.limits().max_open,
+                opened: tunnels.opened_total(),
+                refused: tunnels.refused_total(),
             },
             backends,
         }

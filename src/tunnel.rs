@@ -50,6 +50,16 @@ pub struct TunnelLimits {
     pub idle_timeout: Duration,
 }
 
+impl TunnelLimits {
+    /// The limits `config` sets (`maxTunnels`, `tunnelIdleTimeout`).
+    pub fn of(config: &crate::config::Config) -> TunnelLimits {
+        TunnelLimits {
+            max_open: config.max_tunnels,
+            idle_timeout: config.tunnel_idle_timeout,
+        }
+    }
+}
+
 /// Every open tunnel, and the counters the status page shows.
 pub struct Tunnels {
     limits: RwLock<TunnelLimits>,

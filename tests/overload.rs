@@ -178,7 +178,7 @@ fn median(sorted: &[Duration]) -> Duration {
 
 #[test]
 fn two_thousand_concurrent_connections_get_an_answer_or_a_fast_503() {
-    let limit = tinylb::socket_options::raise_open_files_limit().expect("raise fd limit");
+    let limit = tinylb::client::socket_options::raise_open_files_limit().expect("raise fd limit");
     assert!(
         limit >= CONNECTIONS as u64 + 500,
         "open files limit {limit} too low"

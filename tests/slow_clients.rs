@@ -340,7 +340,8 @@ fn thousand_idle_and_thousand_slowloris_connections_leave_normal_requests_fast()
     let _alone = MACHINE
         .write()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    tinylb::socket_options::raise_open_files_limit().expect("raise this process's fd limit");
+    tinylb::client::socket_options::raise_open_files_limit()
+        .expect("raise this process's fd limit");
     let a = Backend::start("a");
     let (_config, lb, addr) = start_binary("crowd", &a, r#""clientTimeout": "5s""#);
     let pid = lb.pid();

@@ -1,6 +1,27 @@
-//! Which headers cross the proxy. Hop-by-hop headers describe one connection, not the message,
-//! so they are removed in both directions (RFC 9110 section 7.6.1), together with every header
-//! the `Connection` header names.
+//! The HTTP/1.1 message rules both sides of the proxy share: which headers cross it, how a
+//! body is framed, and how large a head may be. Hop-by-hop headers describe one connection, not
+//! the message, so they are removed in both directions (RFC 9110 section 7.6.1), together with
+//! every header the `Connection` header names.
+
+/// How a request body is framed, once the client's head has been checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body.
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+}
+
+/// Largest request head (target plus header lines) forwarded, as nginx's default (4 x 8 KiB).
+/// The backend side sizes its per-connection output buffer from it, and every byte of that
+/// buffer is memory held by each pooled connection.
+pub const MAX_HEAD_BYTES: usize = 32 * 1024;
+
+/// Largest response head tinylb accepts from a backend; a larger one is a broken answer (502),
+/// as in nginx (4 or 8 KiB by default) and HAProxy (about 15 KiB).
+pub const MAX_RESPONSE_HEAD_BYTES: usize = 32 * 1024;
 
 /// Headers that never cross a proxy, in lower case.
 const HOP_BY_HOP: &[&str] = &[

@@ -5,16 +5,8 @@
 
 use tiny_http::{HTTPVersion, Request};
 
-/// How the client's request body is framed, once the head has been checked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyFraming {
-    /// No body.
-    Empty,
-    /// Exactly this many bytes.
-    Length(u64),
-    /// Chunked transfer coding, decoded by tiny_http.
-    Chunked,
-}
+use super::relay::Answer;
+use crate::message::{BodyFraming, MAX_HEAD_BYTES};
 
 /// A request refused before forwarding; the connection is closed after the answer because the
 /// body (if any) was not read and the next request's start is unknown.
@@ -26,6 +18,18 @@ pub struct Rejection {
     pub reason: &'static str,
 }
 
+impl Rejection {
+    /// The answer that refuses the request and ends its connection.
+    pub fn answer(&self) -> Answer {
+        Answer {
+            status: self.status,
+            message: self.reason,
+            retry_after: None,
+            close: true,
+        }
+    }
+}
+
 fn reject(status: u16, reason: &'static str) -> Rejection {
     Rejection { status, reason }
 }
@@ -33,11 +37,6 @@ fn reject(status: u16, reason: &'static str) -> Rejection {
 /// Longest request target forwarded. tiny_http reads any length; the http crate refuses
 /// targets past 64 KiB with a vaguer error, and nginx's default limit is 8 KiB.
 pub const MAX_TARGET_BYTES: usize = 16 * 1024;
-/// Largest request head (target plus header lines) forwarded, as nginx's default (4 x 8 KiB).
-/// ureq's output buffer for each backend connection is sized from it (`backend.rs`), and every
-/// byte of that buffer is memory held by each pooled connection.
-pub const MAX_HEAD_BYTES: usize = 32 * 1024;
-
 /// Most header fields a request may have, as Apache's `LimitRequestFields` (HAProxy allows
 /// 101). Past it the answer is 431 and nothing is forwarded.
 pub const MAX_HEADER_FIELDS: usize = 100;
@@ -55,6 +54,13 @@ pub struct Head {
     /// can carry out as a tunnel. Offers it will not carry out (`h2c`) are not here: they are
     /// dropped and the request is served as HTTP/1.1.
     pub upgrade: Option<String>,
+}
+
+impl Head {
+    /// Whether the request has no body (so none is left unread when it is refused).
+    pub fn has_no_body(&self) -> bool {
+        self.framing == BodyFraming::Empty
+    }
 }
 
 /// Checks size, framing and Host; returns how to read the body and whether to tunnel.

@@ -5,9 +5,9 @@
 
 use std::io::{self, Read, Write};
 
-use ureq::http::{self, header};
-
-use crate::headers::ConnectionTokens;
+use crate::message::ConnectionTokens;
+use crate::upstream::Response;
+use crate::upstream::http::{self, header};
 
 /// Bytes of body moved per read; large enough that a 64 MiB download costs few system calls.
 pub const CHUNK_SIZE: usize = 64 * 1024;
@@ -84,30 +84,46 @@ enum Framing {
     UntilClose,
 }
 
-/// Writes tinylb's own short plain-text answer (errors, 503).
-pub fn write_simple(
+/// One of tinylb's own short plain-text answers: a refusal, a 503, a 502 for a failed backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    /// The status code.
+    pub status: u16,
+    /// The one line of body, also the log's reason.
+    pub message: &'static str,
+    /// Seconds for a `Retry-After` header, for a 503 that will pass.
+    pub retry_after: Option<u32>,
+    /// End the connection after the answer: the request's body was not read, so the next
+    /// request's start is unknown.
+    pub close: bool,
+}
+
+impl Answer {
+    /// The body's length: the message and a newline.
+    pub fn body_len(&self) -> usize {
+        self.message.len() + 1
+    }
+}
+
+/// Writes tinylb's own answer.
+pub fn write_answer(
     writer: &mut dyn Write,
     client: &ClientSide,
-    status: u16,
-    message: &str,
-    extra_header: Option<&str>,
-    must_close: bool,
+    answer: &Answer,
     buffers: &mut Buffers,
 ) -> io::Result<()> {
     let out = &mut buffers.head;
     out.clear();
-    push_status_line(out, status);
+    push_status_line(out, answer.status);
     out.extend_from_slice(b"Content-Type: text/plain; charset=utf-8\r\n");
-    let body_len = message.len() + 1;
-    out.extend_from_slice(format!("Content-Length: {body_len}\r\n").as_bytes());
-    if let Some(line) = extra_header {
-        out.extend_from_slice(line.as_bytes());
-        out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(format!("Content-Length: {}\r\n", answer.body_len()).as_bytes());
+    if let Some(seconds) = answer.retry_after {
+        out.extend_from_slice(format!("Retry-After: {seconds}\r\n").as_bytes());
     }
-    client.push_connection_header(out, must_close);
+    client.push_connection_header(out, answer.close);
     out.extend_from_slice(b"\r\n");
     if !client.head_request {
-        out.extend_from_slice(message.as_bytes());
+        out.extend_from_slice(answer.message.as_bytes());
         out.push(b'\n');
     }
     writer.write_all(out)?;
@@ -118,7 +134,7 @@ pub fn write_simple(
 /// framing tinylb chooses. `forwarded_server` adds the seed article's debug header.
 pub fn relay_response(
     writer: &mut dyn Write,
-    response: http::Response<ureq::Body>,
+    response: Response,
     client: &ClientSide,
     forwarded_server: Option<&str>,
     buffers: &mut Buffers,
@@ -129,21 +145,7 @@ pub fn relay_response(
         || status.is_informational()
         || status == http::StatusCode::NO_CONTENT
         || status == http::StatusCode::NOT_MODIFIED;
-    // ureq knows the length of the bodies it read itself; a body framed by tinylb (a declined
-    // upgrade) has its length only in the header.
-    let length = response.body().content_length().or_else(|| {
-        let headers = response.headers();
-        (!headers.contains_key(header::TRANSFER_ENCODING))
-            .then(|| {
-                headers
-                    .get(header::CONTENT_LENGTH)?
-                    .to_str()
-                    .ok()?
-                    .parse()
-                    .ok()
-            })
-            .flatten()
-    });
+    let length = response.content_length();
     let framing = match (no_body, length) {
         (true, _) => Framing::None,
         (false, Some(n)) => Framing::Length(n),
@@ -200,7 +202,7 @@ pub fn relay_response(
     // Held in an Option so it can be dropped as soon as the body is complete: that returns the
     // backend connection to the keep-alive pool before the last write to the client, so the
     // client's next request finds it there.
-    let mut reader = Some(response.into_body().into_reader());
+    let mut reader = Some(response.into_body());
     let mut body_bytes = 0u64;
     let mut first = true;
     loop {

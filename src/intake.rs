@@ -1,0 +1,93 @@
+//! The intake thread: moves each request from the client side into the bounded channel, where
+//! the workers take it. When the channel is full it answers 503 with `Retry-After` at once, so
+//! an overload gets fast refusals instead of a queue that grows without bound.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Sender, TrySendError};
+
+use crate::client::{Answer, Buffers, Exchange, Incoming};
+use crate::switches::Switches;
+
+/// The answer when every worker is busy and the queue is full.
+const BUSY: Answer = Answer {
+    status: 503,
+    message: "Service Unavailable: every worker is busy, try again shortly",
+    retry_after: Some(1),
+    close: false,
+};
+
+/// Starts the intake thread. It stops when `stopping` is set (within a quarter second), and
+/// then drops `queue`, which lets the workers drain and exit, and `incoming`, which stops
+/// accepting.
+pub fn spawn(
+    mut incoming: Incoming,
+    queue: Sender<Exchange>,
+    switches: Arc<Switches>,
+    stopping: Arc<AtomicBool>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("intake".into())
+        .spawn(move || {
+            let mut buffers = Buffers::default();
+            let mut refusals = RefusalLog::default();
+            while !stopping.load(Ordering::Relaxed) {
+                let Some(exchange) = incoming.next_exchange() else {
+                    continue;
+                };
+                match queue.try_send(exchange) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(exchange)) => {
+                        refusals.count_one();
+                        refuse_busy(exchange, &switches, &mut buffers);
+                    }
+                    // The workers are gone: only during shutdown, and the request answers 500
+                    // itself.
+                    Err(TrySendError::Disconnected(_)) => {}
+                }
+            }
+        })
+}
+
+/// Answers 503; a request whose body was not read ends its connection.
+fn refuse_busy(exchange: Exchange, switches: &Switches, buffers: &mut Buffers) {
+    let started = Instant::now();
+    let access = switches.access_log().then(|| exchange.access_line());
+    let unread_body = !exchange.verdict().is_ok_and(|head| head.has_no_body());
+    let answer = Answer {
+        close: unread_body,
+        ..BUSY
+    };
+    let delivered = exchange.answer(&answer, buffers);
+    if let Some(line) = access {
+        line.log(503, delivered.body_bytes, None, started.elapsed());
+    }
+}
+
+/// Counts 503s for a full queue and logs them at most once a second: under overload a line per
+/// refusal would cost more than the refusal itself.
+#[derive(Default)]
+struct RefusalLog {
+    since_last_line: u64,
+    last_line: Option<Instant>,
+}
+
+impl RefusalLog {
+    fn count_one(&mut self) {
+        self.since_last_line += 1;
+        if self
+            .last_line
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+        {
+            log::warn!(
+                "every worker is busy and the queue is full: answered {} requests with 503",
+                self.since_last_line
+            );
+            self.since_last_line = 0;
+            self.last_line = Some(Instant::now());
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! The request path's settings that a live reload may change: read on every request without a
+//! lock that workers could contend on, written only by the reload thread.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::RwLock;
+
+use crate::config::Config;
+use crate::upstream::HandshakeTimeouts;
+
+/// See the module doc.
+pub struct Switches {
+    /// Whether to add the seed article's `X-Forwarded-Server` header.
+    forwarded_server_header: AtomicBool,
+    /// Whether to write an access log line per request.
+    access_log: AtomicBool,
+    /// Timeouts for a tunnel's handshake, which does not go through ureq.
+    handshake_timeouts: RwLock<HandshakeTimeouts>,
+}
+
+impl Switches {
+    /// The switches as `config` sets them.
+    pub fn new(config: &Config) -> Switches {
+        Switches {
+            forwarded_server_header: AtomicBool::new(config.forwarded_server_header),
+            access_log: AtomicBool::new(config.access_log),
+            handshake_timeouts: RwLock::new(handshake_timeouts(config)),
+        }
+    }
+
+    /// Takes over a reloaded config's switches.
+    pub fn apply(&self, config: &Config) {
+        self.forwarded_server_header
+            .store(config.forwarded_server_header, Ordering::Relaxed);
+        self.access_log.store(config.access_log, Ordering::Relaxed);
+        *self.handshake_timeouts.write() = handshake_timeouts(config);
+    }
+
+    /// Whether answers name their backend in `X-Forwarded-Server`.
+    pub fn forwarded_server_header(&self) -> bool {
+        self.forwarded_server_header.load(Ordering::Relaxed)
+    }
+
+    /// Whether each request gets an access log line.
+    pub fn access_log(&self) -> bool {
+        self.access_log.load(Ordering::Relaxed)
+    }
+
+    /// How long a tunnel's handshake may take at each step.
+    pub fn handshake_timeouts(&self) -> HandshakeTimeouts {
+        *self.handshake_timeouts.read()
+    }
+}
+
+fn handshake_timeouts(config: &Config) -> HandshakeTimeouts {
+    HandshakeTimeouts {
+        connect: config.connect_timeout,
+        answer: config.backend_timeout,
+    }
+}

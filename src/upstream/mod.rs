@@ -1,0 +1,71 @@
+//! The backend side of the proxy: everything that knows ureq. It builds the request the backend
+//! gets ([`Outgoing`]), keeps each backend's connections ([`Connections`]: two ureq Agents and a
+//! cached address), sorts ureq's errors into [`crate::failure::Failure`]s, runs the health check's HEAD, and does
+//! upgrade handshakes over a socket of its own ([`handshake`]), because ureq cannot hand a
+//! connection over after a `101`.
+//!
+//! The rest of tinylb sees only tinylb's types: an [`Outgoing`] request, a [`Response`] whose
+//! body is a plain reader, a [`crate::failure::Failure`]. If ureq is ever replaced, this folder changes.
+
+mod connections;
+mod errors;
+mod handshake;
+mod request;
+mod resolve;
+mod response_head;
+
+use std::io::{self, Read};
+
+pub use connections::{Connections, check_health};
+pub use handshake::{Handshake, HandshakeTimeouts, Switched, handshake};
+pub use request::{ClientHead, Outgoing};
+/// The `http` crate's types (header maps, status codes), as ureq re-exports them; the client
+/// side reads a [`Response`]'s headers with them.
+pub use ureq::http;
+
+/// A backend's answer, its head read, its body not yet.
+pub struct Response(http::Response<ureq::Body>);
+
+impl Response {
+    /// The status code.
+    pub fn status(&self) -> http::StatusCode {
+        self.0.status()
+    }
+
+    /// The headers as the backend sent them.
+    pub fn headers(&self) -> &http::HeaderMap {
+        self.0.headers()
+    }
+
+    /// The body's length when it is known before reading it: ureq knows it for the bodies it
+    /// frames itself, and a body framed by tinylb (a declined upgrade) has it only in the header.
+    pub fn content_length(&self) -> Option<u64> {
+        self.0.body().content_length().or_else(|| {
+            let headers = self.0.headers();
+            if headers.contains_key(http::header::TRANSFER_ENCODING) {
+                return None;
+            }
+            headers
+                .get(http::header::CONTENT_LENGTH)?
+                .to_str()
+                .ok()?
+                .parse()
+                .ok()
+        })
+    }
+
+    /// The body, read as it arrives. Dropping it at its end returns the backend connection to
+    /// the pool.
+    pub fn into_body(self) -> ResponseBody {
+        ResponseBody(self.0.into_body().into_reader())
+    }
+}
+
+/// A backend answer's body as a plain reader.
+pub struct ResponseBody(ureq::BodyReader<'static>);
+
+impl Read for ResponseBody {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
