@@ -19,7 +19,8 @@
 //!
 //! Beside it:
 //!
-//! - the [`health`] thread checks every backend each `healthCheckInterval`; [`backend`] keeps
+//! - the [`health_checks`] thread checks every backend each `healthCheckInterval`, [`health`]
+//!   turns the results into up and down; [`backend`] keeps
 //!   each one's state and counters, [`stats`] what it served;
 //! - [`status`] gathers one snapshot of everything, which the [`admin`] listener shows as a page
 //!   ([`status_page`]), JSON and Prometheus [`metrics`], and where backends can be drained;
@@ -49,6 +50,7 @@ pub mod error;
 pub mod failure;
 pub mod forward;
 pub mod health;
+pub mod health_checks;
 pub mod intake;
 pub mod message;
 pub mod metrics;
@@ -123,7 +125,7 @@ impl LoadBalancer {
             .iter()
             .map(|server| Arc::new(Backend::new(server, &config)))
             .collect();
-        health::checker::first_round(&backends, &config.health);
+        health_checks::first_round(&backends, &config.health);
 
         let balancer = Arc::new(Balancer::new(backends, config.algorithm, config.workers));
         let switches = Arc::new(Switches::new(&config));
@@ -147,7 +149,7 @@ impl LoadBalancer {
         )?;
         let health_settings = Arc::new(RwLock::new(config.health));
         let (stop_health, health_stopped) = crossbeam_channel::bounded(1);
-        let health = health::checker::spawn(
+        let health = health_checks::spawn(
             Arc::clone(&balancer),
             Arc::clone(&health_settings),
             health_stopped,

@@ -3,6 +3,10 @@
 //! the message, so they are removed in both directions (RFC 9110 section 7.6.1), together with
 //! every header the `Connection` header names.
 
+/// The `http` crate's types (header maps, status codes, URIs), as ureq re-exports them: the
+/// vocabulary both sides and the config use for what HTTP itself defines.
+pub use ureq::http;
+
 /// How a request body is framed, once the client's head has been checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyFraming {

@@ -133,7 +133,7 @@ pub fn apply(target: &mut Reloadable, new: Config) {
         })
         .collect();
     // New backends get a check before their first request, as at start-up.
-    crate::health::checker::first_round(&added, &effective.health);
+    crate::health_checks::first_round(&added, &effective.health);
     let removed = old
         .iter()
         .filter(|b| !backends.iter().any(|n| Arc::ptr_eq(n, b)))

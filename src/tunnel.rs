@@ -28,14 +28,6 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::backend::OpenTunnel;
 
-/// Default `maxTunnels`. Each open tunnel costs two small threads, four descriptors, two 16 KiB
-/// buffers; nginx's default `worker_connections` of 512 likewise allows 256 proxied connections.
-pub const DEFAULT_MAX_TUNNELS: u64 = 256;
-/// Default `tunnelIdleTimeout`: longer than the ping interval of common WebSocket libraries
-/// (25-30 s), so live but quiet connections survive, unlike with nginx's 60 s; short enough that
-/// peers that vanished without a FIN are reclaimed.
-pub const DEFAULT_TUNNEL_IDLE_TIMEOUT: &str = "10m";
-
 /// Bytes copied per read in each direction.
 const COPY_BUFFER: usize = 16 * 1024;
 /// A tunnel thread only copies through a heap buffer: a small stack is plenty.

@@ -6,8 +6,8 @@
 use std::io::{self, Read, Write};
 
 use crate::message::ConnectionTokens;
+use crate::message::http::{self, header};
 use crate::upstream::Response;
-use crate::upstream::http::{self, header};
 
 /// Bytes of body moved per read; large enough that a 64 MiB download costs few system calls.
 pub const CHUNK_SIZE: usize = 64 * 1024;

@@ -29,6 +29,14 @@ pub const DEFAULT_QUEUE_SIZE: usize = 512;
 /// client's pauses (Apache's mod_reqtimeout allows 20 s for a request head).
 pub const DEFAULT_CLIENT_TIMEOUT: &str = "20s";
 
+/// Default `maxTunnels`. Each open tunnel costs two small threads, four descriptors, two 16 KiB
+/// buffers; nginx's default `worker_connections` of 512 likewise allows 256 proxied connections.
+pub const DEFAULT_MAX_TUNNELS: u64 = 256;
+/// Default `tunnelIdleTimeout`: longer than the ping interval of common WebSocket libraries
+/// (25-30 s), so live but quiet connections survive, unlike with nginx's 60 s; short enough that
+/// peers that vanished without a FIN are reclaimed.
+pub const DEFAULT_TUNNEL_IDLE_TIMEOUT: &str = "10m";
+
 /// A checked configuration: every value here has passed validation.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -247,15 +255,9 @@ impl Config {
                 Some(value) => Some(parse_address("adminAddress", value)?),
             },
             access_log: keys.boolean("accessLog", false)?,
-            max_tunnels: keys.count(
-                "maxTunnels",
-                crate::tunnel::DEFAULT_MAX_TUNNELS,
-                0..=100_000,
-            )? as usize,
-            tunnel_idle_timeout: keys.positive_duration(
-                "tunnelIdleTimeout",
-                crate::tunnel::DEFAULT_TUNNEL_IDLE_TIMEOUT,
-            )?,
+            max_tunnels: keys.count("maxTunnels", DEFAULT_MAX_TUNNELS, 0..=100_000)? as usize,
+            tunnel_idle_timeout: keys
+                .positive_duration("tunnelIdleTimeout", DEFAULT_TUNNEL_IDLE_TIMEOUT)?,
             warnings,
         };
         Ok(config)

@@ -151,7 +151,7 @@ fn parse_backend_url(key: &str, url: &str) -> Result<BackendUrl, ConfigError> {
         ));
     }
     let valid = authority
-        .parse::<ureq::http::uri::Authority>()
+        .parse::<crate::message::http::uri::Authority>()
         .is_ok_and(|parsed| {
             let after_host = &authority[parsed.host().len()..];
             !parsed.host().is_empty() && (after_host.is_empty() || parsed.port_u16().is_some())

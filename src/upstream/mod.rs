@@ -16,13 +16,11 @@ mod response_head;
 
 use std::io::{self, Read};
 
+use crate::message::http;
+
 pub use connections::{Connections, check_health};
 pub use handshake::{Handshake, HandshakeTimeouts, Switched, handshake};
 pub use request::{ClientHead, Outgoing};
-/// The `http` crate's types (header maps, status codes), as ureq re-exports them; the client
-/// side reads a [`Response`]'s headers with them.
-pub use ureq::http;
-
 /// A backend's answer, its head read, its body not yet.
 pub struct Response(http::Response<ureq::Body>);
 

@@ -1,7 +1,8 @@
-//! The health state machine of one backend, HAProxy's rise and fall: a backend that is up goes
+//! Is a backend fit for traffic? The state machine of one backend, HAProxy's rise and fall: a backend that is up goes
 //! down after `fall` failed checks in a row, one that is down comes back after `rise` passed
 //! checks in a row, and a request that could not even connect takes it down at once (a passive
-//! check). Pure: the caller keeps the state, logs the flips and counts them.
+//! check). Pure, so every case is a unit test: the backend keeps the state, logs the flips and
+//! counts them; the [`crate::health_checks`] thread produces the check results.
 
 /// Where one backend stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
