@@ -32,6 +32,7 @@ test:
 check:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --document-private-items
 	./.ci/check-metrics
 
 # tinylb side by side with nginx as a load balancer, interleaved in one run (a few minutes);

@@ -7,13 +7,13 @@
 //!
 //! | tiny_http leaves out | tinylb's workaround | cost |
 //! |---|---|---|
-//! | client timeouts | SO_RCVTIMEO/SO_SNDTIMEO on the listening socket, inherited by every accepted socket ([`socket_options`]) | none per request |
-//! | an accept() that survives those timeouts | a [`Pinger`] thread connects to the listener more often than the timeout ([`pinger`]) | one thread; a few loopback connections a second while busy |
-//! | an accept loop that outlives its first error or panic | [`Incoming`] starts a new server on the same socket, with back-off, and a panic hook counts accept-thread panics ([`incoming`]) | a poll every quarter second |
-//! | a way to end a connection | remember the address and drop whatever tiny_http parses from it next, half-close the socket found among the process's descriptors ([`hangup`]) | a `/proc/self/fd` scan, only when a connection must end early |
-//! | strict framing (it reads any Transfer-Encoding as chunked, ignores a bad Content-Length) | refuse ambiguous heads before anything is forwarded ([`request_check`]) | a pass over the headers |
-//! | raw bodies on `Connection: upgrade` | decode chunked bodies there with tinylb's decoder ([`body`]) | none elsewhere |
-//! | answers tinylb frames itself (it re-chunks, buffers bodies for HTTP/1.0, writes a final chunk after a broken body) | write status line, headers and framing through the raw writer ([`relay`]) | none; one fixed buffer per worker |
+//! | client timeouts | SO_RCVTIMEO/SO_SNDTIMEO on the listening socket, inherited by every accepted socket (`socket_options.rs`) | none per request |
+//! | an accept() that survives those timeouts | a [`Pinger`] thread connects to the listener more often than the timeout (`pinger.rs`) | one thread; a few loopback connections a second while busy |
+//! | an accept loop that outlives its first error or panic | [`Incoming`] starts a new server on the same socket, with back-off, and a panic hook counts accept-thread panics (`incoming.rs`) | a poll every quarter second |
+//! | a way to end a connection | remember the address and drop whatever tiny_http parses from it next, half-close the socket found among the process's descriptors (`hangup.rs`) | a `/proc/self/fd` scan, only when a connection must end early |
+//! | strict framing (it reads any Transfer-Encoding as chunked, ignores a bad Content-Length) | refuse ambiguous heads before anything is forwarded (`request_check.rs`) | a pass over the headers |
+//! | raw bodies on `Connection: upgrade` | decode chunked bodies there with tinylb's decoder (`body.rs`) | none elsewhere |
+//! | answers tinylb frames itself (it re-chunks, buffers bodies for HTTP/1.0, writes a final chunk after a broken body) | write status line, headers and framing through the raw writer (`relay.rs`) | none; one fixed buffer per worker |
 //! | the client socket after a `101` as two halves | read tiny_http's upgraded stream, write through a duplicate of the socket ([`Exchange::switch_protocols`]) | one descriptor per tunnel |
 //!
 //! The ordering rules these workarounds need (when a connection may go back to tiny_http) are

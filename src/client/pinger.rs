@@ -1,6 +1,6 @@
 //! Connections from tinylb to its own listener ("pings"), made from a thread of their own.
 //!
-//! tiny_http needs them for two reasons (see `listener.rs`):
+//! tiny_http needs them for two reasons (see `incoming.rs`):
 //!
 //! - **accept() must not time out.** Accepted sockets inherit the listener's SO_RCVTIMEO (that
 //!   is how tinylb bounds slow clients), so accept() times out too, which would end tiny_http's
@@ -12,8 +12,8 @@
 //!   more when there are more requests (a load test's opening burst).
 //!
 //! Pinging is a blocking connect, which takes microseconds on loopback but up to
-//! [`PING_TIMEOUT`] when the accept queue is full. It used to run on the intake thread, and
-//! every request waited behind it; on a thread of its own it delays nothing.
+//! `PING_TIMEOUT` when the accept queue is full, so it runs on a thread of its own, where it
+//! delays no request.
 
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;

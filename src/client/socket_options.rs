@@ -10,7 +10,8 @@ use std::time::Duration;
 
 /// Sets SO_RCVTIMEO and SO_SNDTIMEO on the listening socket, and so on every client socket
 /// accepted from it: a client that goes quiet, or stops reading, is cut off after `timeout`.
-/// Note that accept() itself then also times out, which the [`crate::pinger`] keeps from happening.
+/// Note that accept() itself then also times out, which the [`super::pinger`] keeps from
+/// happening.
 pub fn set_client_timeouts(listener: &TcpListener, timeout: Duration) -> io::Result<()> {
     let value = libc::timeval {
         // `as _` takes the field's own type: libc marks the time_t alias deprecated on musl.

@@ -1,7 +1,7 @@
 //! One request, start to finish, on a worker thread: refuse it if its head failed the check,
 //! ask the balancer for a backend, send the request there with its body streamed, relay the
 //! answer, and go to another backend when the retry rules allow it. An upgrade (a WebSocket
-//! handshake) takes the side road in [`tunnelling`].
+//! handshake) takes the side road in `tunnelling.rs`.
 //!
 //! This file tells the story only. The client's side of each step is in [`crate::client`], the
 //! backend's in [`crate::upstream`], the retry rules in [`retry`], and what each failure means

@@ -1,7 +1,7 @@
 //! The backend side of the proxy: everything that knows ureq. It builds the request the backend
 //! gets ([`Outgoing`]), keeps each backend's connections ([`Connections`]: two ureq Agents and a
 //! cached address), sorts ureq's errors into [`crate::failure::Failure`]s, runs the health check's HEAD, and does
-//! upgrade handshakes over a socket of its own ([`handshake`]), because ureq cannot hand a
+//! upgrade handshakes over a socket of its own ([`handshake()`]), because ureq cannot hand a
 //! connection over after a `101`.
 //!
 //! The rest of tinylb sees only tinylb's types: an [`Outgoing`] request, a [`Response`] whose

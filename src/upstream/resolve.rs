@@ -3,7 +3,7 @@
 //! ureq resolves the host of every request it sends, even when it then reuses a pooled
 //! connection and never needs the address (ureq's `run.rs`, `connect`). For a backend named
 //! `localhost`, as in `make run`'s config.json, that is a getaddrinfo call per request, which
-//! reads /etc/hosts: measured, it cost 15 % of tinylb's requests per second.
+//! reads /etc/hosts (docs/benchmarks.md shows what that costs).
 //!
 //! nginx resolves upstream names once, at start. tinylb keeps each backend's answer for
 //! [`RESOLVED_FOR`] and forgets it when a connect fails, so a name that moves is followed
