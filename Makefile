@@ -6,7 +6,7 @@ CONFIG ?= config.json
 # The demo backends; keep in sync with the servers listed in $(CONFIG).
 BACKEND_PORTS ?= 5001 5002 5003 5004 5005
 
-.PHONY: build run test check bench dist test-dist clean
+.PHONY: build run test check mutants bench dist test-dist clean
 
 build:
 	$(CARGO) build --release --bins --examples
@@ -34,6 +34,15 @@ check:
 	$(CARGO) clippy --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --document-private-items
 	./.ci/check-metrics
+
+# Mutation testing: a unit test that passes whatever the code does protects nothing, so every
+# change cargo-mutants makes to the pure modules (listed in .cargo/mutants.toml) must fail one.
+# Unit tests only, one build at a time; --cargo-arg=--lib also builds only the library's tests
+# (`-- --lib` would build every test target for each mutant, about 4 times slower). Fails if a
+# mutant is missed or times out; the details are in mutants.out/.
+mutants:
+	$(CARGO) mutants --version >/dev/null 2>&1 || $(CARGO) install cargo-mutants --locked
+	$(CARGO) mutants --jobs 1 --cargo-arg=--lib
 
 # tinylb side by side with nginx as a load balancer, interleaved in one run (a few minutes);
 # prints a markdown report and writes docs/benchmarks.md. Installs wrk and nginx with apt-get

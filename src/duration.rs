@@ -74,29 +74,54 @@ mod tests {
 
     #[test]
     fn reads_go_style_durations() {
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("10us"), Ok(Duration::from_micros(10)));
-        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for (text, duration) in [
+            ("2s", Duration::from_secs(2)),
+            ("250ms", Duration::from_millis(250)),
+            ("1m30s", Duration::from_secs(90)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("1h", Duration::from_secs(3600)),
+            ("10us", Duration::from_micros(10)),
+            ("10µs", Duration::from_micros(10)),
+            ("1500ns", Duration::from_nanos(1500)),
+            ("0", Duration::ZERO),
+        ] {
+            assert_eq!(parse_duration(text), Ok(duration), "{text:?}");
+        }
     }
 
     #[test]
     fn refuses_numbers_without_a_unit_and_garbage() {
-        assert_eq!(parse_duration("2"), Err(DurationError::MissingUnit));
-        assert_eq!(parse_duration("1.5"), Err(DurationError::MissingUnit));
-        assert_eq!(parse_duration("2x"), Err(DurationError::Invalid));
-        assert_eq!(parse_duration("-2s"), Err(DurationError::Invalid));
-        assert_eq!(parse_duration(""), Err(DurationError::Invalid));
-        assert_eq!(parse_duration("s"), Err(DurationError::Invalid));
-        assert_eq!(parse_duration("2s3"), Err(DurationError::MissingUnit));
+        for (text, error) in [
+            ("2", DurationError::MissingUnit),
+            ("1.5", DurationError::MissingUnit),
+            ("2s3", DurationError::MissingUnit),
+            ("2x", DurationError::Invalid),
+            ("-2s", DurationError::Invalid),
+            ("", DurationError::Invalid),
+            ("s", DurationError::Invalid),
+        ] {
+            assert_eq!(parse_duration(text), Err(error), "{text:?}");
+        }
+    }
+
+    /// A `Duration` read as nanoseconds holds at most `u64::MAX` of them, about 584 years
+    /// (5124095 hours and a bit); anything longer is refused, not cut short.
+    #[test]
+    fn reads_up_to_the_longest_duration_and_refuses_more() {
+        let hours = |n: u64| Duration::from_secs(n * 3600);
+        let longest = Duration::from_nanos(u64::MAX);
+        assert_eq!(parse_duration("18446744073709551615ns"), Ok(longest));
+        assert_eq!(parse_duration("5124095h"), Ok(hours(5124095)));
+        assert_eq!(parse_duration("5124096h"), Err(DurationError::Invalid));
+        // Too many digits for an f64: the number reads as infinity.
+        let endless = format!("1{}s", "0".repeat(400));
+        assert_eq!(parse_duration(&endless), Err(DurationError::Invalid));
     }
 
     #[test]
     fn formats_back_readably() {
         assert_eq!(format_duration(Duration::from_secs(2)), "2s");
         assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
+        assert_eq!(format_duration(Duration::from_micros(500)), "500µs");
     }
 }

@@ -108,4 +108,25 @@ mod tests {
         // The same key in two different objects is fine.
         assert!(parse(r#"[{"url": "a"}, {"url": "b"}]"#).is_ok());
     }
+
+    /// `Strict` reads from any deserializer: serde_json's `Value` hands out owned strings
+    /// (`visit_string`), unlike the text parser.
+    #[test]
+    fn reads_a_value_as_it_is() {
+        let value = serde_json::json!({"a": [1, -2, 3.5, "x", true, null, {"b": {}}]});
+        let Strict(copy) = Strict::deserialize(value.clone()).unwrap();
+        assert_eq!(copy, value);
+    }
+
+    #[test]
+    fn a_type_json_lacks_is_refused_as_not_json() {
+        let bytes = de::value::BytesDeserializer::<de::value::Error>::new(b"\x00");
+        let Err(error) = Strict::deserialize(bytes) else {
+            panic!("bytes were read as JSON");
+        };
+        assert_eq!(
+            error.to_string(),
+            "invalid type: byte array, expected any JSON value"
+        );
+    }
 }

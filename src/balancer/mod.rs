@@ -172,3 +172,163 @@ pub(crate) mod test_support {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::net::Ipv4Addr;
+
+    const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 3));
+    /// Enough workers that the per-backend limit stays out of the way.
+    const MANY_WORKERS: usize = 64;
+
+    /// Healthy backends `http://127.0.0.1:1`, `:2`, ... with these weights. The one place that
+    /// builds a `Backend`.
+    fn backends(weights: &[u32]) -> Vec<Arc<Backend>> {
+        let servers: Vec<String> = (1..)
+            .zip(weights)
+            .map(|(port, weight)| {
+                format!(r#"{{"url": "http://127.0.0.1:{port}", "weight": {weight}}}"#)
+            })
+            .collect();
+        let text = format!(
+            r#"{{"port": "127.0.0.1:0", "servers": [{}]}}"#,
+            servers.join(", ")
+        );
+        let config = Config::parse(&text).unwrap();
+        config
+            .servers
+            .iter()
+            .map(|server| Arc::new(Backend::new(server, &config)))
+            .collect()
+    }
+
+    /// `n` requests at once (each stays in flight until all are picked), as letters for their
+    /// backends' places in the list: `"abca"`, with `-` where none was available.
+    fn picks(balancer: &Balancer, exclude: &[u64], n: usize) -> String {
+        let backends = balancer.backends();
+        let mut open = Vec::new();
+        let mut letters = String::new();
+        for _ in 0..n {
+            let Some(request) = balancer.pick(CLIENT, exclude) else {
+                letters.push('-');
+                continue;
+            };
+            let index = backends
+                .iter()
+                .position(|b| Arc::ptr_eq(b, request.backend()))
+                .unwrap();
+            letters.push((b'a' + index as u8) as char);
+            open.push(request);
+        }
+        letters
+    }
+
+    /// Six requests at once over weights 3, 2 and 1 go where each algorithm sends them; ip-hash
+    /// keeps this client on `c`.
+    #[test]
+    fn each_algorithm_drives_the_picks() {
+        for (algorithm, expected) in [
+            (Algorithm::RoundRobin, "abcabc"),
+            (Algorithm::WeightedRoundRobin, "abacba"),
+            (Algorithm::LeastConnections, "abcaba"),
+            (Algorithm::IpHash, "cccccc"),
+        ] {
+            let balancer = Balancer::new(backends(&[3, 2, 1]), algorithm, MANY_WORKERS);
+            assert_eq!(balancer.algorithm(), algorithm);
+            assert_eq!(picks(&balancer, &[], 6), expected, "{algorithm:?}");
+        }
+    }
+
+    #[test]
+    fn a_pick_counts_its_request_until_it_ends() {
+        let balancer = Balancer::new(backends(&[1]), Algorithm::RoundRobin, MANY_WORKERS);
+        let request = balancer.pick(CLIENT, &[]).unwrap();
+        assert_eq!(request.backend().in_flight(), 1);
+        drop(request);
+        assert_eq!(balancer.backends()[0].in_flight(), 0);
+    }
+
+    #[test]
+    fn replace_installs_the_new_list_and_a_fresh_algorithm() {
+        let balancer = Balancer::new(backends(&[1, 1, 1]), Algorithm::RoundRobin, MANY_WORKERS);
+        assert_eq!(picks(&balancer, &[], 3), "abc");
+        balancer.replace(backends(&[1, 1]), Algorithm::RoundRobin);
+        assert_eq!(balancer.backends().len(), 2);
+        // Round robin starts over at the first backend.
+        assert_eq!(picks(&balancer, &[], 3), "aba");
+        balancer.replace(backends(&[1, 1]), Algorithm::LeastConnections);
+        assert_eq!(balancer.algorithm(), Algorithm::LeastConnections);
+    }
+
+    /// Round robin over a, b and c with some of them down, draining, or already tried.
+    #[test]
+    fn down_draining_and_excluded_backends_are_skipped() {
+        for (down, draining, excluded, expected) in [
+            (&[][..], &[][..], &[][..], "abcabc"),
+            (&[1], &[], &[], "acacac"),
+            (&[], &[1], &[], "acacac"),
+            (&[], &[], &[1], "acacac"),
+            (&[0, 1], &[], &[], "cccccc"),
+            (&[], &[], &[0, 1, 2], "------"),
+            (&[0], &[1], &[2], "------"),
+        ] {
+            let balancer = Balancer::new(backends(&[1, 1, 1]), Algorithm::RoundRobin, MANY_WORKERS);
+            let backends = balancer.backends();
+            for &i in down {
+                backends[i].mark_down("test");
+            }
+            for &i in draining {
+                backends[i].set_draining(true);
+            }
+            let exclude: Vec<u64> = excluded.iter().map(|&i| backends[i].key).collect();
+            assert_eq!(
+                picks(&balancer, &exclude, 6),
+                expected,
+                "down {down:?}, draining {draining:?}, excluded {excluded:?}"
+            );
+        }
+    }
+
+    /// With two healthy backends, one holding half the workers (rounded up) gets no more
+    /// requests; round robin would pick `a` first otherwise.
+    #[test]
+    fn a_backend_at_its_limit_is_skipped_while_another_is_healthy() {
+        for (workers, busy, next) in [
+            (4, 1, "a"),
+            (4, 2, "b"),
+            (4, 3, "b"),
+            (3, 1, "a"),
+            (3, 2, "b"),
+            (1, 0, "a"),
+            (1, 1, "b"),
+        ] {
+            let balancer = Balancer::new(backends(&[1, 1]), Algorithm::RoundRobin, workers);
+            let a = &balancer.backends()[0];
+            let _stuck: Vec<InFlight> = (0..busy).map(|_| a.start_request()).collect();
+            assert_eq!(
+                picks(&balancer, &[], 1),
+                next,
+                "{workers} workers, {busy} requests on a"
+            );
+        }
+    }
+
+    /// The limit only steers requests between healthy backends: it never turns one away.
+    #[test]
+    fn the_only_available_backend_has_no_limit() {
+        for make_b_unavailable in [
+            |b: &Backend| b.mark_down("test"),
+            |b: &Backend| {
+                b.set_draining(true);
+            },
+        ] {
+            let balancer = Balancer::new(backends(&[1, 1]), Algorithm::RoundRobin, 2);
+            let backends = balancer.backends();
+            make_b_unavailable(&backends[1]);
+            let _stuck: Vec<InFlight> = (0..3).map(|_| backends[0].start_request()).collect();
+            assert_eq!(picks(&balancer, &[], 3), "aaa");
+        }
+    }
+}
