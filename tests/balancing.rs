@@ -685,7 +685,7 @@ fn redirecting_backend_stays_healthy_and_erroring_ones_start_down() {
 }
 
 /// Backends named by host name, as in `make run`'s config.json: tinylb looks the name up once
-/// (src/resolve.rs) and keeps using the answer, and round robin still reaches each backend.
+/// (src/upstream/resolve.rs) and keeps using the answer, and round robin still reaches each backend.
 #[test]
 fn backends_named_localhost_are_balanced_like_addresses() {
     let [a, b, c] = three_backends();

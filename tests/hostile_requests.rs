@@ -856,7 +856,7 @@ fn ten_thousand_and_a_thousand_headers_get_431_and_a_hundred_are_forwarded() {
 // The 32 KiB request head limit: what tinylb counts, what it refuses, what it still forwards.
 // ---------------------------------------------------------------------------------------------
 
-/// tinylb's request head limit (`MAX_HEAD_BYTES` in src/request_check.rs), written out here so
+/// tinylb's request head limit (`MAX_HEAD_BYTES` in src/client/request_check.rs), written out here so
 /// that a change to it shows up as a failing test.
 const HEAD_LIMIT: usize = 32 * 1024;
 
@@ -877,7 +877,7 @@ fn request_with(target: &str, host: &str, big: &str) -> String {
     format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n{big_line}\r\n")
 }
 
-/// The head size tinylb compares with its limit (src/request_check.rs): the target, plus name,
+/// The head size tinylb compares with its limit (src/client/request_check.rs): the target, plus name,
 /// value and 4 bytes (": " and CRLF) for each header. The method, the version and the blank
 /// line are not counted.
 fn counted_head_bytes(target: &str, host: &str, big: &str) -> usize {

@@ -94,8 +94,14 @@ mod tests {
 
     #[test]
     fn reasons_are_short() {
-        let refused = ureq::Error::Io(io::Error::from(io::ErrorKind::ConnectionRefused));
+        let io_error = |kind, text| ureq::Error::Io(io::Error::new(kind, text));
+        let refused = io_error(
+            io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        );
         assert_eq!(describe(&refused), "connection refused");
+        let reset = io_error(io::ErrorKind::ConnectionReset, "reset by peer");
+        assert_eq!(describe(&reset), "reset by peer");
         assert!(describe(&ureq::Error::Timeout(Timeout::Connect)).starts_with("timed out"));
     }
 }
