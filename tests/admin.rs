@@ -5,6 +5,7 @@
 
 mod common;
 use common::process::*;
+use common::scripted::ScriptedBackend;
 use common::*;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -918,7 +919,7 @@ fn refused_connection_counts_a_connect_error_and_a_retry() {
 
 #[test]
 fn backend_timeout_counts_a_timeout_error() {
-    let hanging = HangingBackend::start();
+    let hanging = ScriptedBackend::hanging();
     let lb = start_admin(
         &format!("\"{}\"", hanging.url()),
         r#""backendTimeout": "300ms""#,
@@ -932,7 +933,7 @@ fn backend_timeout_counts_a_timeout_error() {
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(hanging.hits(), 1);
+    assert_eq!(hanging.proxied().len(), 1);
 
     let status = wait_for_status(admin, "a timeout", |s| {
         s["backends"][0]["errors"]["timeout"] != 0

@@ -323,7 +323,7 @@ fn startup_log_names_address_algorithm_servers_and_workers() {
     let b = Backend::start("b");
     let config = lb_config(
         "startup-log",
-        &[&a, &b],
+        &[a.url(), b.url()],
         r#""algorithm": "least-connections", "workers": 3"#,
     );
     let mut lb = Running::start(&config);
@@ -353,7 +353,7 @@ fn startup_log_names_address_algorithm_servers_and_workers() {
 #[test]
 fn sigterm_drains_the_slow_request_and_stops_accepting() {
     let a = Backend::start("a");
-    let config = lb_config("sigterm", &[&a], "");
+    let config = lb_config("sigterm", &[a.url()], "");
     let mut lb = Running::start(&config);
     let addr = lb.listening_addr();
 
@@ -408,7 +408,7 @@ fn sigterm_drains_the_slow_request_and_stops_accepting() {
 #[test]
 fn sigint_exits_0_cleanly() {
     let a = Backend::start("a");
-    let config = lb_config("sigint", &[&a], "");
+    let config = lb_config("sigint", &[a.url()], "");
     let mut lb = Running::start(&config);
     let addr = lb.listening_addr();
     let (status, _, _) = get(&client(), &format!("http://{addr}/before"));
@@ -423,7 +423,11 @@ fn sigint_exits_0_cleanly() {
 #[test]
 fn second_signal_cuts_the_drain_short() {
     let a = Backend::start("a");
-    let config = lb_config("second-signal", &[&a], r#""shutdownGracePeriod": "30s""#);
+    let config = lb_config(
+        "second-signal",
+        &[a.url()],
+        r#""shutdownGracePeriod": "30s""#,
+    );
     let mut lb = Running::start(&config);
     let addr = lb.listening_addr();
     let _client_thread = std::thread::spawn(move || {

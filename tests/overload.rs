@@ -186,7 +186,7 @@ fn two_thousand_concurrent_connections_get_an_answer_or_a_fast_503() {
     let a = Backend::start("a");
     let b = Backend::start("b");
     // Default workers (8) and queue (512).
-    let config = lb_config("overload", &[&a, &b], "");
+    let config = lb_config("overload", &[a.url(), b.url()], "");
     let mut lb = Running::start(&config);
     let addr = lb.listening_addr();
     let pid = lb.pid();

@@ -6,6 +6,7 @@
 
 mod common;
 use common::process::*;
+use common::scripted::ScriptedBackend;
 use common::*;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -337,7 +338,7 @@ fn weights_and_algorithm_change_live_when_replaced_by_rename() {
 
 #[test]
 fn backend_timeout_changes_live() {
-    let hanging = HangingBackend::start();
+    let hanging = ScriptedBackend::hanging();
     let url = hanging.url();
     let first = config_text(&servers(&[(&url, 1)]), r#""backendTimeout": "5s""#);
     let config = TempConfig::new("reload-timeout", &first);
@@ -356,7 +357,7 @@ fn backend_timeout_changes_live() {
         "answered within 1 s with a 5 s backendTimeout: {:?}",
         before.map(|r| r.status())
     );
-    assert_eq!(hanging.hits(), 1);
+    assert_eq!(hanging.proxied().len(), 1);
 
     // The timeout and the algorithm change in one reload.
     let from = lb.mark();
@@ -376,7 +377,7 @@ fn backend_timeout_changes_live() {
         took >= Duration::from_millis(250) && took < Duration::from_secs(2),
         "504 after {took:?} with a 300 ms backendTimeout"
     );
-    assert_eq!(hanging.hits(), 2);
+    assert_eq!(hanging.proxied().len(), 2);
 }
 
 #[test]
