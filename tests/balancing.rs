@@ -1,15 +1,13 @@
 //! Load balancing through the running proxy with real backends: each algorithm's exact
-//! distribution, down backends getting no traffic (active and passive checks), retries that keep
-//! clients from ever seeing a failure while a backend dies under load, and the health-check
-//! rise/fall thresholds and pass/fail statuses.
+//! distribution, down backends getting no traffic (active and passive checks) and tinylb's own
+//! 503 once none is left, retries that keep clients from ever seeing a failure while a backend
+//! dies under load, and the health-check rise/fall thresholds and pass/fail statuses.
 
 mod common;
-use common::raw::RawServer;
+use common::scripted::{Act, ScriptedBackend};
 use common::*;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
@@ -344,8 +342,8 @@ fn all_backends_down_gives_503() {
     for _ in 0..3 {
         let (status, body, backend) = get(&agent, &format!("{}/nothing", lb.url()));
         assert_eq!(status, 503, "{body}");
-        assert!(body.contains("No healthy server available"), "{body:?}");
-        assert_eq!(backend, None);
+        assert_eq!(body, "No healthy server available\n");
+        assert_eq!(backend, None, "tinylb's own answer");
     }
 
     b.restart();
@@ -515,31 +513,45 @@ fn no_request_fails_while_a_backend_is_killed_under_load() {
 // Health-check thresholds and statuses
 // ---------------------------------------------------------------------------------------------
 
-/// A hand-written backend that answers every request with one status (changeable while it
-/// runs), no body, and `Connection: close`, and records every method and status it answered.
-struct RawBackend {
-    server: RawServer,
+/// A raw backend that answers every request with one status (changeable while it runs), no
+/// body, and `Connection: close`, and records every method and status it answered.
+struct StatusBackend {
+    backend: ScriptedBackend,
     status: Arc<AtomicU16>,
     answered: Arc<Mutex<Vec<(String, u16)>>>,
 }
 
-impl RawBackend {
-    fn start(status: u16) -> RawBackend {
+impl StatusBackend {
+    fn start(status: u16) -> StatusBackend {
         let status = Arc::new(AtomicU16::new(status));
         let answered = Arc::new(Mutex::new(Vec::new()));
-        let server = {
+        let backend = {
             let (status, answered) = (status.clone(), answered.clone());
-            RawServer::start(move |stream, _, _| answer_raw(stream, &status, &answered))
+            ScriptedBackend::start(move |request| {
+                let status = status.load(Ordering::SeqCst);
+                answered.lock().push((request.method.clone(), status));
+                let location = if (300..400).contains(&status) {
+                    "Location: /elsewhere\r\n"
+                } else {
+                    ""
+                };
+                Act::Close(
+                    format!(
+                        "HTTP/1.1 {status} X\r\n{location}Content-Length: 0\r\nConnection: close\r\n\r\n"
+                    )
+                    .into_bytes(),
+                )
+            })
         };
-        RawBackend {
-            server,
+        StatusBackend {
+            backend,
             status,
             answered,
         }
     }
 
     fn url(&self) -> String {
-        self.server.url()
+        self.backend.url()
     }
 
     fn set_status(&self, status: u16) {
@@ -566,35 +578,9 @@ impl RawBackend {
     }
 }
 
-/// Reads one request head and answers it with the current status.
-fn answer_raw(mut stream: TcpStream, status: &AtomicU16, answered: &Mutex<Vec<(String, u16)>>) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut buf) {
-            Ok(n) if n > 0 && head.len() < 65536 => head.extend_from_slice(&buf[..n]),
-            _ => return,
-        }
-    }
-    let method =
-        String::from_utf8_lossy(head.split(|&b| b == b' ').next().unwrap_or_default()).into_owned();
-    let status = status.load(Ordering::SeqCst);
-    answered.lock().push((method, status));
-    let location = if (300..400).contains(&status) {
-        "Location: /elsewhere\r\n"
-    } else {
-        ""
-    };
-    let answer =
-        format!("HTTP/1.1 {status} X\r\n{location}Content-Length: 0\r\nConnection: close\r\n\r\n");
-    let _ = stream.write_all(answer.as_bytes());
-    let _ = stream.shutdown(Shutdown::Both);
-}
-
 #[test]
 fn health_checks_honour_fall_and_rise_thresholds() {
-    let raw = RawBackend::start(200);
+    let raw = StatusBackend::start(200);
     let lb = start_lb_with_servers(
         &format!("\"{}\"", raw.url()),
         r#""healthCheckInterval": "200ms", "healthCheckFall": 2, "healthCheckRise": 3"#,
@@ -634,9 +620,9 @@ fn health_checks_honour_fall_and_rise_thresholds() {
 
 #[test]
 fn redirecting_backend_stays_healthy_and_erroring_ones_start_down() {
-    let redirecting = RawBackend::start(302);
-    let failing = RawBackend::start(500);
-    let missing = RawBackend::start(404);
+    let redirecting = StatusBackend::start(302);
+    let failing = StatusBackend::start(500);
+    let missing = StatusBackend::start(404);
     let servers = [&redirecting, &failing, &missing]
         .map(|r| format!("\"{}\"", r.url()))
         .join(", ");
