@@ -263,11 +263,7 @@ fn serve_connection(stream: TcpStream, shared: &Shared) {
         };
         shared.seen.lock().push(seen.clone());
         shared.count.fetch_add(1, Ordering::SeqCst);
-        let digest: String = hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let digest = hex(&hasher.finalize());
         if respond(&mut writer, &shared.name, &seen, &digest, close).is_err() || close {
             let _ = writer.shutdown(Shutdown::Both);
             return;
@@ -357,6 +353,16 @@ pub fn pattern_byte(offset: u64) -> u8 {
     (offset.wrapping_mul(2_654_435_761) >> 7) as u8
 }
 
+/// Bytes (a digest) as lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// sha256 of `bytes`, as hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
 /// sha256 of `len` pattern bytes, as hex.
 pub fn pattern_sha256(len: u64) -> String {
     let mut hasher = Sha256::new();
@@ -370,11 +376,7 @@ pub fn pattern_sha256(len: u64) -> String {
         hasher.update(&buf[..n]);
         offset += n as u64;
     }
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&hasher.finalize())
 }
 
 fn respond(

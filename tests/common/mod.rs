@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 #[allow(unused_imports)]
-pub use backend::{Backend, BodySeen, Outcome, Seen, pattern_sha256};
+pub use backend::{Backend, BodySeen, Outcome, Seen, hex, pattern_sha256, sha256_hex};
 use crossbeam_channel::Receiver;
 use tinylb::LoadBalancer;
 use tinylb::config::Config;
