@@ -48,18 +48,12 @@ fn urls(backends: &[&Backend]) -> String {
 
 /// A config file for the binary with [`CHECKS`] and `extra` keys.
 fn binary_config(label: &str, backend: &Backend, extra: &str) -> TempConfig {
-    let extra = if extra.is_empty() {
-        String::new()
+    let keys = if extra.is_empty() {
+        CHECKS.to_string()
     } else {
-        format!(", {extra}")
+        format!("{CHECKS}, {extra}")
     };
-    TempConfig::new(
-        label,
-        &format!(
-            r#"{{"port": "127.0.0.1:0", {CHECKS}, "servers": ["{}"]{extra}}}"#,
-            backend.url()
-        ),
-    )
+    lb_config(label, &[backend.url()], &keys)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -111,32 +105,19 @@ fn raw_request(addr: SocketAddr, method: &str, path: &str) -> Answer {
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     );
     let raw = raw_exchange(addr, request.as_bytes(), Duration::from_secs(5));
-    let text = String::from_utf8(raw).expect("UTF-8 answer");
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("{method} {path}: no complete head in {text:?}"));
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("{method} {path}: bad status line in {head:?}"));
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-    };
+    let answer = read_full_response(&mut &raw[..], false).unwrap_or_else(|e| {
+        panic!(
+            "{method} {path}: {e} in {:?}",
+            String::from_utf8_lossy(&raw)
+        )
+    });
+    let header = |name: &str| answer.header(name).map(str::to_string);
     Answer {
-        status,
+        status: answer.status,
         content_type: header("content-type").unwrap_or_default(),
         allow: header("allow").unwrap_or_default(),
         backend: header("x-backend"),
-        body: body.to_string(),
+        body: answer.text(),
     }
 }
 
@@ -145,19 +126,6 @@ fn admin_of(lb: &TestLb) -> SocketAddr {
     lb.lb()
         .admin_addr()
         .expect("adminAddress is set, so the admin listener runs")
-}
-
-/// `/status.json`, parsed.
-fn status_json(admin: SocketAddr) -> Value {
-    let answer = fetch(&client(), &format!("http://{admin}/status.json"));
-    assert_eq!(answer.status, 200, "{}", answer.body);
-    assert!(
-        answer.content_type.starts_with("application/json"),
-        "{}",
-        answer.content_type
-    );
-    serde_json::from_str(&answer.body)
-        .unwrap_or_else(|e| panic!("status.json is not JSON ({e}):\n{}", answer.body))
 }
 
 /// Polls `/status.json` until `condition` holds; returns the JSON that satisfied it.

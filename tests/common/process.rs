@@ -237,7 +237,9 @@ impl Running {
         status
     }
 
-    pub fn log_text(&self) -> String {
+    /// Every stderr line so far, as one text.
+    pub fn log_text(&mut self) -> String {
+        self.mark();
         self.log.join("\n")
     }
 }
