@@ -151,21 +151,6 @@ fn backends_of(status: &Value) -> &Vec<Value> {
     status["backends"].as_array().expect("backends is a list")
 }
 
-/// GETs `path` `n` times through the proxy; every answer must be 200. Returns who answered.
-fn get_n(lb: &TestLb, agent: &ureq::Agent, path: &str, n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| {
-            let answer = fetch(agent, &format!("{}{path}", lb.url()));
-            assert_eq!(answer.status, 200, "request {i}: {}", answer.body);
-            answer.backend.expect("fixture answers name their backend")
-        })
-        .collect()
-}
-
-fn count(names: &[String], name: &str) -> usize {
-    names.iter().filter(|n| *n == name).count()
-}
-
 // ---------------------------------------------------------------------------------------------
 // The status page's HTML
 // ---------------------------------------------------------------------------------------------
@@ -749,7 +734,7 @@ fn status_json_has_the_facts_and_moves_with_traffic() {
     }
 
     let agent = client();
-    let names = get_n(&lb, &agent, "/", 10);
+    let names = answered_by(&agent, &lb.url(), "/", 10);
     assert_eq!((count(&names, "a"), count(&names, "b")), (5, 5));
     let status = wait_for_status(admin, "10 served", |s| served_total(s) >= 10);
     assert_eq!(served_total(&status), 10, "{status:#}");
@@ -860,7 +845,7 @@ fn refused_connection_counts_a_connect_error_and_a_retry() {
     assert_eq!(status_json(admin)["retries"], 0);
     b.stop();
 
-    let names = get_n(&lb, &client(), "/", 4);
+    let names = answered_by(&client(), &lb.url(), "/", 4);
     assert_eq!(count(&names, "a"), 4, "{names:?}");
     let status = wait_for_status(admin, "4 served", |s| served_total(s) >= 4);
     assert_eq!(status["retries"], 1, "{status:#}");
@@ -1008,7 +993,7 @@ fn metrics_are_valid_prometheus_text_and_count_requests() {
     let before: Vec<f64> = urls.iter().map(|u| requests(&samples, u, "2xx")).collect();
     assert_eq!(before, [0.0, 0.0]);
 
-    let names = get_n(&lb, &client(), "/", 10);
+    let names = answered_by(&client(), &lb.url(), "/", 10);
     wait_for_status(admin, "10 served", |s| served_total(s) >= 10);
     let (samples, _, text) = scrape(admin);
     promtool_accepts(&text);
@@ -1104,7 +1089,7 @@ fn drained_backend_gets_no_new_requests_and_finishes_its_in_flight_one() {
 
     let on_b = b.proxied_count();
     assert_eq!(on_b, 1);
-    let names = get_n(&lb, &client(), "/after-drain", 30);
+    let names = answered_by(&client(), &lb.url(), "/after-drain", 30);
     assert_eq!(count(&names, "a"), 30, "{names:?}");
     assert_eq!(
         b.proxied_count(),
@@ -1150,7 +1135,7 @@ fn drained_backend_gets_no_new_requests_and_finishes_its_in_flight_one() {
     let body: Value = serde_json::from_str(&undrained.body).expect("undrain answers JSON");
     assert_eq!(body["draining"], false);
     assert_eq!(status_json(admin)["backends"][1]["state"], "up");
-    let names = get_n(&lb, &client(), "/after-undrain", 10);
+    let names = answered_by(&client(), &lb.url(), "/after-undrain", 10);
     assert_eq!((count(&names, "a"), count(&names, "b")), (5, 5));
 }
 

@@ -23,17 +23,6 @@ fn three_backends() -> [Backend; 3] {
     ["a", "b", "c"].map(Backend::start)
 }
 
-/// GETs `path` `n` times in a row and returns which backend answered each (all must be 200).
-fn backends_answering(lb: &TestLb, agent: &ureq::Agent, path: &str, n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| {
-            let (status, body, backend) = get(agent, &format!("{}{path}", lb.url()));
-            assert_eq!(status, 200, "request {i} to {path}: {body}");
-            backend.expect("every fixture answer names its backend")
-        })
-        .collect()
-}
-
 /// How many times each name occurs.
 fn tally(names: &[String]) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
@@ -56,7 +45,7 @@ fn total_in_flight(lb: &TestLb) -> usize {
 /// GETs `path` and waits until tinylb has released the request's in-flight count, so the next
 /// pick sees only the load the test created (the count is released just after the response).
 fn get_settled(lb: &TestLb, agent: &ureq::Agent, path: &str, baseline: usize) -> String {
-    let name = backends_answering(lb, agent, path, 1).remove(0);
+    let name = answered_by(agent, &lb.url(), path, 1).remove(0);
     assert!(
         wait_until(WAIT, || total_in_flight(lb) == baseline),
         "in-flight count did not return to {baseline}"
@@ -72,7 +61,7 @@ fn get_settled(lb: &TestLb, agent: &ureq::Agent, path: &str, baseline: usize) ->
 fn round_robin_rotates_strictly_with_equal_shares() {
     let [a, b, c] = three_backends();
     let lb = start_lb(&[&a, &b, &c], r#""algorithm": "round-robin""#);
-    let picks = backends_answering(&lb, &client(), "/rr", 30);
+    let picks = answered_by(&client(), &lb.url(), "/rr", 30);
 
     assert_eq!(
         tally(&picks),
@@ -102,7 +91,7 @@ fn weighted_round_robin_gives_nginxs_smooth_sequence() {
         c.url()
     );
     let lb = start_lb_with_servers(&servers, r#""algorithm": "weighted-round-robin""#);
-    let picks = backends_answering(&lb, &client(), "/wrr", 14).concat();
+    let picks = answered_by(&client(), &lb.url(), "/wrr", 14).concat();
 
     // One full cycle of 7 is nginx's `a a b a c a a`; the second cycle repeats it exactly.
     assert_eq!(picks, "aabacaaaabacaa");
@@ -178,7 +167,7 @@ fn ip_hash_keeps_a_client_on_one_backend_until_that_backend_fails() {
     };
     let agent = client();
 
-    let picks = backends_answering(&lb, &agent, "/ip", 50);
+    let picks = answered_by(&agent, &lb.url(), "/ip", 50);
     let home = picks[0].clone();
     assert_eq!(
         tally(&picks),
@@ -195,7 +184,7 @@ fn ip_hash_keeps_a_client_on_one_backend_until_that_backend_fails() {
         wait_until(WAIT, || !is_healthy(&lb, home_index)),
         "{home} never marked down"
     );
-    let moved = backends_answering(&lb, &agent, "/ip", 50);
+    let moved = answered_by(&agent, &lb.url(), "/ip", 50);
     let fallback = moved[0].clone();
     assert_ne!(fallback, home);
     assert_eq!(
@@ -209,7 +198,7 @@ fn ip_hash_keeps_a_client_on_one_backend_until_that_backend_fails() {
         wait_until(WAIT, || is_healthy(&lb, home_index)),
         "{home} never came back"
     );
-    let back = backends_answering(&lb, &agent, "/ip", 50);
+    let back = answered_by(&agent, &lb.url(), "/ip", 50);
     assert_eq!(
         tally(&back),
         counts(&[(&home, 50)]),
@@ -225,7 +214,7 @@ fn ip_hash_choice_ignores_list_order_and_removal_of_other_backends() {
     // Where this client (127.0.0.1) goes with a load balancer over exactly `list`.
     let home_with = |list: &[&Backend]| {
         let lb = start_lb(list, ip_hash);
-        let picks = backends_answering(&lb, &agent, "/ip", 10);
+        let picks = answered_by(&agent, &lb.url(), "/ip", 10);
         assert_eq!(
             tally(&picks).len(),
             1,
@@ -273,7 +262,7 @@ fn ip_hash_choice_ignores_list_order_and_removal_of_other_backends() {
         wait_until(WAIT, || !is_healthy(&lb, home_index)),
         "{home} never marked down"
     );
-    let picks = backends_answering(&lb, &agent, "/ip", 10);
+    let picks = answered_by(&agent, &lb.url(), "/ip", 10);
     assert_eq!(tally(&picks), counts(&[(&fallback, 10)]), "{picks:?}");
 }
 
@@ -286,7 +275,7 @@ fn stopped_backend_gets_no_traffic_and_returns_after_restart() {
     let [a, mut b, c] = three_backends();
     let lb = start_lb(&[&a, &b, &c], "");
     let agent = client();
-    assert_eq!(tally(&backends_answering(&lb, &agent, "/warm", 3)).len(), 3);
+    assert_eq!(tally(&answered_by(&agent, &lb.url(), "/warm", 3)).len(), 3);
 
     b.stop();
     assert!(
@@ -294,7 +283,7 @@ fn stopped_backend_gets_no_traffic_and_returns_after_restart() {
         "b never marked down"
     );
     let seen_by_b = b.proxied_count();
-    let picks = backends_answering(&lb, &agent, "/down", 30);
+    let picks = answered_by(&agent, &lb.url(), "/down", 30);
     // The two live backends share evenly: a down one does not double its neighbour's load.
     assert_eq!(tally(&picks), counts(&[("a", 15), ("c", 15)]), "{picks:?}");
     for pair in picks.windows(2) {
@@ -304,7 +293,7 @@ fn stopped_backend_gets_no_traffic_and_returns_after_restart() {
 
     b.restart();
     assert!(wait_until(WAIT, || is_healthy(&lb, 1)), "b never came back");
-    let picks = backends_answering(&lb, &agent, "/up", 30);
+    let picks = answered_by(&agent, &lb.url(), "/up", 30);
     assert_eq!(
         tally(&picks),
         counts(&[("a", 10), ("b", 10), ("c", 10)]),
@@ -325,7 +314,7 @@ fn backend_dead_at_start_gets_no_traffic_from_the_first_request() {
         !is_healthy(&lb, 1),
         "the first check round did not mark the dead backend down"
     );
-    let picks = backends_answering(&lb, &client(), "/first", 10);
+    let picks = answered_by(&client(), &lb.url(), "/first", 10);
     assert_eq!(tally(&picks), counts(&[("a", 10)]));
 }
 
@@ -358,7 +347,7 @@ fn refused_connection_marks_backend_down_at_once_and_is_retried() {
     // Only the start-up round runs: anything that notices the stop is the passive check.
     let lb = start_lb(&[&a, &b, &c], r#""healthCheckInterval": "1h""#);
     let agent = client();
-    assert_eq!(tally(&backends_answering(&lb, &agent, "/warm", 3)).len(), 3);
+    assert_eq!(tally(&answered_by(&agent, &lb.url(), "/warm", 3)).len(), 3);
 
     b.stop();
     assert!(
@@ -377,7 +366,7 @@ fn refused_connection_marks_backend_down_at_once_and_is_retried() {
         "round robin reached b within 3 requests but b is not down"
     );
 
-    let picks = backends_answering(&lb, &agent, "/after", 10);
+    let picks = answered_by(&agent, &lb.url(), "/after", 10);
     assert_eq!(tally(&picks), counts(&[("a", 5), ("c", 5)]), "{picks:?}");
 }
 
@@ -680,6 +669,6 @@ fn backends_named_localhost_are_balanced_like_addresses() {
         .map(|backend| format!("\"http://localhost:{}\"", backend.addr().port()))
         .collect();
     let lb = start_lb_with_servers(&servers.join(", "), "");
-    let names = backends_answering(&lb, &client(), "/by-name", 30);
+    let names = answered_by(&client(), &lb.url(), "/by-name", 30);
     assert_eq!(tally(&names), counts(&[("a", 10), ("b", 10), ("c", 10)]));
 }

@@ -103,7 +103,7 @@ fn assert_served(
     n: usize,
     expected: (usize, usize, usize),
 ) {
-    let got = tally3(&get_n(addr, agent, path, n));
+    let got = tally3(&answered_by(agent, &format!("http://{addr}"), path, n));
     let from = lb.mark().saturating_sub(30);
     assert_eq!(
         got,
@@ -118,22 +118,6 @@ fn reloaded(lb: &mut Running, from: usize, fragment: &str) -> String {
     let line = lb.wait_for_line_since(from, fragment, RELOAD);
     assert!(line.contains("config reloaded"), "{line}");
     line
-}
-
-/// GETs `path` `n` times through the proxy on one keep-alive client; all must be 200.
-/// Returns who answered each.
-fn get_n(addr: SocketAddr, agent: &ureq::Agent, path: &str, n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| {
-            let (status, body, backend) = get(agent, &format!("http://{addr}{path}"));
-            assert_eq!(status, 200, "request {i} to {path}: {body}");
-            backend.expect("fixture answers name their backend")
-        })
-        .collect()
-}
-
-fn count(names: &[String], name: &str) -> usize {
-    names.iter().filter(|n| *n == name).count()
 }
 
 /// (a, b, c) counts of who answered.

@@ -6,7 +6,7 @@
 
 mod common;
 use common::process::ChildLb;
-use common::raw::{OnError, fresh_get, read_until_close};
+use common::raw::{OnError, fresh_get, keep_alive_connection, read_until_close};
 use common::*;
 
 use std::io::{BufReader, Write};
@@ -221,15 +221,10 @@ fn idle_keep_alive_connection_is_closed_after_client_timeout() {
     let _quiet = timing_sensitive();
     let a = Backend::start("a");
     let lb = fast_lb(&[&a], "");
-    let stream = connect(lb.addr);
-    stream
-        .set_read_timeout(Some(Duration::from_secs(3)))
-        .unwrap();
-    let mut writer = stream.try_clone().unwrap();
+    let (mut writer, mut reader) = keep_alive_connection(lb.addr);
     writer
         .write_all(b"GET /first HTTP/1.1\r\nHost: tinylb\r\n\r\n")
         .unwrap();
-    let mut reader = BufReader::new(stream);
     let (status, body) = read_response(&mut reader).expect("first answer");
     assert_eq!(status, 200);
     assert!(String::from_utf8_lossy(&body).contains("target /first"));
@@ -246,12 +241,7 @@ fn connection_busy_every_200ms_outlives_the_timeout() {
     let _quiet = timing_sensitive();
     let a = Backend::start("a");
     let lb = fast_lb(&[&a], "");
-    let stream = connect(lb.addr);
-    stream
-        .set_read_timeout(Some(Duration::from_secs(3)))
-        .unwrap();
-    let mut writer = stream.try_clone().unwrap();
-    let mut reader = BufReader::new(stream);
+    let (mut writer, mut reader) = keep_alive_connection(lb.addr);
     let started = Instant::now();
     let mut answered = 0;
     for i in 0..11 {

@@ -58,10 +58,6 @@ impl Read for PatternReader {
     }
 }
 
-fn hex(digest: &[u8]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Hashes everything `reader` gives, through one 64 KiB buffer; calls `each_mb` about once per
 /// megabyte read. Returns (sha256 hex, length).
 fn hash_stream(reader: &mut dyn Read, mut each_mb: impl FnMut()) -> (String, u64) {

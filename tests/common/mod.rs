@@ -4,10 +4,12 @@
 //! response reader, and `wait_until`.
 //!
 //! No test waits for a condition with a bare sleep: [`wait_until`] polls the condition with a
-//! deadline, and a check that something does *not* happen polls for it over a stated window
+//! deadline (and a stderr line is awaited on its channel), and a check that something does
+//! *not* happen watches for it over a stated window, failing as soon as it does
 //! (`assert!(!wait_until(window, || it_happened()))`). The sleeps that remain are the scenario
-//! itself, and each says so where it is: a client that paces or trickles its bytes or stays idle
-//! on purpose, a backend that answers late, a measuring window, a sampler's period.
+//! itself, and each says so where it is: a client that paces, trickles or stays idle on
+//! purpose, a backend that answers late, a load or an exhaustion kept up for a stated time, a
+//! measuring window, a sampler's period.
 
 #![allow(dead_code)]
 
@@ -119,6 +121,23 @@ pub fn get(agent: &ureq::Agent, url: &str) -> (u16, String, Option<String>) {
     let status = response.status().as_u16();
     let body = response.body_mut().read_to_string().unwrap_or_default();
     (status, body, backend)
+}
+
+/// GETs `base` + `path` `n` times in a row with `agent`; every answer must be a 200 naming its
+/// backend. Returns the backends' names, in order.
+pub fn answered_by(agent: &ureq::Agent, base: &str, path: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let (status, body, backend) = get(agent, &format!("{base}{path}"));
+            assert_eq!(status, 200, "request {i} to {path}: {body}");
+            backend.expect("every fixture answer names its backend")
+        })
+        .collect()
+}
+
+/// How many of `names` are `name`.
+pub fn count(names: &[String], name: &str) -> usize {
+    names.iter().filter(|n| *n == name).count()
 }
 
 /// Sends raw bytes on a new connection and returns everything the server sends until it
