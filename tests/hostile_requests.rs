@@ -8,7 +8,8 @@
 mod common;
 use common::process::ChildLb;
 use common::raw::{
-    OnError, count_status_lines, keep_alive_connection, read_until_close, send_until_close,
+    OnError, count_status_lines, fresh_get, keep_alive_connection, read_until_close,
+    send_until_close,
 };
 use common::*;
 
@@ -28,20 +29,8 @@ fn first_line(answer: &[u8]) -> String {
 
 /// A plain request through tinylb gets a 200 from the backend within 5 s.
 fn assert_serves_normally(addr: SocketAddr, target: &str) {
-    let request = format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let (answer, closed) = send_until_close(
-        addr,
-        request.as_bytes(),
-        Duration::from_secs(5),
-        OnError::CountAsClose,
-    );
-    assert_eq!(
-        status_of(&answer),
-        Some(200),
-        "a normal request afterwards got: {:?}",
-        String::from_utf8_lossy(&answer)
-    );
-    assert!(closed.is_some(), "Connection: close was asked for");
+    let status = fresh_get(addr, target, Duration::from_secs(5));
+    assert_eq!(status, Some(200), "a normal request ({target}) afterwards");
 }
 
 /// CPU time (user + system) the process has used, in seconds.

@@ -8,7 +8,7 @@
 mod common;
 use common::backend::pattern_byte;
 use common::raw::{
-    OnError, chunked_pieces, exchange_in_pieces, keep_alive_connection, read_until_close,
+    OnError, chunked_pieces, exchange_in_pieces, fresh_get, keep_alive_connection, read_until_close,
 };
 use common::*;
 
@@ -220,10 +220,9 @@ fn upgrade_offers_are_answered_and_closed_at_once_while_the_client_holds_the_soc
         );
     }
     assert_eq!(a.seen_proxied().len(), 2, "{:?}", a.seen_proxied());
-    let after = raw_exchange(
-        lb.addr,
-        b"GET /after-upgrade HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        Duration::from_secs(5),
+    assert_eq!(
+        fresh_get(lb.addr, "/after-upgrade", Duration::from_secs(5)),
+        Some(200),
+        "a normal request afterwards"
     );
-    assert_eq!(status_of(&after), Some(200), "a normal request afterwards");
 }
