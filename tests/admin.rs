@@ -5,6 +5,7 @@
 
 mod common;
 use common::process::*;
+use common::scripted::ScriptedBackend;
 use common::*;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -47,18 +48,12 @@ fn urls(backends: &[&Backend]) -> String {
 
 /// A config file for the binary with [`CHECKS`] and `extra` keys.
 fn binary_config(label: &str, backend: &Backend, extra: &str) -> TempConfig {
-    let extra = if extra.is_empty() {
-        String::new()
+    let keys = if extra.is_empty() {
+        CHECKS.to_string()
     } else {
-        format!(", {extra}")
+        format!("{CHECKS}, {extra}")
     };
-    TempConfig::new(
-        label,
-        &format!(
-            r#"{{"port": "127.0.0.1:0", {CHECKS}, "servers": ["{}"]{extra}}}"#,
-            backend.url()
-        ),
-    )
+    lb_config(label, &[backend.url()], &keys)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -110,32 +105,19 @@ fn raw_request(addr: SocketAddr, method: &str, path: &str) -> Answer {
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     );
     let raw = raw_exchange(addr, request.as_bytes(), Duration::from_secs(5));
-    let text = String::from_utf8(raw).expect("UTF-8 answer");
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("{method} {path}: no complete head in {text:?}"));
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("{method} {path}: bad status line in {head:?}"));
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-    };
+    let answer = read_full_response(&mut &raw[..], false).unwrap_or_else(|e| {
+        panic!(
+            "{method} {path}: {e} in {:?}",
+            String::from_utf8_lossy(&raw)
+        )
+    });
+    let header = |name: &str| answer.header(name).map(str::to_string);
     Answer {
-        status,
+        status: answer.status,
         content_type: header("content-type").unwrap_or_default(),
         allow: header("allow").unwrap_or_default(),
         backend: header("x-backend"),
-        body: body.to_string(),
+        body: answer.text(),
     }
 }
 
@@ -144,19 +126,6 @@ fn admin_of(lb: &TestLb) -> SocketAddr {
     lb.lb()
         .admin_addr()
         .expect("adminAddress is set, so the admin listener runs")
-}
-
-/// `/status.json`, parsed.
-fn status_json(admin: SocketAddr) -> Value {
-    let answer = fetch(&client(), &format!("http://{admin}/status.json"));
-    assert_eq!(answer.status, 200, "{}", answer.body);
-    assert!(
-        answer.content_type.starts_with("application/json"),
-        "{}",
-        answer.content_type
-    );
-    serde_json::from_str(&answer.body)
-        .unwrap_or_else(|e| panic!("status.json is not JSON ({e}):\n{}", answer.body))
 }
 
 /// Polls `/status.json` until `condition` holds; returns the JSON that satisfied it.
@@ -180,21 +149,6 @@ fn served_total(status: &Value) -> u64 {
 
 fn backends_of(status: &Value) -> &Vec<Value> {
     status["backends"].as_array().expect("backends is a list")
-}
-
-/// GETs `path` `n` times through the proxy; every answer must be 200. Returns who answered.
-fn get_n(lb: &TestLb, agent: &ureq::Agent, path: &str, n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| {
-            let answer = fetch(agent, &format!("{}{path}", lb.url()));
-            assert_eq!(answer.status, 200, "request {i}: {}", answer.body);
-            answer.backend.expect("fixture answers name their backend")
-        })
-        .collect()
-}
-
-fn count(names: &[String], name: &str) -> usize {
-    names.iter().filter(|n| *n == name).count()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -780,7 +734,7 @@ fn status_json_has_the_facts_and_moves_with_traffic() {
     }
 
     let agent = client();
-    let names = get_n(&lb, &agent, "/", 10);
+    let names = answered_by(&agent, &lb.url(), "/", 10);
     assert_eq!((count(&names, "a"), count(&names, "b")), (5, 5));
     let status = wait_for_status(admin, "10 served", |s| served_total(s) >= 10);
     assert_eq!(served_total(&status), 10, "{status:#}");
@@ -891,7 +845,7 @@ fn refused_connection_counts_a_connect_error_and_a_retry() {
     assert_eq!(status_json(admin)["retries"], 0);
     b.stop();
 
-    let names = get_n(&lb, &client(), "/", 4);
+    let names = answered_by(&client(), &lb.url(), "/", 4);
     assert_eq!(count(&names, "a"), 4, "{names:?}");
     let status = wait_for_status(admin, "4 served", |s| served_total(s) >= 4);
     assert_eq!(status["retries"], 1, "{status:#}");
@@ -918,7 +872,7 @@ fn refused_connection_counts_a_connect_error_and_a_retry() {
 
 #[test]
 fn backend_timeout_counts_a_timeout_error() {
-    let hanging = HangingBackend::start();
+    let hanging = ScriptedBackend::hanging();
     let lb = start_admin(
         &format!("\"{}\"", hanging.url()),
         r#""backendTimeout": "300ms""#,
@@ -932,7 +886,7 @@ fn backend_timeout_counts_a_timeout_error() {
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(hanging.hits(), 1);
+    assert_eq!(hanging.proxied().len(), 1);
 
     let status = wait_for_status(admin, "a timeout", |s| {
         s["backends"][0]["errors"]["timeout"] != 0
@@ -1039,7 +993,7 @@ fn metrics_are_valid_prometheus_text_and_count_requests() {
     let before: Vec<f64> = urls.iter().map(|u| requests(&samples, u, "2xx")).collect();
     assert_eq!(before, [0.0, 0.0]);
 
-    let names = get_n(&lb, &client(), "/", 10);
+    let names = answered_by(&client(), &lb.url(), "/", 10);
     wait_for_status(admin, "10 served", |s| served_total(s) >= 10);
     let (samples, _, text) = scrape(admin);
     promtool_accepts(&text);
@@ -1135,7 +1089,7 @@ fn drained_backend_gets_no_new_requests_and_finishes_its_in_flight_one() {
 
     let on_b = b.proxied_count();
     assert_eq!(on_b, 1);
-    let names = get_n(&lb, &client(), "/after-drain", 30);
+    let names = answered_by(&client(), &lb.url(), "/after-drain", 30);
     assert_eq!(count(&names, "a"), 30, "{names:?}");
     assert_eq!(
         b.proxied_count(),
@@ -1181,7 +1135,7 @@ fn drained_backend_gets_no_new_requests_and_finishes_its_in_flight_one() {
     let body: Value = serde_json::from_str(&undrained.body).expect("undrain answers JSON");
     assert_eq!(body["draining"], false);
     assert_eq!(status_json(admin)["backends"][1]["state"], "up");
-    let names = get_n(&lb, &client(), "/after-undrain", 10);
+    let names = answered_by(&client(), &lb.url(), "/after-undrain", 10);
     assert_eq!((count(&names, "a"), count(&names, "b")), (5, 5));
 }
 

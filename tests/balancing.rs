@@ -1,15 +1,13 @@
 //! Load balancing through the running proxy with real backends: each algorithm's exact
-//! distribution, down backends getting no traffic (active and passive checks), retries that keep
-//! clients from ever seeing a failure while a backend dies under load, and the health-check
-//! rise/fall thresholds and pass/fail statuses.
+//! distribution, down backends getting no traffic (active and passive checks) and tinylb's own
+//! 503 once none is left, retries that keep clients from ever seeing a failure while a backend
+//! dies under load, and the health-check rise/fall thresholds and pass/fail statuses.
 
 mod common;
-use common::raw::RawServer;
+use common::scripted::{Act, ScriptedBackend};
 use common::*;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
@@ -23,17 +21,6 @@ const WAIT: Duration = Duration::from_secs(5);
 /// Fixture backends named a, b and c, in that order.
 fn three_backends() -> [Backend; 3] {
     ["a", "b", "c"].map(Backend::start)
-}
-
-/// GETs `path` `n` times in a row and returns which backend answered each (all must be 200).
-fn backends_answering(lb: &TestLb, agent: &ureq::Agent, path: &str, n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| {
-            let (status, body, backend) = get(agent, &format!("{}{path}", lb.url()));
-            assert_eq!(status, 200, "request {i} to {path}: {body}");
-            backend.expect("every fixture answer names its backend")
-        })
-        .collect()
 }
 
 /// How many times each name occurs.
@@ -58,7 +45,7 @@ fn total_in_flight(lb: &TestLb) -> usize {
 /// GETs `path` and waits until tinylb has released the request's in-flight count, so the next
 /// pick sees only the load the test created (the count is released just after the response).
 fn get_settled(lb: &TestLb, agent: &ureq::Agent, path: &str, baseline: usize) -> String {
-    let name = backends_answering(lb, agent, path, 1).remove(0);
+    let name = answered_by(agent, &lb.url(), path, 1).remove(0);
     assert!(
         wait_until(WAIT, || total_in_flight(lb) == baseline),
         "in-flight count did not return to {baseline}"
@@ -74,7 +61,7 @@ fn get_settled(lb: &TestLb, agent: &ureq::Agent, path: &str, baseline: usize) ->
 fn round_robin_rotates_strictly_with_equal_shares() {
     let [a, b, c] = three_backends();
     let lb = start_lb(&[&a, &b, &c], r#""algorithm": "round-robin""#);
-    let picks = backends_answering(&lb, &client(), "/rr", 30);
+    let picks = answered_by(&client(), &lb.url(), "/rr", 30);
 
     assert_eq!(
         tally(&picks),
@@ -104,7 +91,7 @@ fn weighted_round_robin_gives_nginxs_smooth_sequence() {
         c.url()
     );
     let lb = start_lb_with_servers(&servers, r#""algorithm": "weighted-round-robin""#);
-    let picks = backends_answering(&lb, &client(), "/wrr", 14).concat();
+    let picks = answered_by(&client(), &lb.url(), "/wrr", 14).concat();
 
     // One full cycle of 7 is nginx's `a a b a c a a`; the second cycle repeats it exactly.
     assert_eq!(picks, "aabacaaaabacaa");
@@ -180,7 +167,7 @@ fn ip_hash_keeps_a_client_on_one_backend_until_that_backend_fails() {
     };
     let agent = client();
 
-    let picks = backends_answering(&lb, &agent, "/ip", 50);
+    let picks = answered_by(&agent, &lb.url(), "/ip", 50);
     let home = picks[0].clone();
     assert_eq!(
         tally(&picks),
@@ -197,7 +184,7 @@ fn ip_hash_keeps_a_client_on_one_backend_until_that_backend_fails() {
         wait_until(WAIT, || !is_healthy(&lb, home_index)),
         "{home} never marked down"
     );
-    let moved = backends_answering(&lb, &agent, "/ip", 50);
+    let moved = answered_by(&agent, &lb.url(), "/ip", 50);
     let fallback = moved[0].clone();
     assert_ne!(fallback, home);
     assert_eq!(
@@ -211,7 +198,7 @@ fn ip_hash_keeps_a_client_on_one_backend_until_that_backend_fails() {
         wait_until(WAIT, || is_healthy(&lb, home_index)),
         "{home} never came back"
     );
-    let back = backends_answering(&lb, &agent, "/ip", 50);
+    let back = answered_by(&agent, &lb.url(), "/ip", 50);
     assert_eq!(
         tally(&back),
         counts(&[(&home, 50)]),
@@ -227,7 +214,7 @@ fn ip_hash_choice_ignores_list_order_and_removal_of_other_backends() {
     // Where this client (127.0.0.1) goes with a load balancer over exactly `list`.
     let home_with = |list: &[&Backend]| {
         let lb = start_lb(list, ip_hash);
-        let picks = backends_answering(&lb, &agent, "/ip", 10);
+        let picks = answered_by(&agent, &lb.url(), "/ip", 10);
         assert_eq!(
             tally(&picks).len(),
             1,
@@ -275,7 +262,7 @@ fn ip_hash_choice_ignores_list_order_and_removal_of_other_backends() {
         wait_until(WAIT, || !is_healthy(&lb, home_index)),
         "{home} never marked down"
     );
-    let picks = backends_answering(&lb, &agent, "/ip", 10);
+    let picks = answered_by(&agent, &lb.url(), "/ip", 10);
     assert_eq!(tally(&picks), counts(&[(&fallback, 10)]), "{picks:?}");
 }
 
@@ -288,7 +275,7 @@ fn stopped_backend_gets_no_traffic_and_returns_after_restart() {
     let [a, mut b, c] = three_backends();
     let lb = start_lb(&[&a, &b, &c], "");
     let agent = client();
-    assert_eq!(tally(&backends_answering(&lb, &agent, "/warm", 3)).len(), 3);
+    assert_eq!(tally(&answered_by(&agent, &lb.url(), "/warm", 3)).len(), 3);
 
     b.stop();
     assert!(
@@ -296,7 +283,7 @@ fn stopped_backend_gets_no_traffic_and_returns_after_restart() {
         "b never marked down"
     );
     let seen_by_b = b.proxied_count();
-    let picks = backends_answering(&lb, &agent, "/down", 30);
+    let picks = answered_by(&agent, &lb.url(), "/down", 30);
     // The two live backends share evenly: a down one does not double its neighbour's load.
     assert_eq!(tally(&picks), counts(&[("a", 15), ("c", 15)]), "{picks:?}");
     for pair in picks.windows(2) {
@@ -306,7 +293,7 @@ fn stopped_backend_gets_no_traffic_and_returns_after_restart() {
 
     b.restart();
     assert!(wait_until(WAIT, || is_healthy(&lb, 1)), "b never came back");
-    let picks = backends_answering(&lb, &agent, "/up", 30);
+    let picks = answered_by(&agent, &lb.url(), "/up", 30);
     assert_eq!(
         tally(&picks),
         counts(&[("a", 10), ("b", 10), ("c", 10)]),
@@ -327,7 +314,7 @@ fn backend_dead_at_start_gets_no_traffic_from_the_first_request() {
         !is_healthy(&lb, 1),
         "the first check round did not mark the dead backend down"
     );
-    let picks = backends_answering(&lb, &client(), "/first", 10);
+    let picks = answered_by(&client(), &lb.url(), "/first", 10);
     assert_eq!(tally(&picks), counts(&[("a", 10)]));
 }
 
@@ -344,8 +331,8 @@ fn all_backends_down_gives_503() {
     for _ in 0..3 {
         let (status, body, backend) = get(&agent, &format!("{}/nothing", lb.url()));
         assert_eq!(status, 503, "{body}");
-        assert!(body.contains("No healthy server available"), "{body:?}");
-        assert_eq!(backend, None);
+        assert_eq!(body, "No healthy server available\n");
+        assert_eq!(backend, None, "tinylb's own answer");
     }
 
     b.restart();
@@ -360,7 +347,7 @@ fn refused_connection_marks_backend_down_at_once_and_is_retried() {
     // Only the start-up round runs: anything that notices the stop is the passive check.
     let lb = start_lb(&[&a, &b, &c], r#""healthCheckInterval": "1h""#);
     let agent = client();
-    assert_eq!(tally(&backends_answering(&lb, &agent, "/warm", 3)).len(), 3);
+    assert_eq!(tally(&answered_by(&agent, &lb.url(), "/warm", 3)).len(), 3);
 
     b.stop();
     assert!(
@@ -379,7 +366,7 @@ fn refused_connection_marks_backend_down_at_once_and_is_retried() {
         "round robin reached b within 3 requests but b is not down"
     );
 
-    let picks = backends_answering(&lb, &agent, "/after", 10);
+    let picks = answered_by(&agent, &lb.url(), "/after", 10);
     assert_eq!(tally(&picks), counts(&[("a", 5), ("c", 5)]), "{picks:?}");
 }
 
@@ -515,31 +502,45 @@ fn no_request_fails_while_a_backend_is_killed_under_load() {
 // Health-check thresholds and statuses
 // ---------------------------------------------------------------------------------------------
 
-/// A hand-written backend that answers every request with one status (changeable while it
-/// runs), no body, and `Connection: close`, and records every method and status it answered.
-struct RawBackend {
-    server: RawServer,
+/// A raw backend that answers every request with one status (changeable while it runs), no
+/// body, and `Connection: close`, and records every method and status it answered.
+struct StatusBackend {
+    backend: ScriptedBackend,
     status: Arc<AtomicU16>,
     answered: Arc<Mutex<Vec<(String, u16)>>>,
 }
 
-impl RawBackend {
-    fn start(status: u16) -> RawBackend {
+impl StatusBackend {
+    fn start(status: u16) -> StatusBackend {
         let status = Arc::new(AtomicU16::new(status));
         let answered = Arc::new(Mutex::new(Vec::new()));
-        let server = {
+        let backend = {
             let (status, answered) = (status.clone(), answered.clone());
-            RawServer::start(move |stream, _, _| answer_raw(stream, &status, &answered))
+            ScriptedBackend::start(move |request| {
+                let status = status.load(Ordering::SeqCst);
+                answered.lock().push((request.method.clone(), status));
+                let location = if (300..400).contains(&status) {
+                    "Location: /elsewhere\r\n"
+                } else {
+                    ""
+                };
+                Act::Close(
+                    format!(
+                        "HTTP/1.1 {status} X\r\n{location}Content-Length: 0\r\nConnection: close\r\n\r\n"
+                    )
+                    .into_bytes(),
+                )
+            })
         };
-        RawBackend {
-            server,
+        StatusBackend {
+            backend,
             status,
             answered,
         }
     }
 
     fn url(&self) -> String {
-        self.server.url()
+        self.backend.url()
     }
 
     fn set_status(&self, status: u16) {
@@ -566,35 +567,9 @@ impl RawBackend {
     }
 }
 
-/// Reads one request head and answers it with the current status.
-fn answer_raw(mut stream: TcpStream, status: &AtomicU16, answered: &Mutex<Vec<(String, u16)>>) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut buf) {
-            Ok(n) if n > 0 && head.len() < 65536 => head.extend_from_slice(&buf[..n]),
-            _ => return,
-        }
-    }
-    let method =
-        String::from_utf8_lossy(head.split(|&b| b == b' ').next().unwrap_or_default()).into_owned();
-    let status = status.load(Ordering::SeqCst);
-    answered.lock().push((method, status));
-    let location = if (300..400).contains(&status) {
-        "Location: /elsewhere\r\n"
-    } else {
-        ""
-    };
-    let answer =
-        format!("HTTP/1.1 {status} X\r\n{location}Content-Length: 0\r\nConnection: close\r\n\r\n");
-    let _ = stream.write_all(answer.as_bytes());
-    let _ = stream.shutdown(Shutdown::Both);
-}
-
 #[test]
 fn health_checks_honour_fall_and_rise_thresholds() {
-    let raw = RawBackend::start(200);
+    let raw = StatusBackend::start(200);
     let lb = start_lb_with_servers(
         &format!("\"{}\"", raw.url()),
         r#""healthCheckInterval": "200ms", "healthCheckFall": 2, "healthCheckRise": 3"#,
@@ -634,9 +609,9 @@ fn health_checks_honour_fall_and_rise_thresholds() {
 
 #[test]
 fn redirecting_backend_stays_healthy_and_erroring_ones_start_down() {
-    let redirecting = RawBackend::start(302);
-    let failing = RawBackend::start(500);
-    let missing = RawBackend::start(404);
+    let redirecting = StatusBackend::start(302);
+    let failing = StatusBackend::start(500);
+    let missing = StatusBackend::start(404);
     let servers = [&redirecting, &failing, &missing]
         .map(|r| format!("\"{}\"", r.url()))
         .join(", ");
@@ -694,6 +669,6 @@ fn backends_named_localhost_are_balanced_like_addresses() {
         .map(|backend| format!("\"http://localhost:{}\"", backend.addr().port()))
         .collect();
     let lb = start_lb_with_servers(&servers.join(", "), "");
-    let names = backends_answering(&lb, &client(), "/by-name", 30);
+    let names = answered_by(&client(), &lb.url(), "/by-name", 30);
     assert_eq!(tally(&names), counts(&[("a", 10), ("b", 10), ("c", 10)]));
 }

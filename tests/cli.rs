@@ -321,13 +321,14 @@ fn port_in_use_exits_1_naming_the_address() {
 fn startup_log_names_address_algorithm_servers_and_workers() {
     let a = Backend::start("a");
     let b = Backend::start("b");
-    let config = lb_config(
+    let mut lb = ChildLb::start(
         "startup-log",
-        &[&a, &b],
+        &[a.url(), b.url()],
         r#""algorithm": "least-connections", "workers": 3"#,
     );
-    let mut lb = Running::start(&config);
-    let line = lb.wait_for_line("listening on", Duration::from_secs(10));
+    let line = lb
+        .run
+        .wait_for_line("listening on", Duration::from_secs(10));
     let addr = parse_listening_addr(&line);
     assert_eq!(addr.ip().to_string(), "127.0.0.1");
     assert_ne!(addr.port(), 0, "the bound port, not the configured 0");
@@ -341,7 +342,7 @@ fn startup_log_names_address_algorithm_servers_and_workers() {
     ] {
         assert!(line.contains(&fragment), "{line} lacks {fragment}");
     }
-    for log_line in &lb.log {
+    for log_line in &lb.run.log {
         assert!(starts_with_timestamp(log_line), "no timestamp: {log_line}");
     }
     // The logged address is the real one: a request through it reaches a backend.
@@ -353,9 +354,8 @@ fn startup_log_names_address_algorithm_servers_and_workers() {
 #[test]
 fn sigterm_drains_the_slow_request_and_stops_accepting() {
     let a = Backend::start("a");
-    let config = lb_config("sigterm", &[&a], "");
-    let mut lb = Running::start(&config);
-    let addr = lb.listening_addr();
+    let mut child = ChildLb::start("sigterm", &[a.url()], "");
+    let (lb, addr) = (&mut child.run, child.addr);
 
     let client_thread = std::thread::spawn(move || {
         let mut response = client()
@@ -369,11 +369,11 @@ fn sigterm_drains_the_slow_request_and_stops_accepting() {
         let body = response.body_mut().read_to_string().expect("whole body");
         (response.status().as_u16(), length, body)
     });
-    // The request is inside the backend (which sleeps 2 s) before the signal comes.
+    // The request is inside the backend (which answers 2 s late) before the signal comes, so
+    // it is in flight: a worker counts itself busy before it forwards.
     assert!(wait_until(Duration::from_secs(5), || {
         a.seen_proxied().iter().any(|s| s.target == "/slow/2000")
     }));
-    std::thread::sleep(Duration::from_millis(300));
     lb.signal("TERM");
 
     // The listener closes at once, while the slow request is still being served.
@@ -408,9 +408,8 @@ fn sigterm_drains_the_slow_request_and_stops_accepting() {
 #[test]
 fn sigint_exits_0_cleanly() {
     let a = Backend::start("a");
-    let config = lb_config("sigint", &[&a], "");
-    let mut lb = Running::start(&config);
-    let addr = lb.listening_addr();
+    let mut child = ChildLb::start("sigint", &[a.url()], "");
+    let (lb, addr) = (&mut child.run, child.addr);
     let (status, _, _) = get(&client(), &format!("http://{addr}/before"));
     assert_eq!(status, 200);
     lb.signal("INT");
@@ -423,9 +422,12 @@ fn sigint_exits_0_cleanly() {
 #[test]
 fn second_signal_cuts_the_drain_short() {
     let a = Backend::start("a");
-    let config = lb_config("second-signal", &[&a], r#""shutdownGracePeriod": "30s""#);
-    let mut lb = Running::start(&config);
-    let addr = lb.listening_addr();
+    let mut child = ChildLb::start(
+        "second-signal",
+        &[a.url()],
+        r#""shutdownGracePeriod": "30s""#,
+    );
+    let (lb, addr) = (&mut child.run, child.addr);
     let _client_thread = std::thread::spawn(move || {
         // Its answer does not matter: the process is told to stop before it comes.
         let _ = client().get(&format!("http://{addr}/slow/20000")).call();

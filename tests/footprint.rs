@@ -5,7 +5,7 @@
 //! from the head limits (32 KiB in, 68 KiB out) it is about 100 KiB.
 
 mod common;
-use common::process::{Running, TempConfig};
+use common::process::ChildLb;
 use common::raw::keep_alive_connection;
 use common::{Backend, open_fds, proc_status, read_response};
 
@@ -31,20 +31,9 @@ fn pooled_backend_connections_cost_well_under_256_kib_each() {
     let backends: Vec<Backend> = (0..BACKENDS)
         .map(|i| Backend::start(&format!("b{i}")))
         .collect();
-    let servers: Vec<String> = backends
-        .iter()
-        .map(|b| format!("\"{}\"", b.url()))
-        .collect();
-    let config = TempConfig::new(
-        "footprint",
-        &format!(
-            r#"{{"port": "127.0.0.1:0", "healthCheckInterval": "60s", "servers": [{}]}}"#,
-            servers.join(", ")
-        ),
-    );
-    let mut run = Running::start(&config);
-    let addr = run.listening_addr();
-    let pid = run.pid();
+    let urls: Vec<String> = backends.iter().map(Backend::url).collect();
+    let mut lb = ChildLb::start("footprint", &urls, r#""healthCheckInterval": "60s""#);
+    let (addr, pid) = (lb.addr, lb.pid());
     let rss_before = proc_status(pid, "VmRSS");
     let fds_before = open_fds(pid);
 
@@ -93,8 +82,8 @@ fn pooled_backend_connections_cost_well_under_256_kib_each() {
         "each pooled backend connection costs {growth_per_backend} KiB of memory: {report}"
     );
     assert!(
-        run.child.0.try_wait().expect("try_wait").is_none(),
+        lb.run.child.0.try_wait().expect("try_wait").is_none(),
         "tinylb exited: {}",
-        run.log_text()
+        lb.run.log_text()
     );
 }

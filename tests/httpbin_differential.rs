@@ -13,13 +13,15 @@
 //! `.ci/run` creates. Without it the test fails and says how to make one.
 
 mod common;
+use common::raw::{chunked_pieces, exchange_in_pieces};
 use common::*;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -58,6 +60,8 @@ struct Httpbin {
     child: Child,
     addr: SocketAddr,
     log: Arc<Mutex<String>>,
+    /// The threads that read its stdout and stderr.
+    readers: [JoinHandle<()>; 2],
 }
 
 impl Httpbin {
@@ -96,10 +100,11 @@ impl Httpbin {
             .unwrap_or_else(|e| panic!("cannot run {}: {e}; {VENV_HINT}", python.display()));
         // Both pipes are drained all along, so gunicorn never blocks on a full pipe.
         let log = Arc::new(Mutex::new(String::new()));
-        for pipe in [
+        let readers = [
             Box::new(child.stdout.take().expect("piped")) as Box<dyn Read + Send>,
             Box::new(child.stderr.take().expect("piped")),
-        ] {
+        ]
+        .map(|pipe| {
             let log = Arc::clone(&log);
             std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines() {
@@ -108,28 +113,35 @@ impl Httpbin {
                     log.push_str(&line);
                     log.push('\n');
                 }
-            });
-        }
-        let httpbin = Httpbin { child, addr, log };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut httpbin = httpbin;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = httpbin.child.try_wait() {
-                std::thread::sleep(Duration::from_millis(200)); // the rest of its output
-                return Err(format!("gunicorn exited with {status}:\n{}", httpbin.log()));
+            })
+        });
+        let mut httpbin = Httpbin {
+            child,
+            addr,
+            log,
+            readers,
+        };
+        let request = format!("GET /get HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+        let mut exited = None;
+        let answers = wait_until(Duration::from_secs(30), || {
+            exited = httpbin.child.try_wait().ok().flatten();
+            exited.is_some()
+                || send_request(addr, request.as_bytes(), &[]).is_ok_and(|a| a.status == 200)
+        });
+        match exited {
+            Some(status) => {
+                // The rest of its output: the readers end with the pipes.
+                wait_until(Duration::from_secs(2), || {
+                    httpbin.readers.iter().all(|r| r.is_finished())
+                });
+                Err(format!("gunicorn exited with {status}:\n{}", httpbin.log()))
             }
-            let request = format!("GET /get HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
-            if let Ok(answer) = send_request(addr, request.as_bytes(), &[])
-                && answer.status == 200
-            {
-                return Ok(httpbin);
-            }
-            std::thread::sleep(Duration::from_millis(100));
+            None if answers => Ok(httpbin),
+            None => Err(format!(
+                "httpbin did not answer on {addr} within 30 s:\n{}",
+                httpbin.log()
+            )),
         }
-        Err(format!(
-            "httpbin did not answer on {addr} within 30 s:\n{}",
-            httpbin.log()
-        ))
     }
 
     fn log(&self) -> String {
@@ -143,39 +155,24 @@ impl Drop for Httpbin {
             // SAFETY: kill(2) on our own child's pid, which has not been waited for yet.
             unsafe { libc::kill(pid, libc::SIGINT) };
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if !wait_until(Duration::from_secs(5), || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        }) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
 /// Sends `head`, then each of `chunks` as its own write (a chunked body, finished with the
 /// last chunk), and reads one response. Every read has a 10 s timeout, so nothing hangs.
 fn send_request(addr: SocketAddr, head: &[u8], chunks: &[&[u8]]) -> std::io::Result<Response> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-    stream.set_nodelay(true)?;
-    stream.write_all(head)?;
+    let mut pieces = vec![head.to_vec()];
     if !chunks.is_empty() {
-        for chunk in chunks {
-            // A pause between writes, so each chunk really arrives as a segment of its own.
-            std::thread::sleep(Duration::from_millis(5));
-            stream.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())?;
-            stream.write_all(chunk)?;
-            stream.write_all(b"\r\n")?;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-        stream.write_all(b"0\r\n\r\n")?;
+        pieces.extend(chunked_pieces(chunks));
     }
-    let no_body = head.starts_with(b"HEAD ");
-    read_full_response(&mut BufReader::new(stream), no_body)
+    // A pause between writes, so each chunk really arrives as a segment of its own.
+    exchange_in_pieces(addr, &pieces, Duration::from_millis(5))
 }
 
 /// How two bodies are compared.

@@ -5,94 +5,47 @@
 
 mod common;
 use common::process::*;
-use common::raw::fresh_get;
+use common::raw::{fresh_get, keep_alive_connection};
 use common::*;
 
 use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
-
-/// The tinylb binary started through `sh -c "LIMITS && exec tinylb --config PATH"`, so that
-/// `ulimit` applies to it; its stderr lines are collected as they come.
+/// The tinylb binary run under `ulimit` settings, listening.
 struct Tinylb {
-    _child: KillOnDrop,
-    _config: TempConfig,
-    pid: u32,
+    run: Running,
     addr: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
+    _config: TempConfig,
 }
 
 impl Tinylb {
-    /// `extra`: the config keys besides `port` and `servers`.
+    /// `limits` are `ulimit` commands; `extra` the config keys besides `port` and `servers`.
     fn start(label: &str, limits: &str, backend: &Backend, extra: &str) -> Tinylb {
-        let config = TempConfig::new(
-            label,
-            &format!(
-                r#"{{"port": "127.0.0.1:0", "servers": ["{}"], {extra}}}"#,
-                backend.url()
-            ),
-        );
-        let script = format!(r#"{limits} && exec "$0" --config "$1""#);
-        let mut child = KillOnDrop(
-            Command::new("sh")
-                .args(["-c", &script, BIN, config.path()])
-                .env_remove("RUST_LOG")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("sh runs"),
-        );
-        let pid = child.0.id();
-        let stderr = child.0.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                sink.lock().push(line);
-            }
-        });
-        let mut tinylb = Tinylb {
-            _child: child,
+        let config = lb_config(label, &[backend.url()], extra);
+        let mut run = Running::spawn(command_with_limits(limits, &["--config", config.path()]));
+        let addr = run.listening_addr();
+        Tinylb {
+            run,
+            addr,
             _config: config,
-            pid,
-            addr: "0.0.0.0:0".parse().unwrap(),
-            log,
-        };
-        let line = tinylb.wait_for_line("listening on", Duration::from_secs(10));
-        tinylb.addr = parse_listening_addr(&line);
-        tinylb
+        }
     }
 
-    fn wait_for_line(&self, needle: &str, timeout: Duration) -> String {
-        let mut found = None;
-        wait_until(timeout, || {
-            found = self.log.lock().iter().find(|l| l.contains(needle)).cloned();
-            found.is_some()
-        });
-        found.unwrap_or_else(|| panic!("no log line with {needle:?}:\n{}", self.log_text()))
+    fn pid(&self) -> u32 {
+        self.run.pid()
     }
 
-    fn lines_with(&self, needle: &str) -> usize {
-        self.log
-            .lock()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
+    fn lines_with(&mut self, needle: &str) -> usize {
+        self.run.count_since(0, needle)
     }
 
-    fn log_text(&self) -> String {
-        self.log.lock().join("\n")
+    fn log_text(&mut self) -> String {
+        self.run.log_text()
     }
 
     fn threads(&self) -> u64 {
-        proc_status(self.pid, "Threads")
+        proc_status(self.pid(), "Threads")
     }
 
     /// Threads blocked in accept(): tiny_http's live accept loops (`/proc/PID/task/*/syscall`
@@ -103,7 +56,7 @@ impl Tinylb {
         } else {
             "288"
         };
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) else {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
             return 0;
         };
         tasks
@@ -114,7 +67,7 @@ impl Tinylb {
 
     /// The soft and hard open-files limits from /proc/PID/limits.
     fn open_files_limits(&self) -> (u64, u64) {
-        let limits = std::fs::read_to_string(format!("/proc/{}/limits", self.pid)).unwrap();
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", self.pid())).unwrap();
         let line = limits
             .lines()
             .find(|l| l.starts_with("Max open files"))
@@ -135,14 +88,8 @@ struct KeepAlive {
 
 impl KeepAlive {
     fn open(addr: SocketAddr) -> KeepAlive {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        KeepAlive {
-            writer: stream.try_clone().unwrap(),
-            reader: BufReader::new(stream),
-        }
+        let (writer, reader) = keep_alive_connection(addr);
+        KeepAlive { writer, reader }
     }
 
     /// GET `path`; the status and body, or the error that ended the exchange.
@@ -160,7 +107,7 @@ impl KeepAlive {
 #[test]
 fn accept_loop_survives_idleness_longer_than_many_client_timeouts() {
     let a = Backend::start("a");
-    let lb = Tinylb::start(
+    let mut lb = Tinylb::start(
         "idle",
         "true",
         &a,
@@ -170,8 +117,8 @@ fn accept_loop_survives_idleness_longer_than_many_client_timeouts() {
         fresh_get(lb.addr, "/before", Duration::from_secs(3)),
         Some(200)
     );
-    // The idleness is the situation under test: more than six client timeouts with no traffic,
-    // each of which would end an accept() left to time out.
+    // The scenario: idleness, more than six client timeouts with no traffic, each of which
+    // would end an accept() left to time out.
     std::thread::sleep(Duration::from_secs(2));
     let started = Instant::now();
     assert_eq!(
@@ -197,13 +144,15 @@ fn accept_loop_survives_idleness_longer_than_many_client_timeouts() {
 #[test]
 fn soft_open_files_limit_is_raised_to_the_hard_limit() {
     let a = Backend::start("a");
-    let lb = Tinylb::start(
+    let mut lb = Tinylb::start(
         "rlimit",
         "ulimit -S -n 256",
         &a,
         r#""healthCheckInterval": "1s""#,
     );
-    let line = lb.wait_for_line("open files limit:", Duration::from_secs(5));
+    let line = lb
+        .run
+        .wait_for_line("open files limit:", Duration::from_secs(5));
     let logged: u64 = line
         .rsplit("open files limit: ")
         .next()
@@ -235,7 +184,7 @@ struct Cycle {
 /// Opens connections that each send half a request head until tinylb stops accepting, checks
 /// the keep-alive connections opened before, releases everything, and waits for a fresh client
 /// to be served and the thread count to settle.
-fn exhaust_and_release(lb: &Tinylb, round: usize, threads_at_start: u64) -> Cycle {
+fn exhaust_and_release(lb: &mut Tinylb, round: usize, threads_at_start: u64) -> Cycle {
     let mut keep_alive: Vec<KeepAlive> = (0..3).map(|_| KeepAlive::open(lb.addr)).collect();
     for (i, client) in keep_alive.iter_mut().enumerate() {
         let (status, _) = client
@@ -244,6 +193,7 @@ fn exhaust_and_release(lb: &Tinylb, round: usize, threads_at_start: u64) -> Cycl
         assert_eq!(status, 200);
     }
     let stops_before = lb.lines_with("stopped accepting");
+    let from = lb.run.mark();
     let mut held: Vec<TcpStream> = Vec::new();
     let mut exhausted = false;
     while held.len() < 200 && !exhausted {
@@ -253,11 +203,12 @@ fn exhaust_and_release(lb: &Tinylb, round: usize, threads_at_start: u64) -> Cycl
         };
         let _ = stream.write_all(b"GET /held HTTP/1.1\r\nHost: tinylb\r\n");
         held.push(stream);
-        exhausted = wait_until(Duration::from_millis(30), || {
-            lb.lines_with("stopped accepting") > stops_before
-        });
+        exhausted = lb
+            .run
+            .find_since(from, "stopped accepting", Duration::from_millis(30))
+            .is_some();
     }
-    let fds = open_fds(lb.pid);
+    let fds = open_fds(lb.pid());
     assert!(
         exhausted,
         "round {round}: {} connections held and tinylb ({fds} fds) never stopped accepting:\n{}",
@@ -269,7 +220,8 @@ fn exhaust_and_release(lb: &Tinylb, round: usize, threads_at_start: u64) -> Cycl
     // so the probe is reported, not asserted.
     let probe = fresh_get(lb.addr, "/probe", Duration::from_secs(1));
 
-    // The exhaustion lasts: more than healthCheckFall (3) health-check intervals of 200 ms.
+    // The scenario: the exhaustion lasts more than healthCheckFall (3) health-check intervals
+    // of 200 ms.
     std::thread::sleep(Duration::from_secs(1));
     let keep_alive_answers: Vec<_> = keep_alive
         .iter_mut()
@@ -325,7 +277,7 @@ fn exhaust_and_release(lb: &Tinylb, round: usize, threads_at_start: u64) -> Cycl
 #[test]
 fn listener_recovers_from_file_descriptor_exhaustion_without_leaking_threads() {
     let a = Backend::start("a");
-    let lb = Tinylb::start(
+    let mut lb = Tinylb::start(
         "exhaust",
         "ulimit -n 64",
         &a,
@@ -335,7 +287,7 @@ fn listener_recovers_from_file_descriptor_exhaustion_without_leaking_threads() {
     assert_eq!(lb.open_files_limits(), (64, 64), "tinylb cannot raise it");
     assert_eq!(fresh_get(lb.addr, "/", Duration::from_secs(3)), Some(200));
     let threads_at_start = lb.threads();
-    let fds_at_start = open_fds(lb.pid);
+    let fds_at_start = open_fds(lb.pid());
     // The accept thread may be busy with the connection just made: wait until it is back in
     // accept(), rather than catching it at one instant.
     let mut accept_threads_at_start = 0;
@@ -345,8 +297,8 @@ fn listener_recovers_from_file_descriptor_exhaustion_without_leaking_threads() {
     });
     assert_eq!(accept_threads_at_start, 1);
 
-    let first = exhaust_and_release(&lb, 1, threads_at_start);
-    let second = exhaust_and_release(&lb, 2, threads_at_start);
+    let first = exhaust_and_release(&mut lb, 1, threads_at_start);
+    let second = exhaust_and_release(&mut lb, 2, threads_at_start);
     let stops = lb.lines_with("stopped accepting");
     eprintln!(
         "fd exhaustion under ulimit -n 64: {threads_at_start} threads and {fds_at_start} fds at \

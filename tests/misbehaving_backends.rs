@@ -1,243 +1,129 @@
-//! Backends that misbehave in ways tests/proxy_semantics.rs does not drive (issue 3, "Backends
-//! that misbehave"): a backend that hangs while two others keep serving at full rate and it never
-//! holds more than half the workers; a pooled keep-alive connection closed just as a request is
-//! sent on it (a GET retried on a fresh connection, a POST never replayed); health checks of a
-//! healthy backend kept on time beside one whose checks hang; and a body shorter than its
-//! framing followed by silence, cut off after `backendTimeout` so the client sees the truncation.
+//! Backends that misbehave (issue 3, "Backends that misbehave"): garbage, a bare status line or
+//! silence instead of an answer (502 and 504, retried only when that is safe); a backend that
+//! hangs while two others keep serving at full rate and it never holds more than half the
+//! workers; a pooled keep-alive connection closed just as a request is sent on it (a GET retried
+//! on a fresh connection, a POST never replayed); health checks of a healthy backend kept on time
+//! beside one whose checks hang; a body cut short by a close or by silence, which the client
+//! sees as a truncation; and response heads against the 32 KiB limit.
 
 mod common;
-use common::raw::{OnError, RawServer, send_until_close};
+use common::raw::{OnError, send_until_close};
+use common::scripted::{Act, RawRequest, ScriptedBackend, head_ok, ok};
 use common::*;
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
-
 // ---------------------------------------------------------------------------------------------
-// A raw backend whose answer to each request is decided by the test.
+// Wrong answers, no answer: 502 and 504, retried only when that is safe.
 // ---------------------------------------------------------------------------------------------
 
-/// One request as the raw backend read it.
-#[derive(Debug, Clone)]
-struct RawRequest {
-    /// Which connection it came on (0, 1, 2, ... in accept order).
-    connection: usize,
-    /// Its position on that connection (0 for the first request).
-    index: usize,
-    method: String,
-    target: String,
-    body: Vec<u8>,
-    /// When its head and body had been read.
-    at: Instant,
+/// Passes the health checks, and answers anything else with garbage, then closes.
+fn garbage_backend() -> ScriptedBackend {
+    ScriptedBackend::healthy_but(|_| Act::Close(b"garbage\r\n\r\n".to_vec()))
 }
 
-/// What the raw backend does with one request.
-enum Act {
-    /// Write these bytes, then read the next request on the same connection.
-    Answer(Vec<u8>),
-    /// Close the connection without answering.
-    Close,
-    /// Write these bytes (maybe none), then hold the connection open, sending nothing more,
-    /// until tinylb closes it.
-    Hold(Vec<u8>),
+#[test]
+fn garbage_from_backend_gives_502() {
+    let garbage = garbage_backend();
+    let lb = start_lb_with_servers(&format!("\"{}\"", garbage.url()), "");
+    assert!(is_healthy(&lb, 0), "the raw backend passes health checks");
+    let (status, body, backend) = get(&client(), &format!("{}/x", lb.url()));
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(backend, None, "tinylb's own answer");
+    assert_eq!(
+        garbage.proxied().len(),
+        1,
+        "one attempt: there is no other backend"
+    );
 }
 
-type Behaviour = dyn Fn(&RawRequest) -> Act + Send + Sync;
-
-/// The longest a raw backend holds a connection open (every loop is bounded).
-const HOLD_AT_MOST: Duration = Duration::from_secs(15);
-
-struct RawBackend {
-    server: RawServer,
-    log: Arc<Mutex<Vec<RawRequest>>>,
-    /// Requests being held (read, not answered, connection still open) right now.
-    held: Arc<AtomicUsize>,
-    /// The most requests ever held at once.
-    max_held: Arc<AtomicUsize>,
-    /// When each held request's connection was closed by tinylb.
-    hold_ends: Arc<Mutex<Vec<Instant>>>,
+#[test]
+fn status_line_without_headers_then_close_gives_502() {
+    let broken = ScriptedBackend::healthy_but(|_| Act::Close(b"HTTP/1.1 200 OK\r\n".to_vec()));
+    let lb = start_lb_with_servers(&format!("\"{}\"", broken.url()), "");
+    assert!(is_healthy(&lb, 0));
+    let (status, body, _) = get(&client(), &format!("{}/x", lb.url()));
+    assert_eq!(status, 502, "{body}");
+    // A connection that closes before a whole answer looks like a pooled connection the
+    // backend closed just as the request went out, so a GET gets one more try on a fresh
+    // connection before the 502; never more.
+    assert_eq!(broken.proxied().len(), 2);
 }
 
-impl RawBackend {
-    fn start(behaviour: impl Fn(&RawRequest) -> Act + Send + Sync + 'static) -> RawBackend {
-        let behaviour: Arc<Behaviour> = Arc::new(behaviour);
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let held = Arc::new(AtomicUsize::new(0));
-        let max_held = Arc::new(AtomicUsize::new(0));
-        let hold_ends = Arc::new(Mutex::new(Vec::new()));
-        let server = {
-            let log = log.clone();
-            let (held, max_held, hold_ends) = (held.clone(), max_held.clone(), hold_ends.clone());
-            RawServer::start(move |stream, id, stopping| {
-                let connection = Connection {
-                    id,
-                    behaviour: behaviour.clone(),
-                    stopping: stopping.clone(),
-                    log: log.clone(),
-                    held: held.clone(),
-                    max_held: max_held.clone(),
-                    hold_ends: hold_ends.clone(),
-                };
-                connection.serve(stream);
-            })
-        };
-        RawBackend {
-            server,
-            log,
-            held,
-            max_held,
-            hold_ends,
-        }
+#[test]
+fn idempotent_request_is_retried_on_another_backend_after_garbage() {
+    let garbage = garbage_backend();
+    let a = Backend::start("a");
+    let lb = start_lb_with_servers(&format!("\"{}\", \"{}\"", garbage.url(), a.url()), "");
+    let agent = client();
+    for i in 0..4 {
+        let (status, body, backend) = get(&agent, &format!("{}/r/{i}", lb.url()));
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(backend.as_deref(), Some("a"));
     }
-
-    fn url(&self) -> String {
-        self.server.url()
-    }
-
-    /// Every request read so far, in arrival order.
-    fn requests(&self) -> Vec<RawRequest> {
-        self.log.lock().clone()
-    }
-
-    /// Requests other than HEAD (the health checks).
-    fn proxied(&self) -> Vec<RawRequest> {
-        self.requests()
-            .into_iter()
-            .filter(|r| r.method != "HEAD")
-            .collect()
-    }
-
-    /// Arrival times of the health checks.
-    fn checks(&self) -> Vec<Instant> {
-        self.requests()
-            .iter()
-            .filter(|r| r.method == "HEAD")
-            .map(|r| r.at)
-            .collect()
-    }
-
-    fn held(&self) -> usize {
-        self.held.load(Ordering::SeqCst)
-    }
-
-    fn max_held(&self) -> usize {
-        self.max_held.load(Ordering::SeqCst)
-    }
-
-    fn hold_ends(&self) -> Vec<Instant> {
-        self.hold_ends.lock().clone()
-    }
+    assert!(
+        !garbage.proxied().is_empty(),
+        "round robin sent some requests to the garbage backend first"
+    );
+    assert_eq!(a.proxied_count(), 4);
 }
 
-/// One accepted connection of a raw backend.
-struct Connection {
-    id: usize,
-    behaviour: Arc<Behaviour>,
-    stopping: Arc<AtomicBool>,
-    log: Arc<Mutex<Vec<RawRequest>>>,
-    held: Arc<AtomicUsize>,
-    max_held: Arc<AtomicUsize>,
-    hold_ends: Arc<Mutex<Vec<Instant>>>,
+#[test]
+fn post_is_not_replayed_after_garbage() {
+    let garbage = garbage_backend();
+    let a = Backend::start("a");
+    let lb = start_lb_with_servers(&format!("\"{}\", \"{}\"", garbage.url(), a.url()), "");
+    let agent = client();
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let response = agent
+            .post(format!("{}/p/{i}", lb.url()))
+            .send("hello")
+            .expect("request completes");
+        statuses.push(response.status().as_u16());
+    }
+    let bad = statuses.iter().filter(|&&s| s == 502).count();
+    let good = statuses.iter().filter(|&&s| s == 200).count();
+    assert_eq!(bad + good, 4, "{statuses:?}");
+    assert!(
+        bad >= 1,
+        "round robin sent some POSTs to the garbage backend: {statuses:?}"
+    );
+    assert_eq!(
+        garbage.proxied().len(),
+        bad,
+        "each 502 is one POST the garbage backend got"
+    );
+    assert_eq!(
+        a.proxied_count(),
+        good,
+        "no POST was sent a second time: {statuses:?}"
+    );
 }
 
-impl Connection {
-    fn serve(self, mut stream: TcpStream) {
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-        for index in 0..10_000 {
-            let Some(request) = read_request(&mut reader, self.id, index) else {
-                return;
-            };
-            self.log.lock().push(request.clone());
-            match (self.behaviour)(&request) {
-                Act::Answer(bytes) => {
-                    if stream.write_all(&bytes).is_err() {
-                        return;
-                    }
-                }
-                Act::Close => {
-                    let _ = stream.shutdown(Shutdown::Both);
-                    return;
-                }
-                Act::Hold(bytes) => return self.hold(stream, &bytes),
-            }
-        }
-    }
-
-    /// Writes `bytes`, then keeps the connection open until the peer closes it.
-    fn hold(&self, mut stream: TcpStream, bytes: &[u8]) {
-        let now_held = self.held.fetch_add(1, Ordering::SeqCst) + 1;
-        self.max_held.fetch_max(now_held, Ordering::SeqCst);
-        let _ = stream.write_all(bytes);
-        let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
-        let deadline = Instant::now() + HOLD_AT_MOST;
-        let mut scratch = [0u8; 4096];
-        while Instant::now() < deadline && !self.stopping.load(Ordering::SeqCst) {
-            match stream.read(&mut scratch) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                Err(_) => break,
-            }
-        }
-        self.hold_ends.lock().push(Instant::now());
-        self.held.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Reads one request (head, then a Content-Length body); `None` at end of stream.
-fn read_request(reader: &mut impl BufRead, connection: usize, index: usize) -> Option<RawRequest> {
-    let mut line = String::new();
-    if reader.read_line(&mut line).ok()? == 0 {
-        return None;
-    }
-    let mut parts = line.split_whitespace();
-    let method = parts.next()?.to_string();
-    let target = parts.next()?.to_string();
-    let mut length = 0usize;
-    for _ in 0..200 {
-        let mut line = String::new();
-        if reader.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        let line = line.trim_end();
-        if line.is_empty() {
-            let mut body = vec![0u8; length];
-            reader.read_exact(&mut body).ok()?;
-            return Some(RawRequest {
-                connection,
-                index,
-                method,
-                target,
-                body,
-                at: Instant::now(),
-            });
-        }
-        if let Some((name, value)) = line.split_once(':')
-            && name.eq_ignore_ascii_case("content-length")
-        {
-            length = value.trim().parse().ok()?;
-        }
-    }
-    None
-}
-
-/// A complete keep-alive answer with this body.
-fn ok(body: &str) -> Vec<u8> {
-    format!(
-        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
-/// The answer to a health check: 200, no body.
-fn head_ok() -> Vec<u8> {
-    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec()
+#[test]
+fn silent_backend_gives_504_after_backend_timeout() {
+    let silent = ScriptedBackend::hanging();
+    let lb = start_lb_with_servers(
+        &format!("\"{}\"", silent.url()),
+        r#""backendTimeout": "300ms""#,
+    );
+    let started = Instant::now();
+    let (status, body, _) = get(&client(), &format!("{}/slow", lb.url()));
+    let took = started.elapsed();
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        took >= Duration::from_millis(250),
+        "504 before the timeout: {took:?}"
+    );
+    assert!(took < Duration::from_secs(2), "504 took {took:?}");
+    assert_eq!(
+        silent.proxied().len(),
+        1,
+        "a timed-out request is not retried"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -269,7 +155,7 @@ struct Load {
     failures: Vec<String>,
 }
 
-/// `CLIENTS` threads send GETs in a loop for `duration`; `sample` runs every 2 ms meanwhile.
+/// `CLIENTS` threads send GETs in a loop for `duration`; `sample` runs every 10 ms meanwhile.
 fn run_load(url: &str, duration: Duration, mut sample: impl FnMut()) -> Load {
     let finished = AtomicUsize::new(0);
     let started = Instant::now();
@@ -278,6 +164,7 @@ fn run_load(url: &str, duration: Duration, mut sample: impl FnMut()) -> Load {
             .map(|t| {
                 let finished = &finished;
                 scope.spawn(move || {
+                    // The scenario: clients that start a little apart (see STAGGER).
                     std::thread::sleep(STAGGER * t as u32);
                     let load = client_loop(url, t, started + duration);
                     finished.fetch_add(1, Ordering::SeqCst);
@@ -285,15 +172,12 @@ fn run_load(url: &str, duration: Duration, mut sample: impl FnMut()) -> Load {
                 })
             })
             .collect();
-        // Bounded: the clients stop sending after `duration` and each waits at most
-        // backendTimeout for its last answer.
-        for _ in 0..10_000 {
-            if finished.load(Ordering::SeqCst) == CLIENTS {
-                break;
-            }
+        // The clients stop sending after `duration` and each waits at most backendTimeout
+        // (and the client's own timeouts) for its last answer.
+        wait_until(duration + Duration::from_secs(20), || {
             sample();
-            std::thread::sleep(Duration::from_millis(2));
-        }
+            finished.load(Ordering::SeqCst) == CLIENTS
+        });
         let mut total = Load::default();
         for handle in clients {
             let load = handle.join().expect("client thread");
@@ -363,10 +247,7 @@ fn hanging_backend_gets_504s_and_holds_at_most_half_the_workers_while_others_ser
     let a = Backend::start("a");
     let b = Backend::start("b");
     // Answers the health checks, so it stays in rotation, and never answers anything else.
-    let hanging = RawBackend::start(|request| match request.method.as_str() {
-        "HEAD" => Act::Answer(head_ok()),
-        _ => Act::Hold(Vec::new()),
-    });
+    let hanging = ScriptedBackend::hanging();
     let settings = r#""backendTimeout": "2s", "algorithm": "round-robin""#;
     let servers = format!("\"{}\", \"{}\", \"{}\"", a.url(), b.url(), hanging.url());
     let lb = start_lb_with_servers(&servers, settings);
@@ -490,11 +371,12 @@ fn hanging_backend_gets_504s_and_holds_at_most_half_the_workers_while_others_ser
 /// arrives on it: the race a backend's keep-alive timeout creates, made to happen every time.
 /// First requests for `/prime/...` are answered after 300 ms, so that a few sent at once leave
 /// as many connections in tinylb's pool.
-fn closes_reused_connections() -> RawBackend {
-    RawBackend::start(|request| match (request.method.as_str(), request.index) {
+fn closes_reused_connections() -> ScriptedBackend {
+    ScriptedBackend::start(|request| match (request.method.as_str(), request.index) {
         ("HEAD", 0) => Act::Answer(head_ok()),
         (_, 0) => {
             if request.target.starts_with("/prime/") {
+                // The scenario: a backend that answers these late.
                 std::thread::sleep(Duration::from_millis(300));
             }
             Act::Answer(ok(&format!(
@@ -502,13 +384,13 @@ fn closes_reused_connections() -> RawBackend {
                 request.method, request.target, request.connection
             )))
         }
-        _ => Act::Close,
+        _ => Act::Close(Vec::new()),
     })
 }
 
 /// Sends `n` GETs for `/prime/K` at once (n <= 4: see `STAGGER`) and checks that each was
 /// answered on a connection of its own, which tinylb then keeps in its pool.
-fn prime_pool(lb: &TestLb, backend: &RawBackend, n: usize) {
+fn prime_pool(lb: &TestLb, backend: &ScriptedBackend, n: usize) {
     std::thread::scope(|scope| {
         let primes: Vec<_> = (0..n)
             .map(|k| scope.spawn(move || get(&client(), &format!("{}/prime/{k}", lb.url()))))
@@ -610,7 +492,7 @@ fn hanging_health_check_does_not_delay_the_other_backends_checks() {
     // First in the list, so in every round its check runs (and hangs) before the other's.
     let hanging = {
         let (hang_checks, hung_checks) = (hang_checks.clone(), hung_checks.clone());
-        RawBackend::start(move |request| {
+        ScriptedBackend::start(move |request| {
             if request.method == "HEAD" && hang_checks.load(Ordering::SeqCst) {
                 hung_checks.fetch_add(1, Ordering::SeqCst);
                 return Act::Hold(Vec::new());
@@ -618,7 +500,7 @@ fn hanging_health_check_does_not_delay_the_other_backends_checks() {
             Act::Answer(head_ok())
         })
     };
-    let normal = RawBackend::start(|_| Act::Answer(head_ok()));
+    let normal = ScriptedBackend::start(|_| Act::Answer(head_ok()));
     let servers = format!("\"{}\", \"{}\"", hanging.url(), normal.url());
     let lb = start_lb_with_servers(
         &servers,
@@ -636,6 +518,7 @@ fn hanging_health_check_does_not_delay_the_other_backends_checks() {
         if went_down.is_none() && !is_healthy(&lb, 0) {
             went_down = Some(Instant::now());
         }
+        // The sampling period of this watch, which lasts the whole window whatever happens.
         std::thread::sleep(Duration::from_millis(2));
     }
     let went_down = went_down.expect("the hanging backend was marked down");
@@ -687,77 +570,32 @@ fn hanging_health_check_does_not_delay_the_other_backends_checks() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A body shorter than its framing, then silence with the connection left open.
+// A body cut short: the backend closes, or goes silent with the connection open.
 // ---------------------------------------------------------------------------------------------
 
-/// Splits an answer into its header lines (status line first) and the bytes after them.
-fn split_answer(answer: &[u8]) -> (Vec<String>, Vec<u8>) {
-    let end = answer
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no complete head in {:?}", String::from_utf8_lossy(answer)));
-    let head = String::from_utf8_lossy(&answer[..end]);
-    let lines = head.split("\r\n").map(str::to_string).collect();
-    (lines, answer[end + 4..].to_vec())
-}
-
-/// Decodes a chunked body; says whether the final zero-size chunk arrived.
-fn decode_chunked(mut bytes: &[u8]) -> (Vec<u8>, bool) {
-    let mut data = Vec::new();
-    for _ in 0..10_000 {
-        let Some(end) = bytes.windows(2).position(|w| w == b"\r\n") else {
-            return (data, false);
-        };
-        let size_line = String::from_utf8_lossy(&bytes[..end]).into_owned();
-        let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
-            .unwrap_or_else(|_| panic!("bad chunk size line {size_line:?}"));
-        bytes = &bytes[end + 2..];
-        if size == 0 {
-            return (data, true);
-        }
-        let take = size.min(bytes.len());
-        data.extend_from_slice(&bytes[..take]);
-        if bytes.len() < size + 2 {
-            return (data, false);
-        }
-        assert_eq!(
-            &bytes[size..size + 2],
-            b"\r\n",
-            "chunk not followed by CRLF"
-        );
-        bytes = &bytes[size + 2..];
-    }
-    panic!("more than 10000 chunks");
-}
-
-fn header<'a>(lines: &'a [String], name: &str) -> Option<&'a str> {
-    lines[1..].iter().find_map(|line| {
-        let (n, v) = line.split_once(':')?;
-        n.eq_ignore_ascii_case(name).then_some(v.trim())
-    })
-}
-
-/// Starts a backend that sends `partial` on GET and then goes silent, and tinylb in front of it
-/// with a 1 s backendTimeout; returns what a keep-alive client got and when the connection
-/// closed.
-fn fetch_from_stalling_backend(partial: &'static [u8]) -> (Vec<String>, Vec<u8>, Duration) {
-    let backend = RawBackend::start(move |request| match request.method.as_str() {
-        "HEAD" => Act::Answer(head_ok()),
-        _ => Act::Hold(partial.to_vec()),
+/// tinylb (backendTimeout 1 s) in front of a backend that answers a GET with `partial` and then
+/// closes the connection, or (`hold`) goes silent and leaves it open. Returns what a keep-alive
+/// client got, the head and the body bytes as they came, and when tinylb closed the connection;
+/// checks that the started answer was not retried and that tinylb let go of the backend.
+fn fetch_cut_short(partial: Vec<u8>, hold: bool) -> (Response, Vec<u8>, Duration) {
+    let backend = ScriptedBackend::healthy_but(move |_| match hold {
+        true => Act::Hold(partial.clone()),
+        false => Act::Close(partial.clone()),
     });
     let lb = start_lb_with_servers(
         &format!("\"{}\"", backend.url()),
         r#""backendTimeout": "1s""#,
     );
+    // A keep-alive request: only tinylb closing the connection can end this read.
     let (answer, closed) = send_until_close(
         lb.addr,
-        b"GET /stall HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /cut HTTP/1.1\r\nHost: x\r\n\r\n",
         Duration::from_secs(5),
         OnError::Panic,
     );
     let closed = closed.unwrap_or_else(|| {
         panic!(
-            "connection still open 5 s after a stalled body; got {:?}",
+            "connection still open 5 s after the body broke off; got {:?}",
             String::from_utf8_lossy(&answer)
         )
     });
@@ -768,25 +606,102 @@ fn fetch_from_stalling_backend(partial: &'static [u8]) -> (Vec<String>, Vec<u8>,
     );
     assert!(
         wait_until(Duration::from_secs(2), || backend.held() == 0),
-        "tinylb closed its connection to the stalled backend"
+        "tinylb closed its connection to the backend"
     );
-    let (lines, body) = split_answer(&answer);
-    (lines, body, closed)
+    let (head, body) = split_response(&answer);
+    (head, body.to_vec(), closed)
+}
+
+/// `head`, then `len` bytes of `fill`.
+fn partial(head: &[u8], fill: u8, len: usize) -> Vec<u8> {
+    let mut bytes = head.to_vec();
+    bytes.resize(head.len() + len, fill);
+    bytes
+}
+
+#[test]
+fn backend_dying_mid_body_closes_the_client_connection_short() {
+    let (head, body, closed) = fetch_cut_short(
+        partial(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n",
+            b'x',
+            1000,
+        ),
+        false,
+    );
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        head.header("content-length"),
+        Some("100000"),
+        "{:?}",
+        head.headers
+    );
+    assert!(
+        body.len() <= 1000 && body.iter().all(|&b| b == b'x'),
+        "{} body bytes",
+        body.len()
+    );
+    assert!(
+        closed < Duration::from_millis(900),
+        "closed after {closed:?}: the backend's close must end it, not backendTimeout (1 s)"
+    );
+}
+
+#[test]
+fn backend_dying_mid_chunked_body_never_gets_a_final_chunk() {
+    let mut bytes = partial(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n",
+        b'x',
+        1000,
+    );
+    bytes.extend_from_slice(b"\r\n");
+    let (head, body, closed) = fetch_cut_short(bytes, false);
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        head.header("transfer-encoding"),
+        Some("chunked"),
+        "{:?}",
+        head.headers
+    );
+    let (data, complete) = decode_chunked(&body);
+    assert!(
+        !complete,
+        "the client got a final chunk for a body that broke off: {:?}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(
+        data.len() <= 1000 && data.iter().all(|&b| b == b'x'),
+        "{} bytes",
+        data.len()
+    );
+    assert!(
+        closed < Duration::from_millis(900),
+        "closed after {closed:?}: the backend's close must end it, not backendTimeout (1 s)"
+    );
 }
 
 #[test]
 fn body_shorter_than_content_length_then_silence_is_cut_off_after_backend_timeout() {
-    let mut partial = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n".to_vec();
-    partial.extend_from_slice(&[b'x'; 100]);
-    let partial: &'static [u8] = partial.leak();
-    let (lines, body, closed) = fetch_from_stalling_backend(partial);
+    let (head, body, closed) = fetch_cut_short(
+        partial(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n",
+            b'x',
+            100,
+        ),
+        true,
+    );
     eprintln!(
         "stalled Content-Length body: {} of 1000 bytes, connection closed after {closed:?}",
         body.len()
     );
-    assert!(lines[0].starts_with("HTTP/1.1 200 "), "{lines:?}");
-    assert_eq!(header(&lines, "content-length"), Some("1000"), "{lines:?}");
-    assert_eq!(header(&lines, "transfer-encoding"), None, "{lines:?}");
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        head.header("content-length"),
+        Some("1000"),
+        "{:?}",
+        head.headers
+    );
+    assert_eq!(head.header("transfer-encoding"), None, "{:?}", head.headers);
     assert_eq!(body, [b'x'; 100], "exactly the bytes the backend sent");
     assert!(
         closed >= Duration::from_millis(950) && closed < Duration::from_secs(3),
@@ -796,20 +711,23 @@ fn body_shorter_than_content_length_then_silence_is_cut_off_after_backend_timeou
 
 #[test]
 fn chunked_body_stalling_without_final_chunk_is_cut_off_after_backend_timeout() {
-    let mut partial = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n64\r\n".to_vec();
-    partial.extend_from_slice(&[b'y'; 100]);
-    partial.extend_from_slice(b"\r\n");
-    let partial: &'static [u8] = partial.leak();
-    let (lines, body, closed) = fetch_from_stalling_backend(partial);
+    let mut bytes = partial(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n64\r\n",
+        b'y',
+        100,
+    );
+    bytes.extend_from_slice(b"\r\n");
+    let (head, body, closed) = fetch_cut_short(bytes, true);
     eprintln!(
         "stalled chunked body: {} bytes on the wire, connection closed after {closed:?}",
         body.len()
     );
-    assert!(lines[0].starts_with("HTTP/1.1 200 "), "{lines:?}");
+    assert_eq!(head.status, 200);
     assert_eq!(
-        header(&lines, "transfer-encoding"),
+        head.header("transfer-encoding"),
         Some("chunked"),
-        "{lines:?}"
+        "{:?}",
+        head.headers
     );
     let (data, complete) = decode_chunked(&body);
     assert!(
@@ -855,11 +773,8 @@ fn answer_with_head_of(head_len: usize) -> (Vec<u8>, String) {
 
 /// A raw backend that answers `GET /head/N` with a head of N bytes ([`answer_with_head_of`])
 /// and health checks with a plain 200.
-fn large_head_backend() -> RawBackend {
-    RawBackend::start(|request| {
-        if request.method == "HEAD" {
-            return Act::Answer(head_ok());
-        }
+fn large_head_backend() -> ScriptedBackend {
+    ScriptedBackend::healthy_but(|request| {
         let len = request
             .target
             .strip_prefix("/head/")
@@ -869,9 +784,8 @@ fn large_head_backend() -> RawBackend {
     })
 }
 
-/// GETs `target` through tinylb on a new connection (`Connection: close`) and returns the
-/// answer's header lines and body.
-fn get_through(lb: &TestLb, target: &str) -> (Vec<String>, Vec<u8>) {
+/// GETs `target` through tinylb on a new connection (`Connection: close`): the answer.
+fn get_through(lb: &TestLb, target: &str) -> Response {
     let request = format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     let (answer, closed) = send_until_close(
         lb.addr,
@@ -880,7 +794,7 @@ fn get_through(lb: &TestLb, target: &str) -> (Vec<String>, Vec<u8>) {
         OnError::CountAsClose,
     );
     assert!(closed.is_some(), "{target}: connection left open");
-    split_answer(&answer)
+    read_full_response(&mut &answer[..], false).expect("an answer")
 }
 
 /// A response head over 32 KiB (one 40 KiB header) is a broken answer: tinylb answers 502
@@ -893,11 +807,10 @@ fn get_through(lb: &TestLb, target: &str) -> (Vec<String>, Vec<u8>) {
 fn response_head_over_32_kib_gets_502() {
     let backend = large_head_backend();
     let lb = start_lb_with_servers(&format!("\"{}\"", backend.url()), "");
-    let (lines, _) = get_through(&lb, "/head/2000");
-    assert!(lines[0].starts_with("HTTP/1.1 200 "), "{}", lines[0]);
+    assert_eq!(get_through(&lb, "/head/2000").status, 200);
 
     let target = format!("/head/{}", 40 * 1024);
-    let (lines, body) = get_through(&lb, &target);
+    let answer = get_through(&lb, &target);
     let copies = backend
         .proxied()
         .iter()
@@ -906,27 +819,23 @@ fn response_head_over_32_kib_gets_502() {
     eprintln!(
         "response head of 40 KiB (limit {RESPONSE_HEAD_LIMIT}): tinylb answered {:?} ({:?}); \
          the backend was asked {copies} times",
-        lines[0],
-        String::from_utf8_lossy(&body).trim()
+        answer.status,
+        answer.text().trim()
     );
-    assert!(
-        lines[0].starts_with("HTTP/1.1 502 "),
-        "a 40 KiB response head got {:?} (X-Large {} bytes)",
-        lines[0],
-        header(&lines, "x-large").map_or(0, str::len)
+    assert_eq!(
+        answer.status,
+        502,
+        "a 40 KiB response head got {} (X-Large {} bytes)",
+        answer.status,
+        answer.header("x-large").map_or(0, str::len)
     );
-    assert_eq!(header(&lines, "x-large"), None);
+    assert_eq!(answer.header("x-large"), None);
     assert_eq!(
         copies, 1,
         "asked {copies} times: a head that is too large is not retried on the same backend"
     );
 
-    let (lines, _) = get_through(&lb, "/head/3000");
-    assert!(
-        lines[0].starts_with("HTTP/1.1 200 "),
-        "after the 502: {}",
-        lines[0]
-    );
+    assert_eq!(get_through(&lb, "/head/3000").status, 200, "after the 502");
 }
 
 /// Response heads under the limit, of 20 KiB and of 31 KiB, reach the client byte for byte: the
@@ -938,22 +847,22 @@ fn response_heads_of_20_and_31_kib_pass_through_intact() {
     for len in [20 * 1024, 31 * 1024] {
         assert!(len < RESPONSE_HEAD_LIMIT);
         let (_, value) = answer_with_head_of(len);
-        let (lines, body) = get_through(&lb, &format!("/head/{len}"));
-        let relayed = header(&lines, "x-large").unwrap_or("");
+        let answer = get_through(&lb, &format!("/head/{len}"));
+        let relayed = answer.header("x-large").unwrap_or("");
         eprintln!(
-            "response head of {len} bytes: {:?}, X-Large {} of {} bytes relayed",
-            lines[0],
+            "response head of {len} bytes: {}, X-Large {} of {} bytes relayed",
+            answer.status,
             relayed.len(),
             value.len()
         );
-        assert!(lines[0].starts_with("HTTP/1.1 200 "), "{len}: {}", lines[0]);
+        assert_eq!(answer.status, 200, "{len}");
         assert!(
             relayed == value,
             "{len}: X-Large relayed as {} bytes, not the {} the backend sent",
             relayed.len(),
             value.len()
         );
-        assert_eq!(body, b"large head\n", "{len}: body");
+        assert_eq!(answer.body, b"large head\n", "{len}: body");
     }
     assert_eq!(backend.proxied().len(), 2, "{:#?}", backend.proxied());
 }

@@ -4,7 +4,7 @@
 //! serves normally afterwards.
 
 mod common;
-use common::process::{Running, lb_config};
+use common::process::ChildLb;
 use common::*;
 
 use std::io::{ErrorKind, Read, Write};
@@ -12,24 +12,6 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-/// What /proc says about a process.
-#[derive(Debug, Default, Clone, Copy)]
-struct ProcStats {
-    threads: u64,
-    rss_kib: u64,
-    hwm_kib: u64,
-    fds: u64,
-}
-
-fn proc_stats(pid: u32) -> ProcStats {
-    ProcStats {
-        threads: proc_status(pid, "Threads"),
-        rss_kib: proc_status(pid, "VmRSS"),
-        hwm_kib: proc_status(pid, "VmHWM"),
-        fds: open_fds(pid) as u64,
-    }
-}
 
 /// Samples a process's stats every 20 ms on a thread of its own and keeps the maxima.
 struct Sampler {
@@ -49,10 +31,11 @@ impl Sampler {
                     if stop.load(Ordering::SeqCst) {
                         break;
                     }
-                    let now = proc_stats(pid);
+                    let now = ProcStats::of(pid);
                     max.threads = max.threads.max(now.threads);
                     max.rss_kib = max.rss_kib.max(now.rss_kib);
                     max.fds = max.fds.max(now.fds);
+                    // The sampling period.
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 max
@@ -65,7 +48,7 @@ impl Sampler {
     fn finish(self, pid: u32) -> ProcStats {
         self.stop.store(true, Ordering::SeqCst);
         let mut max = self.handle.join().expect("sampler thread");
-        max.hwm_kib = proc_stats(pid).hwm_kib;
+        max.hwm_kib = ProcStats::of(pid).hwm_kib;
         max
     }
 }
@@ -81,32 +64,21 @@ struct Answer {
 
 /// Parses `bytes` as one response framed by Content-Length; `None` while incomplete.
 fn parse_answer(bytes: &[u8], took: Duration) -> Option<Result<Answer, String>> {
-    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&bytes[..end]);
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let Some(status) = status_line
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|rest| rest.get(..3))
-        .and_then(|code| code.parse().ok())
-    else {
-        return Some(Err(format!("bad status line {status_line:?}")));
+    let response = match read_full_response(&mut &bytes[..], false) {
+        Err(e) if e.kind() == ErrorKind::UnexpectedEof => return None,
+        Err(e) => return Some(Err(e.to_string())),
+        Ok(response) => response,
     };
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v);
-    let Some(length) = header("content-length").and_then(|v| v.parse::<usize>().ok()) else {
-        return Some(Err(format!("no Content-Length in {head:?}")));
-    };
-    if bytes.len() < end + 4 + length {
-        return None;
+    if !matches!(response.framing, Framing::Length(_)) {
+        return Some(Err(format!(
+            "not framed by Content-Length: {:?}",
+            response.headers
+        )));
     }
     Some(Ok(Answer {
-        status,
-        retry_after: header("retry-after").is_some(),
-        from_backend: header("x-backend").is_some(),
+        status: response.status,
+        retry_after: response.header("retry-after").is_some(),
+        from_backend: response.header("x-backend").is_some(),
         took,
     }))
 }
@@ -186,11 +158,9 @@ fn two_thousand_concurrent_connections_get_an_answer_or_a_fast_503() {
     let a = Backend::start("a");
     let b = Backend::start("b");
     // Default workers (8) and queue (512).
-    let config = lb_config("overload", &[&a, &b], "");
-    let mut lb = Running::start(&config);
-    let addr = lb.listening_addr();
-    let pid = lb.pid();
-    let before = proc_stats(pid);
+    let lb = ChildLb::start("overload", &[a.url(), b.url()], "");
+    let (addr, pid) = (lb.addr, lb.pid());
+    let before = ProcStats::of(pid);
     let overflows_before = listen_overflows();
     let sampler = Sampler::start(pid);
 
@@ -216,12 +186,10 @@ fn two_thousand_concurrent_connections_get_an_answer_or_a_fast_503() {
         }
     }
     let all_sent = started.elapsed();
-    let deadline = Instant::now() + ANSWER_WITHIN;
-    while clients.iter().any(|c| c.stream.is_some()) && Instant::now() < deadline {
-        if poll_all(&mut clients, &mut scratch) == 0 {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
+    wait_until(ANSWER_WITHIN, || {
+        while poll_all(&mut clients, &mut scratch) > 0 {}
+        clients.iter().all(|c| c.stream.is_none())
+    });
     let all_answered = started.elapsed();
     let during = sampler.finish(pid);
     let overflows = listen_overflows() - overflows_before;
@@ -243,7 +211,6 @@ fn two_thousand_concurrent_connections_get_an_answer_or_a_fast_503() {
     }
     ok.sort();
     busy.sort();
-    let mib = |kib: u64| kib as f64 / 1024.0;
     eprintln!(
         "overload: {CONNECTIONS} connections sent in {all_sent:?}, all answered after \
          {all_answered:?}: {} x 200 (median {:?}, max {:?}), {} x 503 (median {:?}, max {:?}), \
@@ -317,9 +284,9 @@ fn two_thousand_concurrent_connections_get_an_answer_or_a_fast_503() {
         "the request after took {took:?}"
     );
     let settled = wait_until(Duration::from_secs(5), || {
-        proc_stats(pid).fds <= before.fds + 20
+        ProcStats::of(pid).fds <= before.fds + 20
     });
-    let after = proc_stats(pid);
+    let after = ProcStats::of(pid);
     eprintln!(
         "overload: a request afterwards took {took:?}; tinylb then held {} fds and {} threads",
         after.fds, after.threads

@@ -13,13 +13,14 @@
 //! fails its test with a line saying how to install it: a skipped check must not look passed.
 
 mod common;
+use common::process::KillOnDrop;
 use common::*;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Size of each download: 1 MiB and a bit, so it spans many reads and is no power of two.
 const DOWNLOAD: u64 = 1024 * 1024 + 7;
@@ -50,16 +51,6 @@ fn require_program(name: &str, install: &str) -> PathBuf {
         })
 }
 
-/// Kills the child when the test ends early, so no client outlives its test.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Runs `command` to its end within `deadline` (else kills it and fails the test), requires
 /// exit status 0, and returns its stdout.
 fn run_client(mut command: Command, deadline: Duration) -> String {
@@ -68,8 +59,7 @@ fn run_client(mut command: Command, deadline: Duration) -> String {
     if command.get_current_dir().is_none() {
         command.current_dir(manifest_dir());
     }
-    let started = Instant::now();
-    let mut child = ChildGuard(
+    let mut child = KillOnDrop(
         command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {shown}: {e}")),
@@ -86,16 +76,12 @@ fn run_client(mut command: Command, deadline: Duration) -> String {
     let stdout = collect(Box::new(child.0.stdout.take().expect("piped stdout")));
     let stderr = collect(Box::new(child.0.stderr.take().expect("piped stderr")));
     let mut status = None;
-    while started.elapsed() < deadline {
+    wait_until(deadline, || {
         status = child.0.try_wait().expect("try_wait on a client");
-        if status.is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        status.is_some()
+    });
     if status.is_none() {
-        let _ = child.0.kill();
-        let _ = child.0.wait();
+        drop(child); // kills it, so that its pipes close
     }
     let output = |pipe: mpsc::Receiver<String>| {
         pipe.recv_timeout(Duration::from_secs(5))
@@ -149,14 +135,6 @@ fn parse_answers(stdout: &str) -> Vec<Answer> {
                 preview: fields.get(5).unwrap_or(&"").to_string(),
             }
         })
-        .collect()
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
         .collect()
 }
 

@@ -6,13 +6,14 @@
 
 mod common;
 use common::process::*;
+use common::raw::keep_alive_connection;
+use common::scripted::ScriptedBackend;
 use common::*;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 /// How long a reload may take to show: the watcher polls every 500 ms.
@@ -66,158 +67,57 @@ fn replace_by_rename(config: &TempConfig, text: &str) {
     std::fs::rename(&next, config.path()).expect("rename over the config");
 }
 
-/// tinylb running as a child process on a config file, with its stderr lines. Unlike
-/// `common::process::Running`, it waits for a line *after a given position* and can give up
-/// without failing: every reload logs the same words, and the watcher check below retries.
-struct Tinylb {
-    _child: KillOnDrop,
-    lines: Receiver<String>,
-    /// Every stderr line received so far.
-    log: Vec<String>,
+/// Starts tinylb and makes sure its config watcher has taken its baseline, by touching the
+/// file (trailing spaces) until a reload is logged. Without this, an edit made right after
+/// start-up can be lost: the watcher takes as its baseline whatever the file holds when its
+/// thread starts, not what tinylb loaded (the bug that
+/// `edit_made_while_tinylb_starts_is_not_lost` shows). The other tests wait it out so that
+/// they test what they are named for. Every reload logs the same words, so each wait looks
+/// only past a mark.
+fn start_watched(config: &TempConfig, text: &str) -> (Running, SocketAddr) {
+    let mut lb = Running::start(config);
+    let addr = lb.listening_addr();
+    for attempt in 1..=5 {
+        let from = lb.mark();
+        replace_by_rename(config, &format!("{text}{}", " ".repeat(attempt)));
+        if lb
+            .find_since(from, "config reloaded", Duration::from_millis(1500))
+            .is_some()
+        {
+            return (lb, addr);
+        }
+    }
+    panic!(
+        "the config watcher never noticed a change:\n{}",
+        lb.log_text()
+    );
 }
 
-impl Tinylb {
-    fn spawn(config: &TempConfig) -> Tinylb {
-        let mut child = KillOnDrop(
-            command(&["--config", config.path()])
-                .spawn()
-                .expect("tinylb runs"),
-        );
-        let stderr = child.0.stderr.take().expect("piped stderr");
-        let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                if sender.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Tinylb {
-            _child: child,
-            lines,
-            log: Vec::new(),
-        }
-    }
-
-    /// Starts tinylb and makes sure its config watcher has taken its baseline, by touching
-    /// the file (trailing spaces) until a reload is logged. Without this, an edit made right
-    /// after start-up can be lost: the watcher takes as its baseline whatever the file holds
-    /// when its thread starts, not what tinylb loaded (the bug that
-    /// `edit_made_while_tinylb_starts_is_not_lost` shows). The other tests wait it out so
-    /// that they test what they are named for.
-    fn start_watched(config: &TempConfig, text: &str) -> (Tinylb, SocketAddr) {
-        let mut lb = Tinylb::spawn(config);
-        let addr = lb.listening_addr();
-        for attempt in 1..=5 {
-            let from = lb.mark();
-            replace_by_rename(config, &format!("{text}{}", " ".repeat(attempt)));
-            if lb
-                .find(from, "config reloaded", Duration::from_millis(1500))
-                .is_some()
-            {
-                return (lb, addr);
-            }
-        }
-        panic!(
-            "the config watcher never noticed a change:\n{}",
-            lb.log.join("\n")
-        );
-    }
-
-    fn listening_addr(&mut self) -> SocketAddr {
-        parse_listening_addr(&self.expect(0, "listening on", Duration::from_secs(10)))
-    }
-
-    /// The position after every line received so far: later waits look only past it.
-    fn mark(&mut self) -> usize {
-        while let Ok(line) = self.lines.try_recv() {
-            self.log.push(line);
-        }
-        self.log.len()
-    }
-
-    /// The first line at or after position `from` that contains `needle`, waiting at most
-    /// `timeout` for it.
-    fn find(&mut self, from: usize, needle: &str, timeout: Duration) -> Option<String> {
-        let deadline = Instant::now() + timeout;
-        let mut next = from;
-        loop {
-            if let Some(line) = self.log[next.min(self.log.len())..]
-                .iter()
-                .find(|l| l.contains(needle))
-            {
-                return Some(line.clone());
-            }
-            next = self.log.len();
-            let left = deadline.checked_duration_since(Instant::now())?;
-            match self.lines.recv_timeout(left) {
-                Ok(line) => self.log.push(line),
-                Err(_) => return None,
-            }
-        }
-    }
-
-    /// Like [`Tinylb::find`], failing the test with the whole log when the line never comes.
-    fn expect(&mut self, from: usize, needle: &str, timeout: Duration) -> String {
-        self.find(from, needle, timeout).unwrap_or_else(|| {
-            panic!(
-                "no stderr line with {needle:?} within {timeout:?}; stderr:\n{}",
-                self.log.join("\n")
-            )
-        })
-    }
-
-    /// Lines at or after `from` that contain `needle`.
-    fn count_since(&self, from: usize, needle: &str) -> usize {
-        self.log[from..]
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
-    }
-
-    /// GETs `path` `n` times and checks how many answers came from backends a, b and c;
-    /// on a mismatch the failure shows tinylb's log.
-    fn assert_served(
-        &mut self,
-        addr: SocketAddr,
-        agent: &ureq::Agent,
-        path: &str,
-        n: usize,
-        expected: (usize, usize, usize),
-    ) {
-        let got = tally3(&get_n(addr, agent, path, n));
-        let from = self.mark().saturating_sub(30);
-        assert_eq!(
-            got,
-            expected,
-            "answers to {path} from (a, b, c); tinylb's log ends:\n{}",
-            self.log[from..].join("\n")
-        );
-    }
-
-    /// Waits for the `config reloaded` line, after `from`, that lists this configuration.
-    fn reloaded(&mut self, from: usize, fragment: &str) -> String {
-        let line = self.expect(from, fragment, RELOAD);
-        assert!(line.contains("config reloaded"), "{line}");
-        line
-    }
+/// GETs `path` `n` times and checks how many answers came from backends a, b and c; on a
+/// mismatch the failure shows the end of tinylb's log.
+fn assert_served(
+    lb: &mut Running,
+    addr: SocketAddr,
+    agent: &ureq::Agent,
+    path: &str,
+    n: usize,
+    expected: (usize, usize, usize),
+) {
+    let got = tally3(&answered_by(agent, &format!("http://{addr}"), path, n));
+    let from = lb.mark().saturating_sub(30);
+    assert_eq!(
+        got,
+        expected,
+        "answers to {path} from (a, b, c); tinylb's log ends:\n{}",
+        lb.log[from..].join("\n")
+    );
 }
 
-/// GETs `path` `n` times through the proxy on one keep-alive client; all must be 200.
-/// Returns who answered each.
-fn get_n(addr: SocketAddr, agent: &ureq::Agent, path: &str, n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| {
-            let (status, body, backend) = get(agent, &format!("http://{addr}{path}"));
-            assert_eq!(status, 200, "request {i} to {path}: {body}");
-            backend.expect("fixture answers name their backend")
-        })
-        .collect()
-}
-
-fn count(names: &[String], name: &str) -> usize {
-    names.iter().filter(|n| *n == name).count()
+/// Waits for the `config reloaded` line, after `from`, that lists this configuration.
+fn reloaded(lb: &mut Running, from: usize, fragment: &str) -> String {
+    let line = lb.wait_for_line_since(from, fragment, RELOAD);
+    assert!(line.contains("config reloaded"), "{line}");
+    line
 }
 
 /// (a, b, c) counts of who answered.
@@ -233,14 +133,14 @@ fn servers_added_and_removed_live_when_edited_in_place() {
     let (ua, ub, uc) = (a.url(), b.url(), c.url());
     let first = config_text(&servers(&[(&ua, 1), (&ub, 1)]), "");
     let config = TempConfig::new("reload-add-remove", &first);
-    let (mut lb, addr) = Tinylb::start_watched(&config, &first);
+    let (mut lb, addr) = start_watched(&config, &first);
     let agent = client();
-    lb.assert_served(addr, &agent, "/before", 4, (2, 2, 0));
+    assert_served(&mut lb, addr, &agent, "/before", 4, (2, 2, 0));
 
     let from = lb.mark();
     let edited = Instant::now();
     edit_in_place(&config, &config_text(&servers(&[(&ua, 1), (&uc, 1)]), ""));
-    let line = lb.reloaded(from, &summary(&[(&ua, 1), (&uc, 1)]));
+    let line = reloaded(&mut lb, from, &summary(&[(&ua, 1), (&uc, 1)]));
     assert!(
         edited.elapsed() < Duration::from_secs(2),
         "reload took {:?}",
@@ -249,7 +149,7 @@ fn servers_added_and_removed_live_when_edited_in_place() {
     assert!(line.contains("1 added, 1 removed"), "{line}");
 
     let b_before = b.proxied_count();
-    lb.assert_served(addr, &agent, "/after", 20, (10, 0, 10));
+    assert_served(&mut lb, addr, &agent, "/after", 20, (10, 0, 10));
     assert_eq!(
         b.proxied_count(),
         b_before,
@@ -264,7 +164,7 @@ fn request_in_flight_on_a_removed_backend_finishes() {
     let (ua, ub) = (a.url(), b.url());
     let first = config_text(&servers(&[(&ua, 1), (&ub, 1)]), "");
     let config = TempConfig::new("reload-in-flight", &first);
-    let (mut lb, addr) = Tinylb::start_watched(&config, &first);
+    let (mut lb, addr) = start_watched(&config, &first);
     // Round robin sends two requests at once to different backends: one slow request each.
     let slow: Vec<_> = (0..2)
         .map(|_| {
@@ -279,8 +179,8 @@ fn request_in_flight_on_a_removed_backend_finishes() {
 
     let from = lb.mark();
     replace_by_rename(&config, &config_text(&servers(&[(&ua, 1)]), ""));
-    lb.reloaded(from, "1 removed");
-    lb.assert_served(addr, &client(), "/after", 4, (4, 0, 0));
+    reloaded(&mut lb, from, "1 removed");
+    assert_served(&mut lb, addr, &client(), "/after", 4, (4, 0, 0));
     let mut answered: Vec<String> = slow
         .into_iter()
         .map(|thread| {
@@ -304,44 +204,46 @@ fn weights_and_algorithm_change_live_when_replaced_by_rename() {
     let (ua, ub) = (a.url(), b.url());
     let first = config_text(&servers(&[(&ua, 1), (&ub, 1)]), "");
     let config = TempConfig::new("reload-weights", &first);
-    let (mut lb, addr) = Tinylb::start_watched(&config, &first);
+    let (mut lb, addr) = start_watched(&config, &first);
     let agent = client();
-    lb.assert_served(addr, &agent, "/rr", 8, (4, 4, 0));
+    assert_served(&mut lb, addr, &agent, "/rr", 8, (4, 4, 0));
 
     let wrr = r#""algorithm": "weighted-round-robin""#;
     let three_to_one = [(ua.as_str(), 3), (ub.as_str(), 1)];
     let from = lb.mark();
     replace_by_rename(&config, &config_text(&servers(&three_to_one), wrr));
-    lb.reloaded(
+    reloaded(
+        &mut lb,
         from,
         &format!("algorithm weighted-round-robin, {}", summary(&three_to_one)),
     );
-    lb.assert_served(addr, &agent, "/3-1", 8, (6, 2, 0));
+    assert_served(&mut lb, addr, &agent, "/3-1", 8, (6, 2, 0));
 
     let one_to_three = [(ua.as_str(), 1), (ub.as_str(), 3)];
     let from = lb.mark();
     replace_by_rename(&config, &config_text(&servers(&one_to_three), wrr));
-    lb.reloaded(from, &summary(&one_to_three));
-    lb.assert_served(addr, &agent, "/1-3", 8, (2, 6, 0));
+    reloaded(&mut lb, from, &summary(&one_to_three));
+    assert_served(&mut lb, addr, &agent, "/1-3", 8, (2, 6, 0));
 
     // And back to an algorithm that ignores weights.
     let rr = r#""algorithm": "round-robin""#;
     let from = lb.mark();
     replace_by_rename(&config, &config_text(&servers(&one_to_three), rr));
-    lb.reloaded(
+    reloaded(
+        &mut lb,
         from,
         &format!("algorithm round-robin, {}", summary(&one_to_three)),
     );
-    lb.assert_served(addr, &agent, "/rr-again", 8, (4, 4, 0));
+    assert_served(&mut lb, addr, &agent, "/rr-again", 8, (4, 4, 0));
 }
 
 #[test]
 fn backend_timeout_changes_live() {
-    let hanging = HangingBackend::start();
+    let hanging = ScriptedBackend::hanging();
     let url = hanging.url();
     let first = config_text(&servers(&[(&url, 1)]), r#""backendTimeout": "5s""#);
     let config = TempConfig::new("reload-timeout", &first);
-    let (mut lb, addr) = Tinylb::start_watched(&config, &first);
+    let (mut lb, addr) = start_watched(&config, &first);
 
     // With 5 s, a client that waits 1 s gets nothing.
     let impatient = ureq::Agent::config_builder()
@@ -356,7 +258,7 @@ fn backend_timeout_changes_live() {
         "answered within 1 s with a 5 s backendTimeout: {:?}",
         before.map(|r| r.status())
     );
-    assert_eq!(hanging.hits(), 1);
+    assert_eq!(hanging.proxied().len(), 1);
 
     // The timeout and the algorithm change in one reload.
     let from = lb.mark();
@@ -367,7 +269,7 @@ fn backend_timeout_changes_live() {
             r#""backendTimeout": "300ms", "algorithm": "least-connections""#,
         ),
     );
-    lb.reloaded(from, "algorithm least-connections");
+    reloaded(&mut lb, from, "algorithm least-connections");
     let started = Instant::now();
     let (status, body, _) = get(&client(), &format!("http://{addr}/after"));
     let took = started.elapsed();
@@ -376,7 +278,7 @@ fn backend_timeout_changes_live() {
         took >= Duration::from_millis(250) && took < Duration::from_secs(2),
         "504 after {took:?} with a 300 ms backendTimeout"
     );
-    assert_eq!(hanging.hits(), 2);
+    assert_eq!(hanging.proxied().len(), 2);
 }
 
 #[test]
@@ -386,13 +288,13 @@ fn invalid_config_is_refused_with_one_line_and_the_old_one_keeps_serving() {
     let (ua, ub) = (a.url(), b.url());
     let good = config_text(&servers(&[(&ua, 1), (&ub, 1)]), "");
     let config = TempConfig::new("reload-invalid", &good);
-    let (mut lb, addr) = Tinylb::start_watched(&config, &good);
+    let (mut lb, addr) = start_watched(&config, &good);
     let agent = client();
     let start = lb.mark();
 
     let weight_zero = config_text(&format!(r#""{ua}", {{"url": "{ub}", "weight": 0}}"#), "");
     replace_by_rename(&config, &weight_zero);
-    let line = lb.expect(start, "config reload refused", RELOAD);
+    let line = lb.wait_for_line_since(start, "config reload refused", RELOAD);
     assert!(
         line.contains("servers[1].weight: 0 is not allowed"),
         "{line}"
@@ -402,27 +304,29 @@ fn invalid_config_is_refused_with_one_line_and_the_old_one_keeps_serving() {
         "the line does not name the file: {line}"
     );
     assert!(line.contains("ERROR"), "{line}");
-    lb.assert_served(addr, &agent, "/after-weight-0", 6, (3, 3, 0));
+    assert_served(&mut lb, addr, &agent, "/after-weight-0", 6, (3, 3, 0));
 
-    // Let the watcher read the unchanged bad file a few more times: it must not log again.
-    std::thread::sleep(Duration::from_millis(1200));
+    // The watcher reads the unchanged bad file again every 500 ms: it must not log it again.
+    let refused_once = lb.mark();
+    let again = lb.find_since(refused_once, "refused", Duration::from_millis(1200));
+    assert_eq!(again, None, "the same bad file was refused again");
     replace_by_rename(&config, &good.replace("]}", "],}"));
-    let line = lb.expect(start, "invalid JSON at line", RELOAD);
+    let line = lb.wait_for_line_since(start, "invalid JSON at line", RELOAD);
     assert!(line.contains("config reload refused"), "{line}");
-    lb.assert_served(addr, &agent, "/after-bad-json", 6, (3, 3, 0));
+    assert_served(&mut lb, addr, &agent, "/after-bad-json", 6, (3, 3, 0));
 
     replace_by_rename(
         &config,
         &config_text(&servers(&[(&ua, 1)]), r#""algoritm": "ip-hash""#),
     );
-    let line = lb.expect(start, "\"algoritm\": unknown key", RELOAD);
+    let line = lb.wait_for_line_since(start, "\"algoritm\": unknown key", RELOAD);
     assert!(line.contains("config reload refused"), "{line}");
-    lb.assert_served(addr, &agent, "/after-typo", 6, (3, 3, 0));
+    assert_served(&mut lb, addr, &agent, "/after-typo", 6, (3, 3, 0));
 
     // The watcher is still alive: a valid file is applied.
     replace_by_rename(&config, &config_text(&servers(&[(&ua, 1)]), ""));
-    lb.reloaded(start, &summary(&[(&ua, 1)]));
-    lb.assert_served(addr, &agent, "/after-fix", 4, (4, 0, 0));
+    reloaded(&mut lb, start, &summary(&[(&ua, 1)]));
+    assert_served(&mut lb, addr, &agent, "/after-fix", 4, (4, 0, 0));
 
     assert_eq!(
         lb.count_since(start, "refused"),
@@ -445,7 +349,7 @@ fn listen_address_change_is_logged_and_the_old_port_keeps_serving() {
     let (ua, ub) = (a.url(), b.url());
     let first = config_text(&servers(&[(&ua, 1), (&ub, 1)]), "");
     let config = TempConfig::new("reload-port", &first);
-    let (mut lb, addr) = Tinylb::start_watched(&config, &first);
+    let (mut lb, addr) = start_watched(&config, &first);
     let elsewhere = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port");
@@ -454,16 +358,16 @@ fn listen_address_change_is_logged_and_the_old_port_keeps_serving() {
         .replace("\"127.0.0.1:0\"", &format!("\"{elsewhere}\""));
     let from = lb.mark();
     replace_by_rename(&config, &moved);
-    let warning = lb.expect(from, "cannot change while tinylb runs", RELOAD);
+    let warning = lb.wait_for_line_since(from, "cannot change while tinylb runs", RELOAD);
     assert!(warning.contains("WARN"), "{warning}");
     assert!(
         warning.contains("port"),
         "the warning does not name the key: {warning}"
     );
     // The rest of the file is applied: b is gone, and the summary keeps the old address.
-    let line = lb.reloaded(from, &summary(&[(&ua, 1)]));
+    let line = reloaded(&mut lb, from, &summary(&[(&ua, 1)]));
     assert!(line.contains("listen 127.0.0.1:0,"), "{line}");
-    lb.assert_served(addr, &client(), "/old-port", 6, (6, 0, 0));
+    assert_served(&mut lb, addr, &client(), "/old-port", 6, (6, 0, 0));
     assert!(
         TcpStream::connect(elsewhere).is_err(),
         "tinylb started listening on {elsewhere}"
@@ -491,13 +395,13 @@ fn edit_made_while_tinylb_starts_is_not_lost() {
         "reload-at-start",
         &text(&[(&ua, 1), (&stalled_url, 1), (&ub, 1)]),
     );
-    let mut lb = Tinylb::spawn(&config);
+    let mut lb = Running::start(&config);
     // a is checked first: tinylb has loaded the file and now waits on the stalled backend.
-    lb.expect(0, &format!("backend {ua} is up"), WAIT);
+    lb.wait_for_line_since(0, &format!("backend {ua} is up"), WAIT);
     replace_by_rename(&config, &text(&[(&ub, 1)]));
     let addr = lb.listening_addr();
-    lb.reloaded(0, &summary(&[(&ub, 1)]));
-    lb.assert_served(addr, &client(), "/edited", 4, (0, 4, 0));
+    reloaded(&mut lb, 0, &summary(&[(&ub, 1)]));
+    assert_served(&mut lb, addr, &client(), "/edited", 4, (0, 4, 0));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -514,79 +418,24 @@ struct ClientReport {
     failures: Vec<String>,
 }
 
-/// Reads one response on a keep-alive connection: status and body (Content-Length or chunked).
-fn read_response(reader: &mut BufReader<TcpStream>) -> Result<(u16, String), String> {
-    let mut status_line = String::new();
-    match reader.read_line(&mut status_line) {
-        Ok(0) => return Err("connection closed".into()),
-        Ok(_) => {}
-        Err(e) => return Err(format!("reading the status line: {e}")),
+/// Reads one response on a keep-alive connection: status and body; a `Connection: close` is a
+/// failure too.
+fn next_answer(reader: &mut BufReader<TcpStream>) -> Result<(u16, String), String> {
+    let response = read_full_response(reader, false).map_err(|e| e.to_string())?;
+    if response
+        .header("connection")
+        .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    {
+        return Err(format!("{} with Connection: close", response.status));
     }
-    let status: u16 = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let mut length = None;
-    let mut chunked = false;
-    let mut closes = false;
-    loop {
-        let mut line = String::new();
-        reader
-            .read_line(&mut line)
-            .map_err(|e| format!("reading headers: {e}"))?;
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        let (name, value) = line.split_once(':').ok_or("bad header line")?;
-        match name.trim().to_ascii_lowercase().as_str() {
-            "content-length" => length = value.trim().parse::<usize>().ok(),
-            "transfer-encoding" => chunked = value.trim().eq_ignore_ascii_case("chunked"),
-            "connection" => closes = value.trim().eq_ignore_ascii_case("close"),
-            _ => {}
-        }
-    }
-    if closes {
-        return Err(format!("{status} with Connection: close"));
-    }
-    let mut body = Vec::new();
-    if chunked {
-        loop {
-            let mut size = String::new();
-            reader
-                .read_line(&mut size)
-                .map_err(|e| format!("chunk size: {e}"))?;
-            let size = usize::from_str_radix(size.trim(), 16).map_err(|_| "bad chunk size")?;
-            let mut chunk = vec![0; size + 2];
-            reader
-                .read_exact(&mut chunk)
-                .map_err(|e| format!("chunk: {e}"))?;
-            if size == 0 {
-                break;
-            }
-            body.extend_from_slice(&chunk[..size]);
-        }
-    } else {
-        let length = length.ok_or("neither Content-Length nor chunked")?;
-        body.resize(length, 0);
-        reader
-            .read_exact(&mut body)
-            .map_err(|e| format!("body: {e}"))?;
-    }
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    Ok((response.status, response.text()))
 }
 
 /// One keep-alive connection sending GETs until `stop`: every answer must be 200 from a
 /// backend, and the connection must stay open throughout.
 fn keep_alive_client(addr: SocketAddr, id: usize, path: &str, stop: &AtomicBool) -> ClientReport {
     let mut report = ClientReport::default();
-    let stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut writer = stream.try_clone().expect("clone");
-    let mut reader = BufReader::new(stream);
+    let (mut writer, mut reader) = keep_alive_connection(addr);
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut i = 0;
     while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
@@ -597,7 +446,7 @@ fn keep_alive_client(addr: SocketAddr, id: usize, path: &str, stop: &AtomicBool)
             report.failures.push(format!("request {i}: send: {e}"));
             return report;
         }
-        match read_response(&mut reader) {
+        match next_answer(&mut reader) {
             Ok((200, body)) if body.contains(&format!("target {target}\n")) => report.ok += 1,
             Ok((status, body)) => report
                 .failures
@@ -619,7 +468,7 @@ fn no_request_fails_and_no_connection_drops_during_reloads_under_load() {
     let (ua, ub, uc) = (a.url(), b.url(), c.url());
     let first = config_text(&servers(&[(&ua, 1), (&ub, 1)]), "");
     let config = TempConfig::new("reload-load", &first);
-    let (mut lb, addr) = Tinylb::start_watched(&config, &first);
+    let (mut lb, addr) = start_watched(&config, &first);
     let start = lb.mark();
 
     let started = Instant::now();
@@ -658,12 +507,13 @@ fn no_request_fails_and_no_connection_drops_during_reloads_under_load() {
         } else {
             replace_by_rename(&config, &text);
         }
-        lb.reloaded(
+        reloaded(
+            &mut lb,
             from,
             &format!("algorithm {algorithm}, {}", summary(entries)),
         );
     }
-    // Keep the load on for about 4 s in all, the last configuration included.
+    // The scenario: the load stays on for about 4 s in all, the last configuration included.
     let rest = Duration::from_secs(4).saturating_sub(started.elapsed());
     std::thread::sleep(rest.max(Duration::from_millis(300)));
     stop.store(true, Ordering::SeqCst);

@@ -5,11 +5,11 @@
 //! limit, a client trickling just inside the timeout.
 
 mod common;
-use common::process::*;
-use common::raw::fresh_get;
+use common::process::ChildLb;
+use common::raw::{OnError, fresh_get, keep_alive_connection, read_until_close};
 use common::*;
 
-use std::io::{BufReader, ErrorKind, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::{RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
@@ -45,35 +45,10 @@ fn connect(addr: SocketAddr) -> TcpStream {
     stream
 }
 
-/// Reads until the server closes the connection or `limit` passes. Returns what arrived and,
-/// if it closed (end of stream or reset), how long after `since` it did.
-fn read_until_closed(
-    stream: &mut TcpStream,
-    since: Instant,
-    limit: Duration,
-) -> (Vec<u8>, Option<Duration>) {
-    let deadline = since + limit;
-    let mut received = Vec::new();
-    let mut buf = [0u8; 65536];
-    while Instant::now() < deadline {
-        let left = deadline.saturating_duration_since(Instant::now());
-        stream
-            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-            .unwrap();
-        match stream.read(&mut buf) {
-            Ok(0) => return (received, Some(since.elapsed())),
-            Ok(n) => received.extend_from_slice(&buf[..n]),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(_) => return (received, Some(since.elapsed())),
-        }
-    }
-    (received, None)
-}
-
 /// Asserts the connection was closed between [`EARLIEST_CUT`] and [`LATEST_CUT`] after
 /// `since`; returns what the server sent before closing.
 fn assert_cut_after_timeout(stream: &mut TcpStream, since: Instant, what: &str) -> Vec<u8> {
-    let (received, closed) = read_until_closed(stream, since, LATEST_CUT);
+    let (received, closed) = read_until_close(stream, since, LATEST_CUT, OnError::CountAsClose);
     let closed = closed.unwrap_or_else(|| panic!("{what}: still open after {LATEST_CUT:?}"));
     eprintln!(
         "{what}: closed after {closed:?}, {} bytes received first",
@@ -88,22 +63,18 @@ fn assert_cut_after_timeout(stream: &mut TcpStream, since: Instant, what: &str) 
 
 /// Starts the tinylb binary in front of `backend` with `extra` config keys, once it answers.
 /// Health checks run every second with a 1 s timeout, so a loaded machine cannot fail them.
-fn start_binary(label: &str, backend: &Backend, extra: &str) -> (TempConfig, Running, SocketAddr) {
-    let config = TempConfig::new(
+fn start_binary(label: &str, backend: &Backend, extra: &str) -> (ChildLb, SocketAddr) {
+    let mut lb = ChildLb::start(
         label,
-        &format!(
-            r#"{{"port": "127.0.0.1:0", "servers": ["{}"], "healthCheckInterval": "1s",
-                "healthCheckTimeout": "1s", {extra}}}"#,
-            backend.url()
-        ),
+        &[backend.url()],
+        &format!(r#""healthCheckInterval": "1s", "healthCheckTimeout": "1s", {extra}"#),
     );
-    let mut lb = Running::start(&config);
-    let addr = lb.listening_addr();
+    let addr = lb.addr;
     let ready = wait_until(Duration::from_secs(5), || {
         fresh_get(addr, "/", Duration::from_secs(2)) == Some(200)
     });
-    assert!(ready, "tinylb answers: {}", lb.log_text());
-    (config, lb, addr)
+    assert!(ready, "tinylb answers: {}", lb.run.log_text());
+    (lb, addr)
 }
 
 #[test]
@@ -182,7 +153,7 @@ fn client_stalling_in_its_body_is_disconnected_and_frees_the_only_worker() {
 fn client_not_reading_a_large_download_frees_the_worker_without_buffering_it() {
     let _quiet = timing_sensitive();
     let a = Backend::start("a");
-    let (_config, lb, addr) = start_binary(
+    let (lb, addr) = start_binary(
         "not-reading",
         &a,
         r#""clientTimeout": "500ms", "workers": 1"#,
@@ -199,9 +170,15 @@ fn client_not_reading_a_large_download_frees_the_worker_without_buffering_it() {
         .write_all(b"GET /bytes/50000000 HTTP/1.1\r\nHost: tinylb\r\n\r\n")
         .unwrap();
     let since = Instant::now();
-    // Let the download start and fill the socket buffers, then ask for something else: with one
-    // worker, the answer can only come once the stalled download has let it go.
-    std::thread::sleep(Duration::from_millis(200));
+    // Once the download holds the only worker, ask for something else: the answer can only
+    // come once the stalled download has let the worker go.
+    assert!(
+        wait_until(Duration::from_secs(3), || a
+            .seen_proxied()
+            .iter()
+            .any(|s| s.target == "/bytes/50000000")),
+        "the download started"
+    );
     let status = fresh_get(addr, "/", Duration::from_secs(5));
     let freed_after = since.elapsed();
     let hwm = proc_status(pid, "VmHWM");
@@ -214,7 +191,12 @@ fn client_not_reading_a_large_download_frees_the_worker_without_buffering_it() {
 
     // The stalled client gets what was in the socket buffers, then end of stream: a truncated
     // transfer, never 50 MB.
-    let (received, closed) = read_until_closed(&mut stalled, since, Duration::from_secs(10));
+    let (received, closed) = read_until_close(
+        &mut stalled,
+        since,
+        Duration::from_secs(10),
+        OnError::CountAsClose,
+    );
     eprintln!(
         "client not reading 50 MB: worker free after {freed_after:?}; the client had {} bytes \
          buffered, closed: {closed:?}; tinylb VmRSS {rss_before} KiB before, {rss} KiB after, \
@@ -239,15 +221,10 @@ fn idle_keep_alive_connection_is_closed_after_client_timeout() {
     let _quiet = timing_sensitive();
     let a = Backend::start("a");
     let lb = fast_lb(&[&a], "");
-    let stream = connect(lb.addr);
-    stream
-        .set_read_timeout(Some(Duration::from_secs(3)))
-        .unwrap();
-    let mut writer = stream.try_clone().unwrap();
+    let (mut writer, mut reader) = keep_alive_connection(lb.addr);
     writer
         .write_all(b"GET /first HTTP/1.1\r\nHost: tinylb\r\n\r\n")
         .unwrap();
-    let mut reader = BufReader::new(stream);
     let (status, body) = read_response(&mut reader).expect("first answer");
     assert_eq!(status, 200);
     assert!(String::from_utf8_lossy(&body).contains("target /first"));
@@ -264,17 +241,12 @@ fn connection_busy_every_200ms_outlives_the_timeout() {
     let _quiet = timing_sensitive();
     let a = Backend::start("a");
     let lb = fast_lb(&[&a], "");
-    let stream = connect(lb.addr);
-    stream
-        .set_read_timeout(Some(Duration::from_secs(3)))
-        .unwrap();
-    let mut writer = stream.try_clone().unwrap();
-    let mut reader = BufReader::new(stream);
+    let (mut writer, mut reader) = keep_alive_connection(lb.addr);
     let started = Instant::now();
     let mut answered = 0;
     for i in 0..11 {
         if i > 0 {
-            // The pause is the point of the test: less than clientTimeout between requests.
+            // The scenario: a pause shorter than clientTimeout between requests.
             std::thread::sleep(Duration::from_millis(200));
         }
         let head = format!("GET /req/{i} HTTP/1.1\r\nHost: tinylb\r\n\r\n");
@@ -307,7 +279,7 @@ fn trickling_one_byte_inside_each_timeout_is_never_cut_off() {
     let gap = CLIENT_TIMEOUT - Duration::from_millis(100);
     let mut trickled = 0;
     while started.elapsed() + gap < Duration::from_millis(2900) {
-        // The pause is the behaviour under test: one byte just inside each timeout.
+        // The scenario: one byte just inside each timeout.
         std::thread::sleep(gap);
         writer.write_all(b"a").expect("connection still open");
         trickled += 1;
@@ -343,7 +315,7 @@ fn thousand_idle_and_thousand_slowloris_connections_leave_normal_requests_fast()
     tinylb::client::socket_options::raise_open_files_limit()
         .expect("raise this process's fd limit");
     let a = Backend::start("a");
-    let (_config, lb, addr) = start_binary("crowd", &a, r#""clientTimeout": "5s""#);
+    let (lb, addr) = start_binary("crowd", &a, r#""clientTimeout": "5s""#);
     let pid = lb.pid();
     let threads_before = proc_status(pid, "Threads");
     let rss_before = proc_status(pid, "VmRSS");
@@ -361,6 +333,8 @@ fn thousand_idle_and_thousand_slowloris_connections_leave_normal_requests_fast()
         for i in 0..50 {
             let mut stream = connect(addr);
             if batch == 0 && i < 8 {
+                // The scenario: a client pacing its first connections. Which pool thread takes
+                // a connection shows nowhere outside tiny_http, so there is nothing to poll.
                 std::thread::sleep(Duration::from_millis(20));
             }
             if batch % 2 == 1 {
@@ -404,7 +378,7 @@ fn thousand_idle_and_thousand_slowloris_connections_leave_normal_requests_fast()
         peak_threads = peak_threads.max(proc_status(pid, "Threads"));
         peak_rss = peak_rss.max(proc_status(pid, "VmRSS"));
         peak_fds = peak_fds.max(open_fds(pid));
-        // Pacing the slowloris: one byte per connection every 300 ms.
+        // The scenario: the slowloris paces itself, one byte per connection every 300 ms.
         std::thread::sleep(Duration::from_millis(300).saturating_sub(tick.elapsed()));
     }
     let hwm = proc_status(pid, "VmHWM");
@@ -462,12 +436,12 @@ fn connections_opened_together_are_all_answered_promptly() {
     // the same thread, and a queued connection then waits until some other connection ends.
     let _quiet = timing_sensitive();
     let a = Backend::start("a");
-    let (_config, lb, addr) = start_binary("together", &a, r#""clientTimeout": "5s""#);
+    let (lb, addr) = start_binary("together", &a, r#""clientTimeout": "5s""#);
     // The burst: tinylb is paused while eight connections complete their handshakes, so they
     // wait in the kernel's backlog and tiny_http accepts them back to back, as under load.
-    lb.signal("STOP");
+    lb.run.signal("STOP");
     let streams: Vec<TcpStream> = (0..8).map(|_| connect(addr)).collect();
-    lb.signal("CONT");
+    lb.run.signal("CONT");
     let started = Instant::now();
     let answers: Vec<(Option<u16>, Duration)> = std::thread::scope(|scope| {
         let readers: Vec<_> = streams

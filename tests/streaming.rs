@@ -1,12 +1,13 @@
 //! Bodies and connections through the proxy: 100 MB downloads and uploads arrive byte for byte
 //! (fixed and chunked framing) without being buffered, keep-alive carries many requests on one
-//! socket, HTTP/1.0 clients get a close-delimited body, and `Expect: 100-continue` works.
+//! client socket and `backendKeepAlive` decides whether backend sockets are reused, HTTP/1.0
+//! clients get a close-delimited body, and `Expect: 100-continue` works.
 
 mod common;
+use common::raw::keep_alive_connection;
 use common::*;
 
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{self, BufRead, Read, Write};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -57,10 +58,6 @@ impl Read for PatternReader {
     }
 }
 
-fn hex(digest: &[u8]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Hashes everything `reader` gives, through one 64 KiB buffer; calls `each_mb` about once per
 /// megabyte read. Returns (sha256 hex, length).
 fn hash_stream(reader: &mut dyn Read, mut each_mb: impl FnMut()) -> (String, u64) {
@@ -87,78 +84,7 @@ fn hash_stream(reader: &mut dyn Read, mut each_mb: impl FnMut()) -> (String, u64
 
 /// This process's resident memory in KiB (the proxy and the backend run in-process).
 fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS line")
-}
-
-/// A response read from a raw socket.
-struct RawResponse {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl RawResponse {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Reads a status line and headers; the status line must be HTTP/1.x.
-fn read_head(reader: &mut impl BufRead) -> (u16, Vec<(String, String)>) {
-    let mut line = String::new();
-    reader.read_line(&mut line).expect("status line");
-    assert!(line.starts_with("HTTP/1."), "not a status line: {line:?}");
-    let status = line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {line:?}"));
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        let n = reader.read_line(&mut line).expect("header line");
-        assert!(n > 0, "connection closed inside the head");
-        let line = line.trim_end_matches(['\r', '\n']);
-        if line.is_empty() {
-            return (status, headers);
-        }
-        let (name, value) = line.split_once(':').expect("header has a colon");
-        headers.push((name.to_string(), value.trim().to_string()));
-    }
-}
-
-/// Reads one whole response framed by Content-Length (the keep-alive tests rely on it).
-fn read_length_response(reader: &mut impl BufRead) -> RawResponse {
-    let (status, headers) = read_head(reader);
-    let length: usize = headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.parse().ok())
-        .expect("Content-Length");
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).expect("whole body");
-    RawResponse {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn connect(addr: SocketAddr) -> (TcpStream, BufReader<TcpStream>) {
-    let stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let reader = BufReader::new(stream.try_clone().expect("clone"));
-    (stream, reader)
+    proc_status(std::process::id(), "VmRSS")
 }
 
 #[test]
@@ -224,7 +150,7 @@ fn chunked_upload_reaches_the_backend_intact() {
     let a = Backend::start("a");
     let lb = start_lb(&[&a], "");
     let total = 10 * MB + 12_345;
-    let (mut stream, mut reader) = connect(lb.addr);
+    let (mut stream, mut reader) = keep_alive_connection(lb.addr);
     stream
         .write_all(b"POST /sha256 HTTP/1.1\r\nHost: lb\r\nTransfer-Encoding: chunked\r\n\r\n")
         .unwrap();
@@ -246,9 +172,9 @@ fn chunked_upload_reaches_the_backend_intact() {
         i += 1;
     }
     stream.write_all(b"0\r\n\r\n").unwrap();
-    let response = read_length_response(&mut reader);
+    let response = read_full_response(&mut reader, false).expect("an answer");
     assert_eq!(response.status, 200);
-    let body = String::from_utf8(response.body).unwrap();
+    let body = response.text();
     assert_eq!(body, format!("{} {total}\n", pattern_sha256(total)));
     let seen = a.seen_proxied();
     assert_eq!(seen.len(), 1);
@@ -256,50 +182,22 @@ fn chunked_upload_reaches_the_backend_intact() {
 }
 
 #[test]
-fn hundred_requests_share_one_keep_alive_connection() {
-    let a = Backend::start("a");
-    let lb = start_lb(&[&a], "");
-    let (mut stream, mut reader) = connect(lb.addr);
-    for i in 0..100 {
-        stream
-            .write_all(format!("GET /ka/{i} HTTP/1.1\r\nHost: lb\r\n\r\n").as_bytes())
-            .unwrap();
-        let response = read_length_response(&mut reader);
-        assert_eq!(response.status, 200, "request {i}");
-        assert_eq!(response.header("x-backend"), Some("a"));
-        assert_eq!(response.header("connection"), None, "request {i}");
-        let body = String::from_utf8(response.body).unwrap();
-        assert!(
-            body.contains(&format!("target /ka/{i}\n")),
-            "request {i}: {body}"
-        );
-    }
-    let targets: Vec<String> = a.seen_proxied().into_iter().map(|s| s.target).collect();
-    let expected: Vec<String> = (0..100).map(|i| format!("/ka/{i}")).collect();
-    assert_eq!(targets, expected);
-}
-
-#[test]
 fn http10_client_gets_a_close_delimited_body_instead_of_chunks() {
     let a = Backend::start("a");
     let lb = start_lb(&[&a], "");
-    let (mut stream, mut reader) = connect(lb.addr);
+    let (mut stream, mut reader) = keep_alive_connection(lb.addr);
     stream
         .write_all(b"GET /chunked/5000 HTTP/1.0\r\n\r\n")
         .unwrap();
-    let (status, headers) = read_head(&mut reader);
-    assert_eq!(status, 200);
-    let has = |name: &str| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
-    assert!(!has("transfer-encoding"), "{headers:?}");
-    assert!(!has("content-length"), "{headers:?}");
-    let mut body = Vec::new();
-    // read_to_end ends only at end of file: a timeout here means the connection stayed open.
-    reader
-        .read_to_end(&mut body)
-        .expect("the body ends with the connection");
+    // Neither Content-Length nor chunked: the body ends only at end of file, and a timeout
+    // here means the connection stayed open.
+    let response =
+        read_full_response(&mut reader, false).expect("the body ends with the connection");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.framing, Framing::Close, "{:?}", response.headers);
     let expected: Vec<u8> = (0..5000).map(backend::pattern_byte).collect();
-    assert_eq!(body.len(), 5000);
-    assert!(body == expected, "body differs from the pattern");
+    assert_eq!(response.body.len(), 5000);
+    assert!(response.body == expected, "body differs from the pattern");
 }
 
 #[test]
@@ -307,7 +205,7 @@ fn expect_100_continue_upload_gets_continue_then_200() {
     let a = Backend::start("a");
     let lb = start_lb(&[&a], "");
     let total = MB;
-    let (mut stream, mut reader) = connect(lb.addr);
+    let (mut stream, mut reader) = keep_alive_connection(lb.addr);
     stream
         .write_all(
             format!(
@@ -326,9 +224,9 @@ fn expect_100_continue_upload_gets_continue_then_200() {
         assert!(reader.read_line(&mut rest).expect("interim head") > 0);
     }
     io::copy(&mut PatternReader::new(total), &mut stream).unwrap();
-    let response = read_length_response(&mut reader);
+    let response = read_full_response(&mut reader, false).expect("an answer");
     assert_eq!(response.status, 200);
-    let body = String::from_utf8(response.body).unwrap();
+    let body = response.text();
     assert_eq!(body, format!("{} {total}\n", pattern_sha256(total)));
     let seen = a.seen_proxied();
     assert_eq!(seen.len(), 1);
@@ -363,4 +261,64 @@ fn downloading_100_mb_does_not_buffer_it() {
          {peak} KiB peak, {:?})",
         started.elapsed()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keep-alive, on the client's side and on the backend's.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn hundred_requests_share_one_keep_alive_connection() {
+    let a = Backend::start("a");
+    let lb = start_lb(&[&a], "");
+    let (mut writer, mut reader) = keep_alive_connection(lb.addr);
+    for i in 0..100 {
+        write!(writer, "GET /k/{i} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let reply = read_full_response(&mut reader, false)
+            .unwrap_or_else(|e| panic!("request {i}: no answer on the connection: {e}"));
+        assert_eq!(reply.status, 200, "request {i}");
+        assert!(
+            matches!(reply.framing, Framing::Length(_)),
+            "request {i}: {:?}",
+            reply.headers
+        );
+        assert_eq!(reply.header("x-backend"), Some("a"), "request {i}");
+        assert_eq!(
+            reply.header("connection"),
+            None,
+            "request {i}: {:?}",
+            reply.headers
+        );
+        assert!(
+            reply.text().contains(&format!("\ntarget /k/{i}\n")),
+            "request {i}: {}",
+            reply.text()
+        );
+    }
+    let targets: Vec<String> = a.seen_proxied().into_iter().map(|s| s.target).collect();
+    let expected: Vec<String> = (0..100).map(|i| format!("/k/{i}")).collect();
+    assert_eq!(targets, expected);
+}
+
+/// `backendKeepAlive` (nginx's upstream `keepalive`) decides whether tinylb reuses its
+/// connections to a backend: by default 20 sequential requests share one, with 0 each opens
+/// its own. Health checks run once an hour here, so only the first round's check adds one.
+#[test]
+fn backend_keep_alive_decides_whether_backend_connections_are_reused() {
+    for (extra, fewest, most) in [("", 1, 2), (r#", "backendKeepAlive": 0"#, 20, 21)] {
+        let a = Backend::start("a");
+        let lb = start_lb(&[&a], &format!(r#""healthCheckInterval": "1h"{extra}"#));
+        let before = a.connections_accepted();
+        let agent = client();
+        for i in 0..20 {
+            let (status, body, _) = get(&agent, &format!("{}/pool/{i}", lb.url()));
+            assert_eq!(status, 200, "{extra}: request {i}: {body}");
+        }
+        let opened = a.connections_accepted() - before;
+        assert!(
+            (fewest..=most).contains(&opened),
+            "config {{{extra}}}: 20 requests opened {opened} backend connections, \
+             expected {fewest} to {most}"
+        );
+    }
 }

@@ -6,13 +6,14 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::process::{Running, TempConfig};
-use common::{open_fds, raw_exchange, read_response, wait_until};
+use common::process::ChildLb;
+use common::raw::RawServer;
+use common::{open_fds, raw_exchange, read_response, status_json, wait_until};
 use parking_lot::Mutex;
 use tungstenite::{Message, WebSocket};
 
@@ -27,7 +28,7 @@ enum Mode {
 
 /// A backend that answers health checks with 200 and handshakes as its [`Mode`] says.
 struct WsBackend {
-    addr: SocketAddr,
+    server: RawServer,
     /// WebSocket connections it is serving right now.
     open: Arc<AtomicUsize>,
     /// Every handshake head it received.
@@ -36,27 +37,21 @@ struct WsBackend {
 
 impl WsBackend {
     fn start(mode: Mode) -> WsBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().unwrap();
         let open = Arc::new(AtomicUsize::new(0));
         let handshakes = Arc::new(Mutex::new(Vec::new()));
-        let (open_in, handshakes_in) = (Arc::clone(&open), Arc::clone(&handshakes));
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let open = Arc::clone(&open_in);
-                let handshakes = Arc::clone(&handshakes_in);
-                std::thread::spawn(move || serve(stream, mode, &open, &handshakes));
-            }
-        });
+        let server = {
+            let (open, handshakes) = (Arc::clone(&open), Arc::clone(&handshakes));
+            RawServer::start(move |stream, _, _| serve(stream, mode, &open, &handshakes))
+        };
         WsBackend {
-            addr,
+            server,
             open,
             handshakes,
         }
     }
 
     fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url()
     }
 
     fn open(&self) -> usize {
@@ -105,64 +100,58 @@ fn serve(stream: TcpStream, mode: Mode, open: &AtomicUsize, handshakes: &Mutex<V
     open.fetch_sub(1, Ordering::SeqCst);
 }
 
-/// The request head, peeked so that tungstenite can read it again.
+/// The request head, peeked (once it has all arrived) so that tungstenite can read it again.
 fn peek_head(stream: &TcpStream) -> Option<String> {
     let mut buffer = vec![0u8; 16 * 1024];
-    for _ in 0..200 {
-        let n = stream.peek(&mut buffer).ok()?;
-        if n == 0 {
-            return None;
+    let mut head = None;
+    wait_until(Duration::from_secs(1), || match stream.peek(&mut buffer) {
+        Ok(0) | Err(_) => true,
+        Ok(n) => {
+            head = buffer[..n]
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|end| String::from_utf8_lossy(&buffer[..end + 4]).into_owned());
+            head.is_some()
         }
-        if let Some(end) = buffer[..n].windows(4).position(|w| w == b"\r\n\r\n") {
-            return Some(String::from_utf8_lossy(&buffer[..end + 4]).into_owned());
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    None
+    });
+    head
 }
 
-/// tinylb as a child process.
+/// tinylb as a child process, with its admin listener.
 struct Lb {
-    run: Running,
+    child: ChildLb,
     addr: SocketAddr,
-    admin: Option<SocketAddr>,
-    _config: TempConfig,
+    admin: SocketAddr,
 }
 
 impl Lb {
     fn start(label: &str, backends: &[&WsBackend], extra: &str) -> Lb {
-        let servers: Vec<String> = backends
-            .iter()
-            .map(|b| format!("\"{}\"", b.url()))
-            .collect();
-        let config = TempConfig::new(
-            &format!("ws-{label}"),
-            &format!(
-                r#"{{"port": "127.0.0.1:0", "healthCheckInterval": "100ms", "adminAddress": "127.0.0.1:0",
-                    "servers": [{}]{}{extra}}}"#,
-                servers.join(", "),
-                if extra.is_empty() { "" } else { ", " }
-            ),
-        );
-        let mut run = Running::start(&config);
-        let addr = run.listening_addr();
-        let admin_line = run.wait_for_line("admin listener on", Duration::from_secs(5));
+        let urls: Vec<String> = backends.iter().map(|b| b.url()).collect();
+        let keys = [r#""adminAddress": "127.0.0.1:0""#, extra]
+            .into_iter()
+            .filter(|keys| !keys.is_empty())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut child = ChildLb::start(&format!("ws-{label}"), &urls, &keys);
+        let admin_line = child
+            .run
+            .wait_for_line("admin listener on", Duration::from_secs(5));
         // `... admin listener on http://127.0.0.1:PORT/ (status page, ...)`
         let admin = admin_line
             .split("admin listener on http://")
             .nth(1)
             .and_then(|rest| rest.split('/').next())
-            .and_then(|addr| addr.parse().ok());
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {admin_line:?}"));
         Lb {
-            run,
-            addr,
+            addr: child.addr,
+            child,
             admin,
-            _config: config,
         }
     }
 
     fn pid(&self) -> u32 {
-        self.run.pid()
+        self.child.pid()
     }
 
     /// Threads named `tunnel-up` or `tunnel-down`.
@@ -185,15 +174,7 @@ impl Lb {
 
     /// `/status.json`.
     fn status(&self) -> serde_json::Value {
-        let admin = self.admin.expect("admin listener");
-        let answer = raw_exchange(
-            admin,
-            b"GET /status.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-            Duration::from_secs(5),
-        );
-        let (status, body) = read_response(&mut &answer[..]).expect("an answer");
-        assert_eq!(status, 200);
-        serde_json::from_slice(&body).expect("status.json is JSON")
+        status_json(self.admin)
     }
 
     /// `/status.json`'s `tunnels` object.
@@ -203,7 +184,7 @@ impl Lb {
 
     /// A POST to the admin listener, such as a drain.
     fn admin_post(&self, path: &str) {
-        let admin = self.admin.expect("admin listener");
+        let admin = self.admin;
         let request = format!(
             "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         );
@@ -216,7 +197,7 @@ impl Lb {
     }
 
     fn metrics(&self) -> String {
-        let admin = self.admin.expect("admin listener");
+        let admin = self.admin;
         let answer = raw_exchange(
             admin,
             b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
@@ -439,7 +420,8 @@ fn a_tunnel_idle_for_tunnel_idle_timeout_is_closed() {
     let lb = Lb::start("idle", &[&backend], r#""tunnelIdleTimeout": "600ms""#);
     let mut busy = connect(lb.addr, "/");
     let mut quiet = connect(lb.addr, "/");
-    // The busy one talks every 200 ms for 1.5 s and must survive; the quiet one must not.
+    // The scenario: the busy one talks every 200 ms for 1.5 s and must survive; the quiet one
+    // must not.
     for _ in 0..8 {
         expect_echo(&mut busy, Message::text("tick"));
         std::thread::sleep(Duration::from_millis(200));
@@ -466,7 +448,12 @@ fn a_backend_that_declines_the_upgrade_is_relayed_as_is() {
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{text}");
     assert!(text.ends_with("no websockets here!\n"), "{text}");
-    assert_eq!(lb.tunnel_status()["open"], 0);
+    // The handshake held a tunnel's place until the refusal was relayed; it gives it back.
+    assert!(
+        wait_until(Duration::from_secs(5), || lb.tunnel_status()["open"] == 0),
+        "{}",
+        lb.tunnel_status()
+    );
 }
 
 #[test]
@@ -475,18 +462,19 @@ fn sigterm_gives_open_tunnels_the_grace_period_then_closes_them() {
     let mut lb = Lb::start("sigterm", &[&backend], r#""shutdownGracePeriod": "1500ms""#);
     let mut socket = connect(lb.addr, "/");
     expect_echo(&mut socket, Message::text("before"));
-    lb.run.signal("TERM");
-    lb.run
+    lb.child.run.signal("TERM");
+    lb.child
+        .run
         .wait_for_line("waiting for 1 open tunnels", Duration::from_secs(5));
     // Within the grace period the tunnel still works.
     expect_echo(&mut socket, Message::text("during the grace period"));
-    let exit = lb.run.wait_exit(Duration::from_secs(10));
-    let exit = exit.unwrap_or_else(|| panic!("tinylb exits; log:\n{}", lb.run.log_text()));
+    let exit = lb.child.run.wait_exit(Duration::from_secs(10));
+    let exit = exit.unwrap_or_else(|| panic!("tinylb exits; log:\n{}", lb.child.run.log_text()));
     assert!(exit.success(), "{exit:?}");
     assert!(
-        lb.run.log_text().contains("closed 1 tunnels"),
+        lb.child.run.log_text().contains("closed 1 tunnels"),
         "{}",
-        lb.run.log_text()
+        lb.child.run.log_text()
     );
     assert!(socket.read().is_err(), "the tunnel was closed at the end");
 }
@@ -506,12 +494,17 @@ fn least_connections_counts_open_tunnels_as_load() {
     let _on_b: Vec<_> = (0..2).map(|_| connect(lb.addr, "/")).collect();
     assert!(wait_until(Duration::from_secs(5), || b.open() == 2));
     assert_eq!(a.open(), 3);
-    let status = lb.status();
-    let tunnels: Vec<u64> = status["backends"]
-        .as_array()
-        .expect("backends")
-        .iter()
-        .map(|backend| backend["tunnels"].as_u64().expect("a count"))
-        .collect();
-    assert_eq!(tunnels, [3, 2]);
+    // tinylb counts a tunnel once it has relayed the backend's 101, a moment after the backend
+    // sees it open.
+    let mut tunnels: Vec<u64> = Vec::new();
+    let counted = wait_until(Duration::from_secs(5), || {
+        tunnels = lb.status()["backends"]
+            .as_array()
+            .expect("backends")
+            .iter()
+            .map(|backend| backend["tunnels"].as_u64().expect("a count"))
+            .collect();
+        tunnels == [3, 2]
+    });
+    assert!(counted, "tunnels per backend on status.json: {tunnels:?}");
 }

@@ -9,14 +9,16 @@
 //! - `/status/N`: status N with a short body. `/redirect`: 302 to `/elsewhere`.
 //! - `/bytes/N`: N bytes of [`pattern_byte`] with Content-Length. `/chunked/N`: the same,
 //!   chunked.
-//! - `/slow/MS`: waits MS milliseconds, then answers like the default route.
+//! - `/slow/MS`: answers like the default route, MS milliseconds late.
 //! - `/sha256`: answers the request body's sha256 in hex and its length.
 //! - `/cookies`: two `Set-Cookie` headers. `/gzip`: `Content-Encoding: gzip` with raw bytes.
 //! - `/hop`: response with hop-by-hop headers (`Connection: X-Hop`, `X-Hop`, `Keep-Alive`).
 //!
-//! Every response carries `X-Backend: NAME`.
+//! Every response carries `X-Backend: NAME`. Besides the requests, it records every request
+//! body as it arrives ([`Backend::bodies`]): how many bytes, and whether the body completed, was
+//! cut off by its sender, or stalled.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -47,9 +49,33 @@ impl Seen {
     }
 }
 
+/// A request body as it arrived.
+#[derive(Debug, Clone)]
+pub struct BodySeen {
+    pub target: String,
+    /// Bytes read so far.
+    pub bytes: u64,
+    pub outcome: Outcome,
+}
+
+/// How a request body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Reading,
+    Complete,
+    /// The sender closed or reset the connection before the body's end.
+    Aborted,
+    /// Nothing arrived for [`BODY_STALL`]: the sender left the connection hanging.
+    Stalled,
+}
+
+/// How long a body may pause before the backend calls it stalled and hangs up.
+pub const BODY_STALL: Duration = Duration::from_secs(10);
+
 struct Shared {
     name: String,
     seen: Mutex<Vec<Seen>>,
+    bodies: Mutex<Vec<BodySeen>>,
     count: AtomicUsize,
     stopping: AtomicBool,
     connections: Mutex<Vec<TcpStream>>,
@@ -74,6 +100,7 @@ impl Backend {
         let shared = Arc::new(Shared {
             name: name.to_string(),
             seen: Mutex::new(Vec::new()),
+            bodies: Mutex::new(Vec::new()),
             count: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             connections: Mutex::new(Vec::new()),
@@ -117,6 +144,11 @@ impl Backend {
     /// Every request seen so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.shared.seen.lock().clone()
+    }
+
+    /// Every request body so far (requests without one have none), as it arrives.
+    pub fn bodies(&self) -> Vec<BodySeen> {
+        self.shared.bodies.lock().clone()
     }
 
     /// Requests seen other than HEAD health checks.
@@ -192,10 +224,34 @@ fn serve_connection(stream: TcpStream, shared: &Shared) {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         let mut hasher = Sha256::new();
-        let body_len = if chunked {
-            read_chunked(&mut reader, &mut hasher)
+        let body_len = if chunked || length > 0 {
+            let index = {
+                let mut bodies = shared.bodies.lock();
+                bodies.push(BodySeen {
+                    target: target.clone(),
+                    bytes: 0,
+                    outcome: Outcome::Reading,
+                });
+                bodies.len() - 1
+            };
+            let mut progress = |n: usize| shared.bodies.lock()[index].bytes += n as u64;
+            let _ = writer.set_read_timeout(Some(BODY_STALL));
+            let read = if chunked {
+                read_chunked(&mut reader, &mut hasher, &mut progress)
+            } else {
+                copy_exact(&mut reader, length, &mut hasher, &mut progress)
+            };
+            let _ = writer.set_read_timeout(None);
+            shared.bodies.lock()[index].outcome = match &read {
+                Ok(_) => Outcome::Complete,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    Outcome::Stalled
+                }
+                Err(_) => Outcome::Aborted,
+            };
+            read.ok()
         } else {
-            copy_exact(&mut reader, length, &mut hasher)
+            Some(0)
         };
         let Some(body_len) = body_len else { return };
         let close = header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
@@ -207,11 +263,7 @@ fn serve_connection(stream: TcpStream, shared: &Shared) {
         };
         shared.seen.lock().push(seen.clone());
         shared.count.fetch_add(1, Ordering::SeqCst);
-        let digest: String = hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let digest = hex(&hasher.finalize());
         if respond(&mut writer, &shared.name, &seen, &digest, close).is_err() || close {
             let _ = writer.shutdown(Shutdown::Both);
             return;
@@ -246,35 +298,52 @@ fn read_head(reader: &mut impl BufRead) -> Option<Head> {
     }
 }
 
-fn copy_exact(reader: &mut impl Read, mut remaining: u64, hasher: &mut Sha256) -> Option<u64> {
+fn unexpected_eof() -> std::io::Error {
+    std::io::Error::new(ErrorKind::UnexpectedEof, "closed inside the body")
+}
+
+fn copy_exact(
+    reader: &mut impl Read,
+    mut remaining: u64,
+    hasher: &mut Sha256,
+    progress: &mut impl FnMut(usize),
+) -> std::io::Result<u64> {
     let total = remaining;
     let mut buf = vec![0u8; 65536];
     while remaining > 0 {
         let want = buf.len().min(remaining as usize);
-        let n = reader.read(&mut buf[..want]).ok()?;
+        let n = reader.read(&mut buf[..want])?;
         if n == 0 {
-            return None;
+            return Err(unexpected_eof());
         }
         hasher.update(&buf[..n]);
+        progress(n);
         remaining -= n as u64;
     }
-    Some(total)
+    Ok(total)
 }
 
-fn read_chunked(reader: &mut impl BufRead, hasher: &mut Sha256) -> Option<u64> {
+fn read_chunked(
+    reader: &mut impl BufRead,
+    hasher: &mut Sha256,
+    progress: &mut impl FnMut(usize),
+) -> std::io::Result<u64> {
     let mut total = 0;
     loop {
         let mut line = String::new();
-        reader.read_line(&mut line).ok()?;
-        let size = u64::from_str_radix(line.trim().split(';').next()?, 16).ok()?;
+        if reader.read_line(&mut line)? == 0 {
+            return Err(unexpected_eof());
+        }
+        let size = u64::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+            .map_err(|_| std::io::Error::new(ErrorKind::InvalidData, "chunk size"))?;
         if size == 0 {
             let mut end = String::new();
-            reader.read_line(&mut end).ok()?; // no trailers in these tests
-            return Some(total);
+            reader.read_line(&mut end)?; // no trailers in these tests
+            return Ok(total);
         }
-        total += copy_exact(reader, size, hasher)?;
+        total += copy_exact(reader, size, hasher, progress)?;
         let mut crlf = [0u8; 2];
-        reader.read_exact(&mut crlf).ok()?;
+        reader.read_exact(&mut crlf)?;
     }
 }
 
@@ -282,6 +351,16 @@ fn read_chunked(reader: &mut impl BufRead, hasher: &mut Sha256) -> Option<u64> {
 /// expected stream without storing it.
 pub fn pattern_byte(offset: u64) -> u8 {
     (offset.wrapping_mul(2_654_435_761) >> 7) as u8
+}
+
+/// Bytes (a digest) as lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// sha256 of `bytes`, as hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 /// sha256 of `len` pattern bytes, as hex.
@@ -297,11 +376,7 @@ pub fn pattern_sha256(len: u64) -> String {
         hasher.update(&buf[..n]);
         offset += n as u64;
     }
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&hasher.finalize())
 }
 
 fn respond(
@@ -345,6 +420,7 @@ fn respond(
         body = b"hop\n".to_vec();
     } else {
         if let Some(ms) = number("/slow/") {
+            // The scenario: a backend that answers late.
             std::thread::sleep(Duration::from_millis(ms));
         }
         body = describe(name, seen).into_bytes();

@@ -1,19 +1,28 @@
 //! Shared test fixtures: real backends on 127.0.0.1 (a small hand-written HTTP/1.1 server whose
-//! `stop()` really closes every connection, like a killed process), a load balancer started
-//! in-process on port 0, HTTP clients, and `wait_until` so no test relies on a bare sleep.
+//! `stop()` really closes every connection, like a killed process, and raw ones scripted by the
+//! test), tinylb started in-process on port 0 or as its binary, clients on raw sockets, the one
+//! response reader, and `wait_until`.
+//!
+//! No test waits for a condition with a bare sleep: [`wait_until`] polls the condition with a
+//! deadline (and a stderr line is awaited on its channel), and a check that something does
+//! *not* happen watches for it over a stated window, failing as soon as it does
+//! (`assert!(!wait_until(window, || it_happened()))`). The sleeps that remain are the scenario
+//! itself, and each says so where it is: a client that paces, trickles or stays idle on
+//! purpose, a backend that answers late, a load or an exhaustion kept up for a stated time, a
+//! measuring window, a sampler's period.
 
 #![allow(dead_code)]
 
 pub mod backend;
 pub mod process;
 pub mod raw;
+pub mod scripted;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 #[allow(unused_imports)]
-pub use backend::{Backend, Seen, pattern_sha256};
+pub use backend::{Backend, BodySeen, Outcome, Seen, hex, pattern_sha256, sha256_hex};
 use crossbeam_channel::Receiver;
 use tinylb::LoadBalancer;
 use tinylb::config::Config;
@@ -69,16 +78,26 @@ pub fn start_lb_with_servers(servers_json: &str, extra: &str) -> TestLb {
         r#"{{"port": "127.0.0.1:0", "healthCheckInterval": "100ms", "healthCheckTimeout": "500ms",
             "servers": [{servers_json}]}}"#
     );
-    let parse = |text: &str| -> serde_json::Map<String, serde_json::Value> {
-        serde_json::from_str(text).unwrap_or_else(|e| panic!("test config {text}: {e}"))
-    };
-    let mut keys = parse(&defaults);
-    keys.extend(parse(&format!("{{{extra}}}")));
-    let text = serde_json::Value::Object(keys).to_string();
-    let config = Config::parse(&text).unwrap_or_else(|e| panic!("bad test config {text}: {e}"));
+    start_lb_from_json(&merge_keys(&defaults, extra))
+}
+
+/// Starts tinylb in-process from a whole config.json text.
+pub fn start_lb_from_json(text: &str) -> TestLb {
+    let config = Config::parse(text).unwrap_or_else(|e| panic!("bad test config {text}: {e}"));
     let lb = LoadBalancer::start(config).expect("tinylb starts");
     let addr = lb.local_addr();
     TestLb { lb: Some(lb), addr }
+}
+
+/// The JSON object `defaults` with the keys of `extra` (`"a": 1, "b": 2`, or "") put in, each
+/// replacing a default of the same name.
+pub fn merge_keys(defaults: &str, extra: &str) -> String {
+    let parse = |text: &str| -> serde_json::Map<String, serde_json::Value> {
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("test config {text}: {e}"))
+    };
+    let mut keys = parse(defaults);
+    keys.extend(parse(&format!("{{{extra}}}")));
+    serde_json::Value::Object(keys).to_string()
 }
 
 /// A ureq client that passes every status through, like a browser would show it.
@@ -104,21 +123,27 @@ pub fn get(agent: &ureq::Agent, url: &str) -> (u16, String, Option<String>) {
     (status, body, backend)
 }
 
+/// GETs `base` + `path` `n` times in a row with `agent`; every answer must be a 200 naming its
+/// backend. Returns the backends' names, in order.
+pub fn answered_by(agent: &ureq::Agent, base: &str, path: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let (status, body, backend) = get(agent, &format!("{base}{path}"));
+            assert_eq!(status, 200, "request {i} to {path}: {body}");
+            backend.expect("every fixture answer names its backend")
+        })
+        .collect()
+}
+
+/// How many of `names` are `name`.
+pub fn count(names: &[String], name: &str) -> usize {
+    names.iter().filter(|n| *n == name).count()
+}
+
 /// Sends raw bytes on a new connection and returns everything the server sends until it
-/// closes the connection or `timeout` passes with nothing more arriving.
+/// closes the connection or `timeout` passes.
 pub fn raw_exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> Vec<u8> {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(timeout)).unwrap();
-    stream.write_all(request).expect("send");
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 65536];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => answer.extend_from_slice(&buf[..n]),
-        }
-    }
-    answer
+    raw::send_until_close(addr, request, timeout, raw::OnError::CountAsClose).0
 }
 
 /// Polls `condition` every 10 ms until it holds or `timeout` passes; says which.
@@ -153,6 +178,33 @@ pub fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| dir.count())
 }
 
+/// What a process holds right now (signed, so that differences can be taken).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProcStats {
+    pub threads: i64,
+    pub fds: i64,
+    pub rss_kib: i64,
+    /// Peak resident memory since start.
+    pub hwm_kib: i64,
+}
+
+impl ProcStats {
+    pub fn of(pid: u32) -> ProcStats {
+        let field = |name: &str| proc_status(pid, name) as i64;
+        ProcStats {
+            threads: field("Threads"),
+            fds: open_fds(pid) as i64,
+            rss_kib: field("VmRSS"),
+            hwm_kib: field("VmHWM"),
+        }
+    }
+}
+
+/// KiB as MiB, for messages.
+pub fn mib(kib: i64) -> f64 {
+    kib as f64 / 1024.0
+}
+
 /// Reads one response from a raw connection: the status and the body, framed by
 /// Content-Length, chunked, or (with neither) the end of the stream. Not for HEAD answers,
 /// which have no body whatever their headers say: use [`read_full_response`].
@@ -179,6 +231,29 @@ pub struct Response {
     /// The body with the framing removed (chunks joined).
     pub body: Vec<u8>,
     pub framing: Framing,
+}
+
+impl Response {
+    /// Every value of a header, case-insensitively, in arrival order.
+    pub fn values(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The value of a header that must not be repeated, if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let values = self.values(name);
+        assert!(values.len() <= 1, "{name} repeated: {:?}", self.headers);
+        values.first().copied()
+    }
+
+    /// The body as text, for messages and `contains`.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
 }
 
 /// Reads one response with its headers, skipping interim 1xx answers; `head_request` says the
@@ -282,95 +357,68 @@ fn read_chunked(reader: &mut impl std::io::BufRead, body: &mut Vec<u8>) -> std::
     Err(Error::new(ErrorKind::InvalidData, "too many chunks"))
 }
 
-/// Starts tinylb in-process from a whole config.json text, for tests that need settings
-/// `start_lb` fixes (its health-check interval, for one).
-pub fn start_lb_from_json(text: &str) -> TestLb {
-    let config = Config::parse(text).unwrap_or_else(|e| panic!("bad test config {text}: {e}"));
-    let lb = LoadBalancer::start(config).expect("tinylb starts");
-    let addr = lb.local_addr();
-    TestLb { lb: Some(lb), addr }
+/// The head of an answer that may be cut short, and the bytes after the head as they came (a
+/// chunked body still chunked): for the answers of backends that break off.
+pub fn split_response(answer: &[u8]) -> (Response, &[u8]) {
+    let mut rest = answer;
+    let head = read_full_response(&mut rest, true).unwrap_or_else(|e| {
+        panic!(
+            "no whole response head ({e}) in {:?}",
+            String::from_utf8_lossy(answer)
+        )
+    });
+    (head, rest)
 }
 
-/// A raw backend that passes health checks (HEAD gets `200`, then the connection closes) and
-/// never answers anything else: it holds every other request open, reading nothing more, for
-/// up to 10 s or until dropped. For `backendTimeout` tests.
-pub struct HangingBackend {
-    addr: SocketAddr,
-    stopping: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    acceptor: Option<std::thread::JoinHandle<()>>,
+/// The status of the first (non-interim) response in `answer`, if its head is there.
+pub fn status_of(answer: &[u8]) -> Option<u16> {
+    read_full_response(&mut &answer[..], true)
+        .ok()
+        .map(|response| response.status)
 }
 
-impl HangingBackend {
-    pub fn start() -> HangingBackend {
-        use std::sync::Arc;
-        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("hanging backend binds");
-        let addr = listener.local_addr().expect("bound");
-        let stopping = Arc::new(AtomicBool::new(false));
-        let hits = Arc::new(AtomicUsize::new(0));
-        let acceptor = {
-            let (stopping, hits) = (Arc::clone(&stopping), Arc::clone(&hits));
-            std::thread::spawn(move || {
-                for stream in listener.incoming() {
-                    if stopping.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    let Ok(mut stream) = stream else { continue };
-                    let (stopping, hits) = (Arc::clone(&stopping), Arc::clone(&hits));
-                    std::thread::spawn(move || {
-                        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-                        let mut head = Vec::new();
-                        let mut buf = [0u8; 1024];
-                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match stream.read(&mut buf) {
-                                Ok(n) if n > 0 && head.len() < 65536 => {
-                                    head.extend_from_slice(&buf[..n])
-                                }
-                                _ => return,
-                            }
-                        }
-                        if head.starts_with(b"HEAD ") {
-                            let _ = stream.write_all(
-                                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                            );
-                            return;
-                        }
-                        hits.fetch_add(1, Ordering::SeqCst);
-                        let until = Instant::now() + Duration::from_secs(10);
-                        while Instant::now() < until && !stopping.load(Ordering::SeqCst) {
-                            std::thread::sleep(Duration::from_millis(20));
-                        }
-                    });
-                }
-            })
+/// Decodes a chunked body that may be cut short: the data, and whether the last chunk came.
+pub fn decode_chunked(mut bytes: &[u8]) -> (Vec<u8>, bool) {
+    let mut data = Vec::new();
+    for _ in 0..100_000 {
+        let Some(end) = bytes.windows(2).position(|w| w == b"\r\n") else {
+            return (data, false);
         };
-        HangingBackend {
-            addr,
-            stopping,
-            hits,
-            acceptor: Some(acceptor),
+        let size_line = String::from_utf8_lossy(&bytes[..end]).into_owned();
+        let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
+            .unwrap_or_else(|_| panic!("bad chunk size line {size_line:?}"));
+        bytes = &bytes[end + 2..];
+        if size == 0 {
+            return (data, true);
         }
+        data.extend_from_slice(&bytes[..size.min(bytes.len())]);
+        if bytes.len() < size + 2 {
+            return (data, false);
+        }
+        assert_eq!(
+            &bytes[size..size + 2],
+            b"\r\n",
+            "chunk not followed by CRLF"
+        );
+        bytes = &bytes[size + 2..];
     }
-
-    /// `http://127.0.0.1:PORT`
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Requests held open (health checks not counted).
-    pub fn hits(&self) -> usize {
-        self.hits.load(std::sync::atomic::Ordering::SeqCst)
-    }
+    panic!("more than 100,000 chunks");
 }
 
-impl Drop for HangingBackend {
-    fn drop(&mut self) {
-        self.stopping
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr); // wakes the accept loop
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
-        }
-    }
+/// `/status.json` from an admin listener: a 200 with a JSON content type, parsed.
+pub fn status_json(admin: SocketAddr) -> serde_json::Value {
+    let answer = raw_exchange(
+        admin,
+        b"GET /status.json HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    let response = read_full_response(&mut &answer[..], false).expect("an answer");
+    assert_eq!(response.status, 200, "{}", response.text());
+    let content_type = response.header("content-type").unwrap_or_default();
+    assert!(
+        content_type.starts_with("application/json"),
+        "status.json served as {content_type:?}"
+    );
+    serde_json::from_slice(&response.body)
+        .unwrap_or_else(|e| panic!("status.json is not JSON ({e}):\n{}", response.text()))
 }

@@ -1,5 +1,6 @@
 //! Running the `tinylb` binary as a child process: temp config files, a guard that kills the
-//! child when the test ends, and a reader that collects its stderr log lines.
+//! child when the test ends, a reader that collects its stderr log lines, and [`ChildLb`], the
+//! binary listening in front of backends.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -8,7 +9,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use super::{Backend, wait_until};
+use super::{ProcStats, merge_keys, wait_until};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tinylb");
 
@@ -52,8 +53,23 @@ impl Drop for KillOnDrop {
 
 pub fn command(args: &[&str]) -> Command {
     let mut command = Command::new(BIN);
+    command.args(args);
+    quiet(command)
+}
+
+/// tinylb with these arguments, run by `sh -c "LIMITS && exec tinylb ARGS"` so that `ulimit`
+/// in `limits` applies to it.
+pub fn command_with_limits(limits: &str, args: &[&str]) -> Command {
+    let mut command = Command::new("sh");
     command
-        .args(args)
+        .args(["-c", &format!(r#"{limits} && exec "$0" "$@""#), BIN])
+        .args(args);
+    quiet(command)
+}
+
+/// No RUST_LOG from the environment, no stdin, stdout and stderr piped.
+fn quiet(mut command: Command) -> Command {
+    command
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -105,11 +121,12 @@ pub struct Running {
 
 impl Running {
     pub fn start(config: &TempConfig) -> Running {
-        let mut child = KillOnDrop(
-            command(&["--config", config.path()])
-                .spawn()
-                .expect("tinylb runs"),
-        );
+        Running::spawn(command(&["--config", config.path()]))
+    }
+
+    /// Runs `command` (tinylb's stderr piped, as [`command`] makes it).
+    pub fn spawn(mut command: Command) -> Running {
+        let mut child = KillOnDrop(command.spawn().expect("tinylb runs"));
         let stderr = child.0.stderr.take().expect("piped stderr");
         let (sender, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -131,27 +148,57 @@ impl Running {
         self.child.0.id()
     }
 
-    /// Waits for a stderr line containing `needle` and returns it.
-    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        if let Some(line) = self.log.iter().find(|l| l.contains(needle)) {
-            return line.clone();
+    /// The position after every line received so far: later waits can look only past it.
+    pub fn mark(&mut self) -> usize {
+        while let Ok(line) = self.lines.try_recv() {
+            self.log.push(line);
         }
+        self.log.len()
+    }
+
+    /// The first line at or after position `from` that contains `needle`, waiting at most
+    /// `timeout` for it.
+    pub fn find_since(&mut self, from: usize, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let mut next = from;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
+            if let Some(line) = self.log[next.min(self.log.len())..]
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return Some(line.clone());
+            }
+            next = self.log.len();
+            let left = deadline.checked_duration_since(Instant::now())?;
             match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.log.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(error) => panic!(
-                    "no stderr line with {needle:?} ({error:?}); stderr so far:\n{}",
-                    self.log.join("\n")
-                ),
+                Ok(line) => self.log.push(line),
+                Err(_) => return None,
             }
         }
+    }
+
+    /// Like [`Running::find_since`], failing the test with the whole log when no line comes.
+    pub fn wait_for_line_since(&mut self, from: usize, needle: &str, timeout: Duration) -> String {
+        self.find_since(from, needle, timeout).unwrap_or_else(|| {
+            panic!(
+                "no stderr line with {needle:?} within {timeout:?}; stderr so far:\n{}",
+                self.log_text()
+            )
+        })
+    }
+
+    /// Waits for a stderr line containing `needle` and returns it.
+    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> String {
+        self.wait_for_line_since(0, needle, timeout)
+    }
+
+    /// Lines received at or after position `from` that contain `needle`.
+    pub fn count_since(&mut self, from: usize, needle: &str) -> usize {
+        self.mark();
+        self.log[from..]
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
     }
 
     /// Waits for the start-up line and returns the address it names.
@@ -190,7 +237,9 @@ impl Running {
         status
     }
 
-    pub fn log_text(&self) -> String {
+    /// Every stderr line so far, as one text.
+    pub fn log_text(&mut self) -> String {
+        self.mark();
         self.log.join("\n")
     }
 }
@@ -216,18 +265,41 @@ pub fn starts_with_timestamp(line: &str) -> bool {
         })
 }
 
-/// A config on 127.0.0.1:0 in front of the given backends, with `extra` keys.
-pub fn lb_config(label: &str, backends: &[&Backend], extra: &str) -> TempConfig {
-    let servers: Vec<String> = backends
-        .iter()
-        .map(|b| format!("\"{}\"", b.url()))
-        .collect();
-    let separator = if extra.is_empty() { "" } else { ", " };
-    TempConfig::new(
-        label,
-        &format!(
-            r#"{{"port": "127.0.0.1:0", "healthCheckInterval": "100ms", "servers": [{}]{separator}{extra}}}"#,
-            servers.join(", ")
-        ),
-    )
+/// A config on 127.0.0.1:0 in front of the backends at `urls`, health checks every 100 ms; the
+/// keys in `extra` replace these defaults.
+pub fn lb_config(label: &str, urls: &[String], extra: &str) -> TempConfig {
+    let servers: Vec<String> = urls.iter().map(|url| format!("\"{url}\"")).collect();
+    let defaults = format!(
+        r#"{{"port": "127.0.0.1:0", "healthCheckInterval": "100ms", "servers": [{}]}}"#,
+        servers.join(", ")
+    );
+    TempConfig::new(label, &merge_keys(&defaults, extra))
+}
+
+/// The tinylb binary listening in front of backends, on a config from [`lb_config`].
+pub struct ChildLb {
+    pub run: Running,
+    pub addr: SocketAddr,
+    _config: TempConfig,
+}
+
+impl ChildLb {
+    pub fn start(label: &str, urls: &[String], extra: &str) -> ChildLb {
+        let config = lb_config(label, urls, extra);
+        let mut run = Running::start(&config);
+        let addr = run.listening_addr();
+        ChildLb {
+            run,
+            addr,
+            _config: config,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.run.pid()
+    }
+
+    pub fn stats(&self) -> ProcStats {
+        ProcStats::of(self.pid())
+    }
 }

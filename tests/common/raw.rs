@@ -1,7 +1,6 @@
 //! Raw TCP on both sides of tinylb: a client that sends bytes and reads until the connection
-//! closes (or makes one plain GET), a counter of status lines, and a bare accept loop for
-//! hand-written backends (each test file keeps its own per-connection behaviour, including how
-//! it answers the HEAD health checks).
+//! closes, one that sends a request in pieces, a keep-alive connection, one plain GET, a counter
+//! of status lines, and a bare accept loop for hand-written backends.
 
 use std::io::{BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -10,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::read_response;
+use super::{Response, read_full_response, read_response};
 
 /// What [`send_until_close`] and [`read_until_close`] make of an I/O error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,4 +163,44 @@ impl Drop for RawServer {
             let _ = acceptor.join();
         }
     }
+}
+
+/// Sends `pieces` on a new connection, each as its own write (a client streaming its request),
+/// and reads one response (bodiless after a HEAD). Connect, reads and writes time out.
+pub fn exchange_in_pieces(
+    addr: SocketAddr,
+    pieces: &[impl AsRef<[u8]>],
+    pause: Duration,
+) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_nodelay(true)?;
+    for (i, piece) in pieces.iter().enumerate() {
+        if i > 0 && !pause.is_zero() {
+            // The scenario: a pause between writes, so each piece arrives on its own.
+            std::thread::sleep(pause);
+        }
+        stream.write_all(piece.as_ref())?;
+    }
+    let head_request = pieces
+        .first()
+        .is_some_and(|head| head.as_ref().starts_with(b"HEAD "));
+    read_full_response(&mut BufReader::new(stream), head_request)
+}
+
+/// `pieces` as the chunks of a chunked body, one chunk each, and the last chunk.
+pub fn chunked_pieces(pieces: &[impl AsRef<[u8]>]) -> Vec<Vec<u8>> {
+    let mut chunks: Vec<Vec<u8>> = pieces
+        .iter()
+        .map(|data| {
+            let data = data.as_ref();
+            let mut chunk = format!("{:x}\r\n", data.len()).into_bytes();
+            chunk.extend_from_slice(data);
+            chunk.extend_from_slice(b"\r\n");
+            chunk
+        })
+        .collect();
+    chunks.push(b"0\r\n\r\n".to_vec());
+    chunks
 }
