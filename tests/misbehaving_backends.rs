@@ -746,7 +746,7 @@ fn chunked_body_stalling_without_final_chunk_is_cut_off_after_backend_timeout() 
 // Response heads against the 32 KiB limit.
 // ---------------------------------------------------------------------------------------------
 
-/// tinylb's limit on a backend's response head (`MAX_RESPONSE_HEAD_BYTES` in src/backend.rs),
+/// tinylb's limit on a backend's response head (`MAX_RESPONSE_HEAD_BYTES` in src/message.rs),
 /// written out so that a change to it shows up here.
 const RESPONSE_HEAD_LIMIT: usize = 32 * 1024;
 
