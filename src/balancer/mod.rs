@@ -56,7 +56,7 @@ pub trait Strategy: Send {
 
 /// The backends plus the algorithm's state, shared by every worker.
 pub struct Balancer {
-    /// Most requests one backend may hold while another healthy backend exists: half the
+    /// Most requests one backend may hold while another could take the request: half the
     /// workers (rounded up), so a backend that hangs cannot take every worker from the others.
     /// Two healthy backends' limits always add up to at least the worker count, so the limit
     /// never turns a request away; it only steers it to the backend that is not stuck.
@@ -117,20 +117,21 @@ impl Balancer {
         } = &mut *state;
         // One pass over the backends (each a separate allocation, so each a cache miss with
         // hundreds of them); the per-backend limit is then applied to the compact copy.
-        let mut healthy = 0;
+        // Backends that could take this request; one already tried for it cannot.
+        let mut candidates = 0;
         peers.clear();
         peers.extend(backends.iter().map(|b| {
-            let available = b.is_available();
-            healthy += usize::from(available);
+            let available = b.is_available() && !exclude.contains(&b.key);
+            candidates += usize::from(available);
             Peer {
-                available: available && !exclude.contains(&b.key),
+                available,
                 weight: b.weight(),
                 in_flight: b.in_flight(),
                 tunnels: b.tunnels(),
                 key: b.key,
             }
         }));
-        if healthy >= 2 {
+        if candidates >= 2 {
             for peer in peers.iter_mut() {
                 peer.available &= peer.in_flight < self.per_backend_limit;
             }
@@ -315,20 +316,27 @@ mod tests {
         }
     }
 
-    /// The limit only steers requests between healthy backends: it never turns one away.
+    /// The limit only steers requests between backends that could take them: it never turns
+    /// one away, also not the retry of a request that `b` already failed.
     #[test]
     fn the_only_available_backend_has_no_limit() {
-        for make_b_unavailable in [
-            |b: &Backend| b.mark_down("test"),
-            |b: &Backend| {
-                b.set_draining(true);
-            },
-        ] {
+        for b_is in ["down", "draining", "already tried"] {
             let balancer = Balancer::new(backends(&[1, 1]), Algorithm::RoundRobin, 2);
             let backends = balancer.backends();
-            make_b_unavailable(&backends[1]);
+            let b = &backends[1];
+            let exclude = match b_is {
+                "down" => {
+                    b.mark_down("test");
+                    vec![]
+                }
+                "draining" => {
+                    b.set_draining(true);
+                    vec![]
+                }
+                _ => vec![b.key],
+            };
             let _stuck: Vec<InFlight> = (0..3).map(|_| backends[0].start_request()).collect();
-            assert_eq!(picks(&balancer, &[], 3), "aaa");
+            assert_eq!(picks(&balancer, &exclude, 3), "aaa", "b {b_is}");
         }
     }
 }
