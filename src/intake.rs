@@ -44,8 +44,8 @@ pub fn spawn(
                         refusals.count_one();
                         refuse_busy(exchange, &switches, &mut buffers);
                     }
-                    // The workers are gone: only during shutdown, and the request answers 500
-                    // itself.
+                    // The workers are gone: only during shutdown. tiny_http answers the dropped
+                    // request with 500 itself.
                     Err(TrySendError::Disconnected(_)) => {}
                 }
             }

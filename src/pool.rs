@@ -71,8 +71,8 @@ impl WorkerPool {
                     let mut buffers = Buffers::default();
                     for exchange in requests.iter() {
                         counters.busy.fetch_add(1, Ordering::Relaxed);
-                        // A bug must cost one request, not a worker: the dropped Request
-                        // answers 500 by itself.
+                        // A bug must cost one request, not a worker: tiny_http answers a
+                        // request dropped unanswered with 500 itself.
                         let result = catch_unwind(AssertUnwindSafe(|| {
                             forwarder.handle(exchange, &mut buffers);
                         }));

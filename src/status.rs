@@ -127,14 +127,19 @@ pub struct CheckStatus {
 /// Answers by status class.
 #[derive(Debug, Serialize)]
 pub struct Classes {
+    /// Informational answers (a 101 that opened a tunnel).
     #[serde(rename = "1xx")]
     pub c1: u64,
+    /// Successes.
     #[serde(rename = "2xx")]
     pub c2: u64,
+    /// Redirects and 304s.
     #[serde(rename = "3xx")]
     pub c3: u64,
+    /// The client's errors, as the backend judged them.
     #[serde(rename = "4xx")]
     pub c4: u64,
+    /// The backend's own errors.
     #[serde(rename = "5xx")]
     pub c5: u64,
 }
@@ -142,9 +147,13 @@ pub struct Classes {
 /// Failed attempts by kind; `5xx` counts answers with a 5xx status from the backend.
 #[derive(Debug, Serialize)]
 pub struct Errors {
+    /// Could not connect.
     pub connect: u64,
+    /// No answer within `backendTimeout`.
     pub timeout: u64,
+    /// Closed, reset, or not HTTP.
     pub broken: u64,
+    /// Answers with a 5xx status.
     #[serde(rename = "5xx")]
     pub server_error: u64,
 }

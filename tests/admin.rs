@@ -830,6 +830,27 @@ fn stopped_backend_shows_down_with_the_failed_check_everywhere() {
     );
 }
 
+/// A request whose only backend refused it was not sent again: no retry is counted.
+#[test]
+fn a_failure_with_no_backend_left_is_not_a_retry() {
+    let mut only = Backend::start("only");
+    let lb = start_lb_from_json(&format!(
+        r#"{{"port": "127.0.0.1:0", "healthCheckInterval": "1m", {ADMIN}, "servers": ["{}"]}}"#,
+        only.url()
+    ));
+    let admin = admin_of(&lb);
+    only.stop();
+    let status = client()
+        .get(&format!("{}/", lb.url()))
+        .call()
+        .map(|r| r.status().as_u16())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status, 502);
+    let json = status_json(admin);
+    assert_eq!(json["backends"][0]["errors"]["connect"], 1, "{json:#}");
+    assert_eq!(json["retries"], 0, "{json:#}");
+}
+
 #[test]
 fn refused_connection_counts_a_connect_error_and_a_retry() {
     let a = Backend::start("a");

@@ -116,8 +116,8 @@ impl Balancer {
             ..
         } = &mut *state;
         // One pass over the backends (each a separate allocation, so each a cache miss with
-        // hundreds of them); the per-backend limit is then applied to the compact copy.
-        // Backends that could take this request; one already tried for it cannot.
+        // hundreds of them), counting those that could take this request (one already tried
+        // for it cannot); the per-backend limit is then applied to the compact copy.
         let mut candidates = 0;
         peers.clear();
         peers.extend(backends.iter().map(|b| {

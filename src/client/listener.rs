@@ -46,7 +46,7 @@ impl Listener {
             .map_err(|e| std::io::Error::other(e.to_string()))
     }
 
-    /// Where the intake connects to keep accept() from timing out.
+    /// Where the pinger connects to keep accept() from timing out.
     pub(super) fn ping_addr(&self) -> SocketAddr {
         let ip = match self.local_addr.ip() {
             IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),

@@ -30,7 +30,8 @@ pub struct Forwarder {
     balancer: Arc<Balancer>,
     switches: Arc<Switches>,
     tunnels: Arc<Tunnels>,
-    /// Requests sent again after a failed attempt, for the status page and metrics.
+    /// Requests sent again after a failed attempt (to the same backend or another), for the
+    /// status page and metrics.
     retries: Arc<AtomicU64>,
 }
 
@@ -119,6 +120,10 @@ impl Forwarder {
             must_close: head.framing != BodyFraming::Empty,
         };
         while let Some(in_flight) = self.balancer.pick(client_ip, &tried) {
+            if !tried.is_empty() {
+                // Sent again, to another backend.
+                self.retries.fetch_add(1, Ordering::Relaxed);
+            }
             let backend = Arc::clone(in_flight.backend());
             match self.send_to(&mut exchange, &backend, &outgoing) {
                 Ok(response) => {
@@ -181,12 +186,10 @@ impl Forwarder {
             };
             self.charge_failure(exchange.method(), backend, &failure);
             let next = retry::next_step(&failure, attempt);
-            if next != Next::GiveUp {
-                self.retries.fetch_add(1, Ordering::Relaxed);
-            }
             if next != Next::SameBackend {
                 return Err((failure, next));
             }
+            self.retries.fetch_add(1, Ordering::Relaxed);
             attempt.retried_here = true;
         }
     }

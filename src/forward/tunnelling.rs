@@ -63,6 +63,9 @@ impl Forwarder {
         let client_ip = client_ip(&exchange);
         let mut tried: Vec<u64> = Vec::new();
         while let Some(in_flight) = self.balancer.pick(client_ip, &tried) {
+            if !tried.is_empty() {
+                self.retries.fetch_add(1, Ordering::Relaxed);
+            }
             let backend = Arc::clone(in_flight.backend());
             let failure = match upstream::handshake(&outgoing, &backend.url, protocols, timeouts) {
                 Ok(Handshake::Switched(switched)) => {
@@ -82,7 +85,6 @@ impl Forwarder {
             if next == Next::GiveUp {
                 break;
             }
-            self.retries.fetch_add(1, Ordering::Relaxed);
         }
         self.answer_failure(exchange, failed, buffers)
     }
