@@ -99,6 +99,16 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// An answer without `Retry-After`.
+    pub const fn new(status: u16, message: &'static str, close: bool) -> Answer {
+        Answer {
+            status,
+            message,
+            retry_after: None,
+            close,
+        }
+    }
+
     /// The body's length: the message and a newline.
     pub fn body_len(&self) -> usize {
         self.message.len() + 1

@@ -21,12 +21,7 @@ pub struct Rejection {
 impl Rejection {
     /// The answer that refuses the request and ends its connection.
     pub fn answer(&self) -> Answer {
-        Answer {
-            status: self.status,
-            message: self.reason,
-            retry_after: None,
-            close: true,
-        }
+        Answer::new(self.status, self.reason, true)
     }
 }
 

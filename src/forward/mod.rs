@@ -106,7 +106,7 @@ impl Forwarder {
         if let Some(protocols) = &head.upgrade
             && self.tunnels.limits().max_open > 0
         {
-            return self.tunnel(exchange, protocols, buffers, started);
+            return self.tunnel(exchange, &head, protocols, buffers, started);
         }
         let outgoing = match self.outgoing(&exchange, &head) {
             Ok(outgoing) => outgoing,
@@ -235,18 +235,8 @@ impl Forwarder {
     /// try.
     fn answer_failure(&self, exchange: Exchange, failed: Failed, buffers: &mut Buffers) -> Outcome {
         let answer = match &failed.failure {
-            Some(failure) => Answer {
-                status: failure.status(),
-                message: failure.message(),
-                retry_after: None,
-                close: failed.must_close,
-            },
-            None => Answer {
-                status: 503,
-                message: "No healthy server available",
-                retry_after: None,
-                close: failed.must_close,
-            },
+            Some(failure) => Answer::new(failure.status(), failure.message(), failed.must_close),
+            None => Answer::new(503, "No healthy server available", failed.must_close),
         };
         self.answer(exchange, &answer, failed.backend, buffers)
     }

@@ -10,17 +10,17 @@ use std::time::Instant;
 use super::retry::{self, Attempt, Next};
 use super::{Failed, Forwarder, Outcome, client_ip};
 use crate::backend::Backend;
-use crate::client::{Answer, Buffers, Exchange};
-use crate::message::BodyFraming;
+use crate::client::{Answer, Buffers, Exchange, Head};
 use crate::stats::ErrorKind;
 use crate::tunnel::{Ends, Reservation};
-use crate::upstream::{self, ClientHead, Handshake, Outgoing, Switched};
+use crate::upstream::{self, Handshake, Switched};
 
 impl Forwarder {
     /// Carries out an upgrade to `protocols`; see the module doc.
     pub(super) fn tunnel(
         &self,
         exchange: Exchange,
+        head: &Head,
         protocols: &str,
         buffers: &mut Buffers,
         started: Instant,
@@ -31,33 +31,18 @@ impl Forwarder {
                 exchange.client_ip(),
                 self.tunnels.limits().max_open
             );
-            let answer = Answer {
-                status: 503,
-                message: "Service Unavailable: too many open tunnels",
-                retry_after: None,
-                close: true,
-            };
+            let answer = Answer::new(503, "Service Unavailable: too many open tunnels", true);
             return self.answer(exchange, &answer, None, buffers);
+        };
+        let outgoing = match self.outgoing(&exchange, head) {
+            Ok(outgoing) => outgoing,
+            Err(failed) => return self.answer_failure(exchange, failed, buffers),
         };
         // tiny_http ends a connection that asked for an upgrade after any other answer anyway.
         let mut failed = Failed {
             failure: None,
             backend: None,
             must_close: true,
-        };
-        let outgoing = Outgoing::new(ClientHead {
-            method: exchange.method(),
-            target: exchange.target(),
-            headers: exchange.headers(),
-            client_ip: exchange.client_ip(),
-            framing: BodyFraming::Empty,
-        });
-        let outgoing = match outgoing {
-            Ok(outgoing) => outgoing,
-            Err(failure) => {
-                failed.failure = Some(failure);
-                return self.answer_failure(exchange, failed, buffers);
-            }
         };
         let timeouts = self.switches.handshake_timeouts();
         let client_ip = client_ip(&exchange);
@@ -124,12 +109,7 @@ impl Forwarder {
                     backend.url.original
                 );
                 backend.stats.record_error(ErrorKind::Broken);
-                let answer = Answer {
-                    status: 502,
-                    message: "Bad Gateway",
-                    retry_after: None,
-                    close: true,
-                };
+                let answer = Answer::new(502, "Bad Gateway", true);
                 return self.answer(*exchange, &answer, Some(backend), buffers);
             }
         };
