@@ -154,20 +154,16 @@ impl Backend {
 
     /// Sets the state from the first check round at start-up, without thresholds.
     pub fn set_initial_health(&self, check: Result<(), String>) {
+        match &check {
+            Ok(()) => log::info!("backend {} is up", self.url.original),
+            Err(reason) => log::warn!("backend {} is down ({reason})", self.url.original),
+        }
         let now = SystemTime::now();
-        let healthy = check.is_ok();
         let mut record = self.health.lock();
-        record.state = HealthState::starting(healthy);
+        record.state = HealthState::starting(check.is_ok());
+        self.healthy.store(check.is_ok(), Ordering::Relaxed);
         record.last_check = Some((now, check.err()));
         record.last_flip = Some(now);
-        self.healthy.store(healthy, Ordering::Relaxed);
-        match &record.last_check {
-            Some((_, None)) => log::info!("backend {} is up", self.url.original),
-            Some((_, Some(reason))) => {
-                log::warn!("backend {} is down ({reason})", self.url.original)
-            }
-            None => {}
-        }
     }
 
     /// Records one active check; logs only a flip, with the reason.
@@ -177,27 +173,20 @@ impl Backend {
         let flip = record
             .state
             .check(check.is_ok(), thresholds.rise, thresholds.fall);
-        record.last_check = Some((now, check.err()));
-        match flip {
-            Flip::Up { passed } => {
+        match (flip, &check) {
+            (Flip::Up { passed }, _) => {
                 log::info!(
                     "backend {} is up ({passed} passed checks)",
                     self.url.original
                 );
             }
-            Flip::Down { failed } => {
-                let reason = record
-                    .last_check
-                    .as_ref()
-                    .and_then(|(_, reason)| reason.as_deref())
-                    .unwrap_or("");
-                log::warn!(
-                    "backend {} is down ({failed} failed checks: {reason})",
-                    self.url.original
-                );
-            }
-            Flip::None => {}
+            (Flip::Down { failed }, Err(reason)) => log::warn!(
+                "backend {} is down ({failed} failed checks: {reason})",
+                self.url.original
+            ),
+            _ => {}
         }
+        record.last_check = Some((now, check.err()));
         self.apply(&mut record, flip, now);
     }
 

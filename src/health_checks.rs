@@ -12,13 +12,14 @@ use parking_lot::RwLock;
 use crate::backend::Backend;
 use crate::balancer::Balancer;
 use crate::config::HealthConfig;
-use crate::upstream::check_health;
+use crate::upstream::HealthCheck;
 
 /// Checks every backend once and sets its state directly: the first round at start-up, so a
 /// backend that is already dead gets no traffic while `fall` failures accumulate.
 pub fn first_round(backends: &[Arc<Backend>], settings: &HealthConfig) {
+    let checks = HealthCheck::new(settings.timeout);
     for backend in backends {
-        backend.set_initial_health(check_health(&backend.url, settings.timeout));
+        backend.set_initial_health(checks.check(&backend.url));
     }
 }
 
@@ -41,9 +42,9 @@ pub fn spawn(
                     recv(after(wait)) -> _ => {
                         let current = *settings.read();
                         next_round = (next_round + current.interval).max(Instant::now());
+                        let checks = HealthCheck::new(current.timeout);
                         for backend in balancer.backends().iter() {
-                            let result = check_health(&backend.url, current.timeout);
-                            backend.record_check(result, &current);
+                            backend.record_check(checks.check(&backend.url), &current);
                         }
                     }
                     recv(shutdown) -> _ => return,

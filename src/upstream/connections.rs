@@ -128,25 +128,35 @@ fn proxy_agent(config: &Config, idle: usize, addresses: &Arc<AddressCache>) -> u
     )
 }
 
-/// One active health check: a HEAD to the backend's URL on a new connection, bounded as a whole
-/// by `timeout`. 2xx and 3xx pass; the error is why not.
-pub fn check_health(url: &BackendUrl, timeout: Duration) -> Result<(), String> {
-    // A fresh connection each time, so the check really tests connecting, and a global
-    // timeout, which bounds connect, send and receive together.
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .proxy(None)
-        .user_agent("tinylb-health-check")
-        .max_idle_connections(0)
-        .timeout_global(Some(timeout))
-        .build()
-        .new_agent();
-    match agent.head(&url.original).call() {
-        Ok(response) if response.status().is_success() || response.status().is_redirection() => {
-            Ok(())
+/// Active health checks: a HEAD to a backend's URL on a new connection each time (so a check
+/// really tests connecting), bounded as a whole by one timeout. One per round of checks.
+pub struct HealthCheck(ureq::Agent);
+
+impl HealthCheck {
+    /// Checks that each take at most `timeout`: connect, send and receive together.
+    pub fn new(timeout: Duration) -> HealthCheck {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .proxy(None)
+            .user_agent("tinylb-health-check")
+            .max_idle_connections(0)
+            .timeout_global(Some(timeout))
+            .build()
+            .new_agent();
+        HealthCheck(agent)
+    }
+
+    /// One check: 2xx and 3xx pass; the error is why not.
+    pub fn check(&self, url: &BackendUrl) -> Result<(), String> {
+        match self.0.head(&url.original).call() {
+            Ok(response)
+                if response.status().is_success() || response.status().is_redirection() =>
+            {
+                Ok(())
+            }
+            Ok(response) => Err(format!("HEAD answered {}", response.status())),
+            Err(error) => Err(super::errors::describe(&error)),
         }
-        Ok(response) => Err(format!("HEAD answered {}", response.status())),
-        Err(error) => Err(super::errors::describe(&error)),
     }
 }

@@ -18,7 +18,7 @@ use std::io::{self, Read};
 
 use crate::message::http;
 
-pub use connections::{Connections, check_health};
+pub use connections::{Connections, HealthCheck};
 pub use handshake::{Handshake, HandshakeTimeouts, Switched, handshake};
 pub use request::{ClientHead, Outgoing};
 /// A backend's answer, its head read, its body not yet.
