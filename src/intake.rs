@@ -20,36 +20,75 @@ const BUSY: Answer = Answer {
     close: false,
 };
 
-/// Starts the intake thread. It stops when `stopping` is set (within a quarter second), and
-/// then drops `queue`, which lets the workers drain and exit, and `incoming`, which stops
-/// accepting.
+/// How the intake is told to stop: `stopping` starts the drain, `hurry` (a second signal) ends
+/// it at once.
+#[derive(Default)]
+pub struct StopFlags {
+    /// Stop accepting, then drain the connections already open.
+    pub stopping: AtomicBool,
+    /// Stop draining now.
+    pub hurry: AtomicBool,
+}
+
+/// Starts the intake thread. When `stop.stopping` is set (it notices within a quarter second)
+/// it stops accepting and keeps taking requests from connections already open, answering each
+/// with `Connection: close`, until they are done (see [`Incoming::drained`]), `grace` is over,
+/// or `stop.hurry` is set. Then it drops `queue`, which lets the workers finish and exit.
 pub fn spawn(
     mut incoming: Incoming,
     queue: Sender<Exchange>,
     switches: Arc<Switches>,
-    stopping: Arc<AtomicBool>,
+    stop: Arc<StopFlags>,
+    grace: Duration,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("intake".into())
         .spawn(move || {
-            let mut buffers = Buffers::default();
-            let mut refusals = RefusalLog::default();
-            while !stopping.load(Ordering::Relaxed) {
-                let Some(exchange) = incoming.next_exchange() else {
-                    continue;
-                };
-                match queue.try_send(exchange) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(exchange)) => {
-                        refusals.count_one();
-                        refuse_busy(exchange, &switches, &mut buffers);
-                    }
-                    // The workers are gone: only during shutdown. tiny_http answers the dropped
-                    // request with 500 itself.
-                    Err(TrySendError::Disconnected(_)) => {}
-                }
+            let mut intake = Intake {
+                queue,
+                switches,
+                buffers: Buffers::default(),
+                refusals: RefusalLog::default(),
+            };
+            while !stop.stopping.load(Ordering::Relaxed) {
+                intake.take_one(&mut incoming);
+            }
+            incoming.stop_accepting();
+            let deadline = Instant::now() + grace;
+            while !incoming.drained()
+                && Instant::now() < deadline
+                && !stop.hurry.load(Ordering::Relaxed)
+            {
+                intake.take_one(&mut incoming);
             }
         })
+}
+
+/// The intake thread's state.
+struct Intake {
+    queue: Sender<Exchange>,
+    switches: Arc<Switches>,
+    buffers: Buffers,
+    refusals: RefusalLog,
+}
+
+impl Intake {
+    /// Moves the next request (if one comes within a quarter second) into the queue, or
+    /// refuses it when the queue is full.
+    fn take_one(&mut self, incoming: &mut Incoming) {
+        let Some(exchange) = incoming.next_exchange() else {
+            return;
+        };
+        match self.queue.try_send(exchange) {
+            Ok(()) => {}
+            Err(TrySendError::Full(exchange)) => {
+                self.refusals.count_one();
+                refuse_busy(exchange, &self.switches, &mut self.buffers);
+            }
+            // The workers are gone, which cannot happen while this thread holds the sender.
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
 }
 
 /// Answers 503; a request whose body was not read ends its connection.

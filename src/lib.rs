@@ -49,9 +49,11 @@ pub mod duration;
 pub mod error;
 pub mod failure;
 pub mod forward;
+pub mod generation;
 pub mod health;
 pub mod health_checks;
 pub mod intake;
+pub mod master;
 pub mod message;
 pub mod metrics;
 pub mod pool;
@@ -60,18 +62,20 @@ pub mod stats;
 pub mod status;
 pub mod status_page;
 pub mod strict_json;
+pub mod stuck;
 pub mod switches;
+pub mod systemd;
 pub mod tunnel;
 pub mod upstream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::RwLock;
 
 use crate::admin::Admin;
@@ -81,9 +85,13 @@ use crate::client::{Incoming, Listener};
 use crate::config::Config;
 use crate::error::StartError;
 use crate::forward::Forwarder;
+use crate::generation::Generation;
+use crate::intake::StopFlags;
+use crate::master::handoff::ChildEnd;
 use crate::pool::WorkerPool;
 use crate::reload::Reloadable;
 use crate::status::Sources;
+use crate::stuck::{StuckCount, Watched};
 use crate::switches::Switches;
 use crate::tunnel::{TunnelLimits, Tunnels};
 
@@ -91,11 +99,12 @@ use crate::tunnel::{TunnelLimits, Tunnels};
 /// listener and the config watcher.
 pub struct LoadBalancer {
     local_addr: SocketAddr,
-    stopping: Arc<AtomicBool>,
+    stop: Arc<StopFlags>,
     intake: JoinHandle<()>,
     pool: WorkerPool,
     health: JoinHandle<()>,
     stop_health: Sender<()>,
+    watchdog: (JoinHandle<()>, Sender<()>),
     admin: Option<Admin>,
     watcher: Option<(JoinHandle<()>, Sender<()>)>,
     grace_period: Duration,
@@ -115,10 +124,22 @@ pub struct ShutdownReport {
 }
 
 impl LoadBalancer {
-    /// Binds the listen address, runs the first health-check round, and starts every thread.
-    /// The error is one line that names what failed (for example the address in use).
+    /// Binds the listen address, runs the first health-check round, and starts every thread:
+    /// a server process on its own. The error is one line that names what failed (for example
+    /// the address in use).
     pub fn start(config: Config) -> Result<LoadBalancer, StartError> {
         let listener = Listener::bind(config.listen, config.client_timeout)?;
+        LoadBalancer::start_on(config, listener, Generation::alone(), None)
+    }
+
+    /// Starts on a listening socket bound elsewhere (by the master, or systemd), as
+    /// `generation`; `master` is the way to ask for a successor.
+    pub fn start_on(
+        config: Config,
+        listener: Listener,
+        generation: Generation,
+        master: Option<Arc<ChildEnd>>,
+    ) -> Result<LoadBalancer, StartError> {
         let local_addr = listener.local_addr();
         let backends: Vec<Arc<Backend>> = config
             .servers
@@ -139,13 +160,25 @@ impl LoadBalancer {
         ));
         let (queue, requests) = crossbeam_channel::bounded(config.queue_size);
         let pool = WorkerPool::start(config.workers, requests, forwarder)?;
-        let stopping = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(StopFlags::default());
         let incoming = Incoming::start(listener)?;
+        let stuck = Arc::new(StuckCount::default());
+        let (stop_watchdog, watchdog_stopped) = crossbeam_channel::bounded(1);
+        let watched = Watched {
+            sockets: incoming.sockets(),
+            pool: Arc::clone(pool.counters()),
+            tunnels: Arc::clone(&tunnels),
+            client_timeout: config.client_timeout,
+            max_stuck: config.max_stuck_connections,
+            master,
+        };
+        let watchdog = stuck::spawn(watched, Arc::clone(&stuck), watchdog_stopped)?;
         let intake = intake::spawn(
             incoming,
             queue,
             Arc::clone(&switches),
-            Arc::clone(&stopping),
+            Arc::clone(&stop),
+            config.shutdown_grace_period,
         )?;
         let health_settings = Arc::new(RwLock::new(config.health));
         let (stop_health, health_stopped) = crossbeam_channel::bounded(1);
@@ -164,7 +197,9 @@ impl LoadBalancer {
                     listen: config.listen,
                     workers: config.workers,
                     queue_capacity: config.queue_size,
-                    started: Instant::now(),
+                    generation,
+                    stuck,
+                    max_stuck: config.max_stuck_connections,
                 });
                 Some(Admin::start(addr, sources)?)
             }
@@ -178,11 +213,12 @@ impl LoadBalancer {
         );
         Ok(LoadBalancer {
             local_addr,
-            stopping,
+            stop,
             intake,
             pool,
             health,
             stop_health,
+            watchdog: (watchdog, stop_watchdog),
             admin,
             watcher: None,
             grace_period: config.shutdown_grace_period,
@@ -232,15 +268,29 @@ impl LoadBalancer {
         let counters = Arc::clone(self.pool.counters());
         let served_before = counters.served();
         let busy = counters.busy();
-        self.stopping.store(true, Ordering::Relaxed);
-        // The intake notices within a quarter second; it drops the listening socket (no new
-        // connections) and the channel's sender (the workers drain the queue, then exit).
-        let _ = self.intake.join();
+        self.stop.stopping.store(true, Ordering::Relaxed);
         log::info!(
             "shutting down: no longer accepting; {busy} requests in flight, waiting up to {}",
             duration::format_duration(self.grace_period)
         );
-        let deadline = Instant::now() + self.grace_period;
+        let mut deadline = Instant::now() + self.grace_period;
+        // The intake notices within a quarter second. It stops accepting, takes the requests
+        // still arriving on open connections (answering each with `Connection: close`), then
+        // drops the channel's sender: the workers finish the queue, then exit. A second signal
+        // cuts all of it short.
+        while !self.intake.is_finished() {
+            match abort.recv_timeout(Duration::from_millis(20)) {
+                Ok(()) => {
+                    self.stop.hurry.store(true, Ordering::Relaxed);
+                    deadline = Instant::now();
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
+        let _ = self.intake.join();
         let abandoned = self.pool.wait(deadline, abort);
         let tunnels = &self.tunnels;
         if tunnels.open() > 0 {
@@ -256,6 +306,8 @@ impl LoadBalancer {
         }
         let _ = self.stop_health.send(());
         let _ = self.health.join();
+        let _ = self.watchdog.1.send(());
+        let _ = self.watchdog.0.join();
         if let Some((thread, stop)) = self.watcher {
             let _ = stop.send(());
             let _ = thread.join();

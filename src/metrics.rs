@@ -172,9 +172,42 @@ pub fn render(status: &Status) -> String {
         &mut out,
         "uptime_seconds",
         "gauge",
-        "Seconds since tinylb started.",
+        "Seconds since this server process started.",
     );
     let _ = writeln!(out, "tinylb_uptime_seconds {}", status.uptime_seconds);
+    let process = &status.process;
+    header(
+        &mut out,
+        "generation",
+        "gauge",
+        "Which server process this is: 1 for the first, one more with each replacement.",
+    );
+    let _ = writeln!(out, "tinylb_generation {}", process.generation);
+    header(
+        &mut out,
+        "restarts_total",
+        "counter",
+        "Server processes the master replaced, by cause, before this one.",
+    );
+    let r = &process.restarts;
+    for (cause, count) in [
+        ("crash", r.crash),
+        ("recycle", r.recycle),
+        ("upgrade", r.upgrade),
+    ] {
+        let _ = writeln!(out, "tinylb_restarts_total{{cause=\"{cause}\"}} {count}");
+    }
+    header(
+        &mut out,
+        "stuck_connections",
+        "gauge",
+        "Client connections no thread serves any more, at the last count.",
+    );
+    let _ = writeln!(
+        out,
+        "tinylb_stuck_connections {}",
+        process.stuck_connections
+    );
     out
 }
 

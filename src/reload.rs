@@ -77,8 +77,12 @@ pub fn apply(target: &mut Reloadable, new: Config) {
         log::warn!("config reload: {warning}");
     }
     let current = &target.running;
+    if current.listen != new.listen {
+        log::warn!(
+            "config reload: port cannot change while tinylb runs; restart tinylb to listen elsewhere (the rest is applied)"
+        );
+    }
     let fixed: Vec<&str> = [
-        ("port", current.listen != new.listen),
         ("workers", current.workers != new.workers),
         ("queueSize", current.queue_size != new.queue_size),
         (
@@ -90,13 +94,17 @@ pub fn apply(target: &mut Reloadable, new: Config) {
             "shutdownGracePeriod",
             current.shutdown_grace_period != new.shutdown_grace_period,
         ),
+        (
+            "maxStuckConnections",
+            current.max_stuck_connections != new.max_stuck_connections,
+        ),
     ]
     .into_iter()
     .filter_map(|(key, changed)| changed.then_some(key))
     .collect();
     if !fixed.is_empty() {
         log::warn!(
-            "config reload: {} cannot change while tinylb runs; restart it for that (the rest is applied)",
+            "config reload: {} cannot change while tinylb runs; send SIGHUP to start a server process with the new values (the rest is applied)",
             fixed.join(", ")
         );
     }
@@ -113,6 +121,7 @@ pub fn apply(target: &mut Reloadable, new: Config) {
     effective.queue_size = current.queue_size;
     effective.client_timeout = current.client_timeout;
     effective.admin_address = current.admin_address;
+    effective.max_stuck_connections = current.max_stuck_connections;
     effective.shutdown_grace_period = current.shutdown_grace_period;
 
     let old = target.balancer.backends();

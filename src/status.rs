@@ -4,13 +4,15 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
 use crate::balancer::Balancer;
+use crate::generation::{Cause, Generation, Restarts};
 use crate::pool::PoolCounters;
 use crate::stats::StatsSnapshot;
+use crate::stuck::StuckCount;
 use crate::tunnel::Tunnels;
 
 /// The live counters a status is read from: a narrow handle for the admin listener.
@@ -29,8 +31,12 @@ pub struct Sources {
     pub workers: usize,
     /// The queue's capacity.
     pub queue_capacity: usize,
-    /// When tinylb started.
-    pub started: Instant,
+    /// This process's generation in the process model.
+    pub generation: Generation,
+    /// Stuck client connections at the watchdog's last count.
+    pub stuck: Arc<StuckCount>,
+    /// `maxStuckConnections`.
+    pub max_stuck: usize,
 }
 
 /// The whole status, as `/status.json` returns it.
@@ -41,8 +47,10 @@ pub struct Status {
     pub version: &'static str,
     /// The algorithm in force.
     pub algorithm: &'static str,
-    /// Seconds since start.
+    /// Seconds since this server process started.
     pub uptime_seconds: u64,
+    /// The process model: generation, restarts, stuck connections.
+    pub process: ProcessStatus,
     /// The proxy's listen address.
     pub listen: String,
     /// Size of the worker pool.
@@ -59,6 +67,24 @@ pub struct Status {
     pub tunnels: TunnelStatus,
     /// The backends, in config order.
     pub backends: Vec<BackendStatus>,
+}
+
+/// Where this server process stands in the process model (see [`crate::master`]).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessStatus {
+    /// Whether a master process runs this one and can replace it.
+    pub supervised: bool,
+    /// 1 for the first server process, counting up with each replacement.
+    pub generation: u64,
+    /// Why this one was started: start, crash, recycle or upgrade.
+    pub started_by: Cause,
+    /// The replacements before this one, by cause.
+    pub restarts: Restarts,
+    /// Client connections no thread serves any more, at the last count.
+    pub stuck_connections: usize,
+    /// How many of them make this process ask for a successor (0: never).
+    pub max_stuck_connections: usize,
 }
 
 /// The tunnels' counters.
@@ -215,7 +241,15 @@ impl Status {
         Status {
             version: env!("CARGO_PKG_VERSION"),
             algorithm: sources.balancer.algorithm().name(),
-            uptime_seconds: sources.started.elapsed().as_secs(),
+            uptime_seconds: sources.generation.started.elapsed().as_secs(),
+            process: ProcessStatus {
+                supervised: sources.generation.supervised,
+                generation: sources.generation.number,
+                started_by: sources.generation.cause,
+                restarts: sources.generation.restarts,
+                stuck_connections: sources.stuck.get(),
+                max_stuck_connections: sources.max_stuck,
+            },
             listen: sources.listen.to_string(),
             workers: sources.workers,
             busy_workers: sources.pool.busy(),

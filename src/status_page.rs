@@ -28,6 +28,22 @@ footer { margin-top: 1rem; font-size: .8rem; opacity: .7; }
 }
 ";
 
+/// "generation 3 (upgrade); restarts: 1 crash, 0 recycle, 2 upgrade", or "alone (no master)".
+fn process_summary(process: &crate::status::ProcessStatus) -> String {
+    if !process.supervised {
+        return "alone (no master)".into();
+    }
+    let r = &process.restarts;
+    format!(
+        "generation {} ({}); restarts: {} crash, {} recycle, {} upgrade",
+        process.generation,
+        process.started_by.name(),
+        r.crash,
+        r.recycle,
+        r.upgrade
+    )
+}
+
 /// The whole page.
 pub fn render(status: &Status) -> String {
     let mut page = String::with_capacity(8192);
@@ -42,7 +58,9 @@ pub fn render(status: &Status) -> String {
          <li>listening on <b>{listen}</b></li>\
          <li>workers busy <b>{busy} / {workers}</b></li>\
          <li>queued <b>{queued} / {capacity}</b></li><li>retries <b>{retries}</b></li>\
-         <li>tunnels open <b>{tunnels} / {max_tunnels}</b></li></ul>",
+         <li>tunnels open <b>{tunnels} / {max_tunnels}</b></li>\
+         <li>process <b>{process}</b></li>\
+         <li>stuck connections <b>{stuck} / {max_stuck}</b></li></ul>",
         version = status.version,
         algorithm = status.algorithm,
         uptime = human_duration(status.uptime_seconds as f64),
@@ -54,6 +72,9 @@ pub fn render(status: &Status) -> String {
         retries = status.retries,
         tunnels = status.tunnels.open,
         max_tunnels = status.tunnels.max,
+        process = process_summary(&status.process),
+        stuck = status.process.stuck_connections,
+        max_stuck = status.process.max_stuck_connections,
     );
     page.push_str(
         "<table><thead><tr><th>#</th><th>backend</th><th>weight</th><th>health</th>\

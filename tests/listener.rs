@@ -33,7 +33,7 @@ impl Tinylb {
     }
 
     fn pid(&self) -> u32 {
-        self.run.pid()
+        self.run.server_pid()
     }
 
     fn lines_with(&mut self, needle: &str) -> usize {

@@ -40,7 +40,9 @@ impl AdminServer {
         addr: SocketAddr,
         route: impl Fn(&str, &str) -> AdminReply + Send + 'static,
     ) -> Result<AdminServer, StartError> {
-        let server = Server::http(addr).map_err(|e| StartError::Admin(addr, e.to_string()))?;
+        let fail = |e: &dyn std::fmt::Display| StartError::Admin(addr, e.to_string());
+        let socket = super::socket_options::bind_shared(addr).map_err(|e| fail(&e))?;
+        let server = Server::from_listener(socket, None).map_err(|e| fail(&e))?;
         let local = server
             .server_addr()
             .to_ip()

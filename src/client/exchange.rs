@@ -144,6 +144,11 @@ impl Exchange {
     /// Answers with tinylb's own short answer; `answer.close` ends the connection after it.
     pub fn answer(self, answer: &Answer, buffers: &mut Buffers) -> Delivered {
         let peer = self.peer;
+        let draining = self.side.keep_alive && self.hangups.closing_all();
+        let answer = &Answer {
+            close: answer.close || draining,
+            ..*answer
+        };
         if answer.close {
             self.hangups.remember(peer.as_ref());
         }
@@ -176,14 +181,18 @@ impl Exchange {
         buffers: &mut Buffers,
     ) -> Delivered {
         let peer = self.peer;
+        // A draining process ends every connection after its answer (see `Hangups`).
+        let draining = self.side.keep_alive && self.hangups.closing_all();
+        let side = ClientSide {
+            keep_alive: self.side.keep_alive && !draining,
+            ..self.side
+        };
+        if draining {
+            self.hangups.remember(peer.as_ref());
+        }
         let mut writer = self.request.into_writer();
-        let relayed = relay::relay_response(
-            &mut *writer,
-            response,
-            &self.side,
-            forwarded_server,
-            buffers,
-        );
+        let relayed =
+            relay::relay_response(&mut *writer, response, &side, forwarded_server, buffers);
         let (status, body_bytes, hang_up) = match relayed {
             Relayed::Complete { status, body_bytes } => (status, body_bytes, false),
             Relayed::ClientGone {
@@ -209,7 +218,7 @@ impl Exchange {
                 (status, body_bytes, true)
             }
         };
-        if hang_up {
+        if hang_up || draining {
             self.hangups.hang_up(peer.as_ref());
         }
         drop(writer);

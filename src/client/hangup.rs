@@ -7,13 +7,15 @@
 //! it remembers the client address, so any further request tiny_http parses from that
 //! connection is dropped unforwarded, and it half-closes the socket (`shutdown(Write)`, like
 //! nginx's lingering close) so the client gets everything written so far and then end-of-file.
-//! The socket is found by its address pair among the process's open descriptors.
+//! The socket is found by its address pair among the process's open descriptors (`own_sockets.rs`).
 
 use std::net::{Shutdown, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+
+use super::own_sockets::{tcp_state, with_client_socket};
 
 /// How long a hung-up address stays refused: longer than TCP's TIME_WAIT, so the same address
 /// pair cannot be a new connection yet.
@@ -26,6 +28,8 @@ pub struct Hangups {
     recent: Mutex<Vec<(SocketAddr, Instant)>>,
     /// Lets the hot path skip the lock when nothing was ever hung up.
     count: AtomicUsize,
+    /// Set when the process stops accepting: every answer from then on ends its connection.
+    closing_all: AtomicBool,
 }
 
 impl Hangups {
@@ -35,7 +39,20 @@ impl Hangups {
             local_port,
             recent: Mutex::new(Vec::new()),
             count: AtomicUsize::new(0),
+            closing_all: AtomicBool::new(false),
         }
+    }
+
+    /// From now on every answer says `Connection: close` and ends its connection, so that
+    /// keep-alive clients reconnect (to whichever process accepts now) instead of sending
+    /// their next request to a process that is about to exit.
+    pub fn close_every_connection(&self) {
+        self.closing_all.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the process is draining: see [`Hangups::close_every_connection`].
+    pub fn closing_all(&self) -> bool {
+        self.closing_all.load(Ordering::Relaxed)
     }
 
     /// Whether this request arrived on a connection tinylb already ended.
@@ -94,86 +111,16 @@ impl Hangups {
     }
 }
 
-/// Runs `action` on the client socket connected to `peer` on our `local_port`, if found.
-#[cfg(target_os = "linux")]
-fn with_client_socket<R>(
-    peer: SocketAddr,
-    local_port: u16,
-    action: impl FnOnce(&std::net::TcpStream) -> R,
-) -> Option<R> {
-    use std::mem::ManuallyDrop;
-    use std::net::TcpStream;
-    use std::os::fd::{FromRawFd, RawFd};
-
-    let entries = std::fs::read_dir("/proc/self/fd").ok()?;
-    for entry in entries.flatten() {
-        let is_socket = std::fs::read_link(entry.path())
-            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
-        let fd = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<RawFd>().ok());
-        let (true, Some(fd)) = (is_socket, fd) else {
-            continue;
-        };
-        // SAFETY: `fd` was an open socket of this process a moment ago. ManuallyDrop means we
-        // never close it; we only ask for its addresses and, if they match, act on it. Were
-        // it closed and reused meanwhile, the address check would not match.
-        let socket = ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(fd) });
-        let matches = socket.peer_addr().is_ok_and(|a| a == peer)
-            && socket.local_addr().is_ok_and(|a| a.port() == local_port);
-        if matches {
-            return Some(action(&socket));
-        }
-    }
-    None
-}
-
-#[cfg(target_os = "linux")]
 fn shutdown_client_socket(peer: SocketAddr, local_port: u16) -> bool {
     with_client_socket(peer, local_port, |s| s.shutdown(Shutdown::Write).is_ok()).unwrap_or(false)
 }
 
 /// Whether the peer's FIN has arrived: the TCP state is one of those past it.
-#[cfg(target_os = "linux")]
 fn client_closed(peer: SocketAddr, local_port: u16) -> bool {
-    use std::os::fd::AsRawFd;
     with_client_socket(peer, local_port, |socket| {
-        // SAFETY: tcp_info is plain data; getsockopt writes at most `length` bytes into it.
-        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-        let mut length = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-        let result = unsafe {
-            libc::getsockopt(
-                socket.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_INFO,
-                (&mut info as *mut libc::tcp_info).cast(),
-                &mut length,
-            )
-        };
         // CLOSE_WAIT (8) and LAST_ACK (9) follow the peer's FIN; CLOSING (11), TIME_WAIT (6)
         // and CLOSE (7) come after it too.
-        result == 0 && matches!(info.tcpi_state, 6..=9 | 11)
+        tcp_state(socket).is_some_and(|info| matches!(info.state, 6..=9 | 11))
     })
     .unwrap_or(false)
-}
-
-/// Elsewhere only the remembering half works; the connection ends on the client's timeout.
-#[cfg(not(target_os = "linux"))]
-fn shutdown_client_socket(_peer: SocketAddr, _local_port: u16) -> bool {
-    false
-}
-
-#[cfg(not(target_os = "linux"))]
-fn client_closed(_peer: SocketAddr, _local_port: u16) -> bool {
-    false
-}
-
-#[cfg(not(target_os = "linux"))]
-fn with_client_socket<R>(
-    _peer: SocketAddr,
-    _local_port: u16,
-    _action: impl FnOnce(&std::net::TcpStream) -> R,
-) -> Option<R> {
-    None
 }

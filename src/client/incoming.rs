@@ -14,6 +14,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use std::net::TcpStream;
+use std::os::fd::RawFd;
+
+use super::census::ClientSockets;
 use super::exchange::Exchange;
 use super::hangup::Hangups;
 use super::listener::Listener;
@@ -31,6 +35,10 @@ const RETIRED_SERVER_LIFETIME: Duration = Duration::from_secs(600);
 const RETIRED_POLL: Duration = Duration::from_millis(50);
 /// Longest wait for a request before the upkeep runs (and the caller sees its stop flag).
 const IDLE_WAIT: Duration = Duration::from_millis(250);
+/// While draining, how often the accept thread is woken until it ends.
+const DRAIN_WAKE: Duration = Duration::from_millis(20);
+/// A draining process is done once no client has sent anything for this long.
+const DRAIN_QUIET: Duration = Duration::from_millis(250);
 
 /// Accept threads of tiny_http that panicked, process-wide; see [`watch_for_accept_panics`].
 static ACCEPT_PANICS: AtomicUsize = AtomicUsize::new(0);
@@ -39,6 +47,8 @@ static ACCEPT_PANICS: AtomicUsize = AtomicUsize::new(0);
 pub struct Incoming {
     /// The server whose accept thread is (believed) alive.
     current: tiny_http::Server,
+    /// The descriptor its accept thread accepts on.
+    current_fd: RawFd,
     /// Earlier servers whose accept thread died; their open connections still deliver requests.
     retired: Vec<(tiny_http::Server, Instant)>,
     /// Requests already taken from retired servers.
@@ -49,22 +59,33 @@ pub struct Incoming {
     restart_at: Option<Instant>,
     backoff: Duration,
     last_failure: Option<Instant>,
-    /// Keeps accept() alive and frees connections waiting in tiny_http's pool; stops with this.
-    pinger: Pinger,
+    /// Keeps accept() alive and frees connections waiting in tiny_http's pool; stops with this,
+    /// or when the process stops accepting.
+    pinger: Option<Pinger>,
     hangups: Arc<Hangups>,
+    /// Set once the process stops accepting; see [`Incoming::stop_accepting`].
+    draining: Option<Draining>,
+}
+
+/// Where a process that stopped accepting stands.
+struct Draining {
+    /// tiny_http's accept thread has ended: no new connection can come to this process.
+    accept_ended: bool,
+    last_wake: Instant,
 }
 
 impl Incoming {
     /// Starts tiny_http on the listener, and the pinger.
     pub fn start(listener: Listener) -> Result<Incoming, StartError> {
         watch_for_accept_panics();
-        let current = listener
+        let (current, current_fd) = listener
             .new_server()
             .map_err(|e| StartError::Listen(listener.local_addr(), e))?;
         let pinger = Pinger::start(listener.ping_addr(), listener.client_timeout)
             .map_err(StartError::Thread)?;
         Ok(Incoming {
             current,
+            current_fd,
             retired: Vec::new(),
             waiting: VecDeque::new(),
             hangups: Arc::new(Hangups::new(listener.local_addr().port())),
@@ -73,7 +94,8 @@ impl Incoming {
             restart_at: None,
             backoff: FIRST_BACKOFF,
             last_failure: None,
-            pinger,
+            pinger: Some(pinger),
+            draining: None,
         })
     }
 
@@ -83,7 +105,7 @@ impl Incoming {
         if let Some(exchange) = self.waiting.pop_front() {
             return Some(exchange);
         }
-        let wait = if self.retired.is_empty() {
+        let wait = if self.retired.is_empty() && self.draining.is_none() {
             (self.listener.client_timeout / 4).min(IDLE_WAIT)
         } else {
             RETIRED_POLL
@@ -91,7 +113,10 @@ impl Incoming {
         let received = match self.current.recv_timeout(wait) {
             Ok(request) => request,
             Err(error) => {
-                self.accept_loop_died(&format!("accept failed: {error}"));
+                match &mut self.draining {
+                    Some(draining) => draining.accept_ended = true,
+                    None => self.accept_loop_died(&format!("accept failed: {error}")),
+                }
                 None
             }
         };
@@ -102,12 +127,67 @@ impl Incoming {
     }
 
     fn admit(&mut self, request: tiny_http::Request) -> Option<Exchange> {
-        self.pinger.saw_request();
+        if let Some(pinger) = &self.pinger {
+            pinger.saw_request();
+        }
         Exchange::admit(request, &self.hangups)
+    }
+
+    /// Stops taking new connections, for good, without closing the listening socket (another
+    /// process may share it), and from now on ends every connection after its answer. Requests
+    /// on connections already open keep coming through [`Incoming::next_exchange`] until
+    /// [`Incoming::drained`].
+    pub fn stop_accepting(&mut self) {
+        if self.draining.is_some() {
+            return;
+        }
+        self.hangups.close_every_connection();
+        self.pinger = None;
+        // A loop already dead (and waiting for its restart) has nothing to stop.
+        let accept_ended = self.restart_at.is_some();
+        if let Err(error) = self.listener.stop_accepting(self.current_fd) {
+            log::error!("cannot stop accepting: {error}");
+        }
+        self.restart_at = None;
+        self.draining = Some(Draining {
+            accept_ended,
+            last_wake: Instant::now() - DRAIN_WAKE,
+        });
+    }
+
+    /// After [`Incoming::stop_accepting`]: whether this process is done with its clients. Its
+    /// accept loop has ended, every request taken was handed out, and no client has sent
+    /// anything for [`DRAIN_QUIET`], so every connection that had a request has its answer.
+    /// Connections still open are idle (or stuck): they end with the process.
+    pub fn drained(&self) -> bool {
+        let Some(draining) = &self.draining else {
+            return false;
+        };
+        draining.accept_ended
+            && self.waiting.is_empty()
+            && self.sockets().census(Duration::MAX, DRAIN_QUIET).active == 0
+    }
+
+    /// The client connections of this listener, for a census.
+    pub fn sockets(&self) -> ClientSockets {
+        ClientSockets {
+            local_port: self.listener.local_addr().port(),
+        }
     }
 
     /// Restarts a dead accept loop when due, and takes requests from retired servers.
     fn upkeep(&mut self) {
+        if let Some(draining) = &mut self.draining {
+            // An accept() already waiting when the socket was swapped out returns only with a
+            // connection: make one. If another process accepts it, that one sees an empty
+            // connection and closes it.
+            if !draining.accept_ended && draining.last_wake.elapsed() >= DRAIN_WAKE {
+                draining.last_wake = Instant::now();
+                let _ = TcpStream::connect_timeout(&self.listener.ping_addr(), DRAIN_WAKE);
+            }
+            self.poll_retired();
+            return;
+        }
         let panics = ACCEPT_PANICS.load(Ordering::Relaxed);
         if panics != self.panics_seen {
             self.panics_seen = panics;
@@ -133,7 +213,9 @@ impl Incoming {
             FIRST_BACKOFF
         };
         self.last_failure = Some(Instant::now());
-        self.pinger.accept_failed();
+        if let Some(pinger) = &self.pinger {
+            pinger.accept_failed();
+        }
         log::error!(
             "the listener on {} stopped accepting ({reason}); accepting again in {:?}",
             self.listener.local_addr(),
@@ -144,7 +226,8 @@ impl Incoming {
 
     fn restart(&mut self) {
         match self.listener.new_server() {
-            Ok(server) => {
+            Ok((server, fd)) => {
+                self.current_fd = fd;
                 let old = std::mem::replace(&mut self.current, server);
                 self.retired.push((old, Instant::now()));
                 self.restart_at = None;

@@ -21,19 +21,22 @@
 
 pub mod admin_server;
 mod body;
+mod census;
 mod exchange;
 mod hangup;
 mod incoming;
 mod listener;
+mod own_sockets;
 pub mod pinger;
 mod relay;
 mod request_check;
 pub mod socket_options;
 
 pub use body::ClientBody;
+pub use census::{Census, ClientSockets};
 pub use exchange::{Delivered, Exchange, Switched};
 pub use incoming::Incoming;
-pub use listener::Listener;
+pub use listener::{Listener, bind_socket};
 pub use pinger::Pinger;
 pub use relay::{Answer, Buffers};
 pub use request_check::{Head, Rejection};

@@ -28,6 +28,7 @@ const KNOWN_KEYS: &[&str] = &[
     "adminAddress",
     "accessLog",
     "maxTunnels",
+    "maxStuckConnections",
     "tunnelIdleTimeout",
 ];
 

@@ -29,6 +29,11 @@ pub const DEFAULT_QUEUE_SIZE: usize = 512;
 /// client's pauses (Apache's mod_reqtimeout allows 20 s for a request head).
 pub const DEFAULT_CLIENT_TIMEOUT: &str = "20s";
 
+/// Default `maxStuckConnections`. Each stuck connection holds a thread (with its stack) and two
+/// descriptors until its process exits; 100 of them cost a few MiB, while a replacement costs
+/// the new process's start-up (a health-check round) and a drain of the old one.
+pub const DEFAULT_MAX_STUCK_CONNECTIONS: u64 = 100;
+
 /// Default `maxTunnels`. Each open tunnel costs two small threads, four descriptors, two 16 KiB
 /// buffers; nginx's default `worker_connections` of 512 likewise allows 256 proxied connections.
 pub const DEFAULT_MAX_TUNNELS: u64 = 256;
@@ -78,6 +83,9 @@ pub struct Config {
     pub max_tunnels: usize,
     /// A tunnel with no bytes either way for this long is closed.
     pub tunnel_idle_timeout: Duration,
+    /// Stuck client connections (see [`crate::stuck`]) past which the server process asks the
+    /// master for a successor; 0 never asks.
+    pub max_stuck_connections: usize,
     /// Values accepted but changed, one line each, for the log and `--check`: the config
     /// works, but not quite as written.
     pub warnings: Vec<String>,
@@ -258,6 +266,11 @@ impl Config {
             max_tunnels: keys.count("maxTunnels", DEFAULT_MAX_TUNNELS, 0..=100_000)? as usize,
             tunnel_idle_timeout: keys
                 .positive_duration("tunnelIdleTimeout", DEFAULT_TUNNEL_IDLE_TIMEOUT)?,
+            max_stuck_connections: keys.count(
+                "maxStuckConnections",
+                DEFAULT_MAX_STUCK_CONNECTIONS,
+                0..=1_000_000,
+            )? as usize,
             warnings,
         };
         Ok(config)

@@ -189,15 +189,43 @@ pub struct ProcStats {
 }
 
 impl ProcStats {
+    /// What a tinylb holds in all: the process and its children (the master and its server
+    /// processes). A process that ends while being read counts as nothing.
     pub fn of(pid: u32) -> ProcStats {
-        let field = |name: &str| proc_status(pid, name) as i64;
-        ProcStats {
-            threads: field("Threads"),
-            fds: open_fds(pid) as i64,
-            rss_kib: field("VmRSS"),
-            hwm_kib: field("VmHWM"),
+        let mut total = ProcStats::default();
+        for pid in process_tree(pid) {
+            let field = |name: &str| proc_status_if_alive(pid, name).unwrap_or(0) as i64;
+            total.threads += field("Threads");
+            total.fds += open_fds(pid) as i64;
+            total.rss_kib += field("VmRSS");
+            total.hwm_kib += field("VmHWM");
         }
+        total
     }
+}
+
+/// `pid` and its descendants.
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let mut tree = vec![pid];
+    let mut index = 0;
+    while index < tree.len() {
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", tree[index]))
+            .unwrap_or_default();
+        tree.extend(
+            children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok()),
+        );
+        index += 1;
+    }
+    tree
+}
+
+fn proc_status_if_alive(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
 }
 
 /// KiB as MiB, for messages.

@@ -9,7 +9,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use super::{ProcStats, merge_keys, wait_until};
+use super::{ProcStats, merge_keys, process_tree, wait_until};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tinylb");
 
@@ -144,8 +144,20 @@ impl Running {
         }
     }
 
+    /// The process the test started: the master, or the server with `--no-master`. Signals
+    /// go here.
     pub fn pid(&self) -> u32 {
         self.child.0.id()
+    }
+
+    /// The server process: the master's one child, or the process itself without a master.
+    /// What a test measures about threads, descriptors and memory lives there.
+    pub fn server_pid(&self) -> u32 {
+        let master = self.pid();
+        match process_tree(master).as_slice() {
+            [_, server] => *server,
+            _ => master,
+        }
     }
 
     /// The position after every line received so far: later waits can look only past it.
@@ -295,11 +307,13 @@ impl ChildLb {
         }
     }
 
+    /// The server process (see [`Running::server_pid`]).
     pub fn pid(&self) -> u32 {
-        self.run.pid()
+        self.run.server_pid()
     }
 
+    /// What tinylb holds in all, master and server processes.
     pub fn stats(&self) -> ProcStats {
-        ProcStats::of(self.pid())
+        ProcStats::of(self.run.pid())
     }
 }
