@@ -642,10 +642,9 @@ class Target:
         return self.key.startswith("tinylb")
 
     def pids(self) -> list[int]:
-        """tinylb: its one process. nginx: the master and its workers."""
-        if self.is_nginx:
-            return [self.proc.pid, *children(self.proc.pid)]
-        return [self.proc.pid]
+        """The process started and its children: tinylb's master and its server process,
+        nginx's master and its workers (a tinylb run with --no-master is one process)."""
+        return [self.proc.pid, *children(self.proc.pid)]
 
     def check_alive(self) -> None:
         """Fails the bench with a clear message if the process has died."""
@@ -655,7 +654,7 @@ class Target:
             )
 
     def peak_rss_kib(self) -> int:
-        """VmHWM: tinylb's own; for nginx the SUM over master and workers."""
+        """VmHWM summed over the processes: master and server (or workers)."""
         return sum(status_kib(pid, "VmHWM") for pid in self.pids())
 
 

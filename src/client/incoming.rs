@@ -157,7 +157,7 @@ impl Incoming {
 
     /// After [`Incoming::stop_accepting`]: whether this process is done with its clients. Its
     /// accept loop has ended, every request taken was handed out, and no client has sent
-    /// anything for [`DRAIN_QUIET`], so every connection that had a request has its answer.
+    /// anything for a quarter second, so every connection that had a request has its answer.
     /// Connections still open are idle (or stuck): they end with the process.
     pub fn drained(&self) -> bool {
         let Some(draining) = &self.draining else {
