@@ -91,7 +91,7 @@ use crate::master::handoff::ChildEnd;
 use crate::pool::WorkerPool;
 use crate::reload::Reloadable;
 use crate::status::Sources;
-use crate::stuck::{StuckCount, Watched};
+use crate::stuck::{WatchdogCounts, Watched};
 use crate::switches::Switches;
 use crate::tunnel::{TunnelLimits, Tunnels};
 
@@ -162,17 +162,16 @@ impl LoadBalancer {
         let pool = WorkerPool::start(config.workers, requests, forwarder)?;
         let stop = Arc::new(StopFlags::default());
         let incoming = Incoming::start(listener)?;
-        let stuck = Arc::new(StuckCount::default());
+        let watchdog_counts = Arc::new(WatchdogCounts::default());
         let (stop_watchdog, watchdog_stopped) = crossbeam_channel::bounded(1);
         let watched = Watched {
             sockets: incoming.sockets(),
-            pool: Arc::clone(pool.counters()),
-            tunnels: Arc::clone(&tunnels),
             client_timeout: config.client_timeout,
+            header_timeout: config.client_header_timeout,
             max_stuck: config.max_stuck_connections,
             master,
         };
-        let watchdog = stuck::spawn(watched, Arc::clone(&stuck), watchdog_stopped)?;
+        let watchdog = stuck::spawn(watched, Arc::clone(&watchdog_counts), watchdog_stopped)?;
         let intake = intake::spawn(
             incoming,
             queue,
@@ -198,7 +197,7 @@ impl LoadBalancer {
                     workers: config.workers,
                     queue_capacity: config.queue_size,
                     generation,
-                    stuck,
+                    watchdog: watchdog_counts,
                     max_stuck: config.max_stuck_connections,
                 });
                 Some(Admin::start(addr, sources)?)

@@ -125,6 +125,17 @@ pub fn render(status: &Status) -> String {
     let _ = writeln!(out, "tinylb_retries_total {}", status.retries);
     header(
         &mut out,
+        "client_head_timeouts_total",
+        "counter",
+        "Client connections ended because their request head took longer than clientHeaderTimeout.",
+    );
+    let _ = writeln!(
+        out,
+        "tinylb_client_head_timeouts_total {}",
+        status.head_timeouts
+    );
+    header(
+        &mut out,
         "queue_depth",
         "gauge",
         "Requests waiting for a worker.",

@@ -98,6 +98,10 @@ pub fn apply(target: &mut Reloadable, new: Config) {
             "maxStuckConnections",
             current.max_stuck_connections != new.max_stuck_connections,
         ),
+        (
+            "clientHeaderTimeout",
+            current.client_header_timeout != new.client_header_timeout,
+        ),
     ]
     .into_iter()
     .filter_map(|(key, changed)| changed.then_some(key))
@@ -122,6 +126,7 @@ pub fn apply(target: &mut Reloadable, new: Config) {
     effective.client_timeout = current.client_timeout;
     effective.admin_address = current.admin_address;
     effective.max_stuck_connections = current.max_stuck_connections;
+    effective.client_header_timeout = current.client_header_timeout;
     effective.shutdown_grace_period = current.shutdown_grace_period;
 
     let old = target.balancer.backends();

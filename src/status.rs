@@ -12,7 +12,7 @@ use crate::balancer::Balancer;
 use crate::generation::{Cause, Generation, Restarts};
 use crate::pool::PoolCounters;
 use crate::stats::StatsSnapshot;
-use crate::stuck::StuckCount;
+use crate::stuck::WatchdogCounts;
 use crate::tunnel::Tunnels;
 
 /// The live counters a status is read from: a narrow handle for the admin listener.
@@ -33,8 +33,8 @@ pub struct Sources {
     pub queue_capacity: usize,
     /// This process's generation in the process model.
     pub generation: Generation,
-    /// Stuck client connections at the watchdog's last count.
-    pub stuck: Arc<StuckCount>,
+    /// Stuck connections and head timeouts, from the watchdog.
+    pub watchdog: Arc<WatchdogCounts>,
     /// `maxStuckConnections`.
     pub max_stuck: usize,
 }
@@ -63,6 +63,9 @@ pub struct Status {
     pub queue_capacity: usize,
     /// Requests sent again after a failed attempt.
     pub retries: u64,
+    /// Client connections ended because their request head took longer than
+    /// `clientHeaderTimeout`.
+    pub head_timeouts: u64,
     /// WebSocket (and other upgrade) tunnels.
     pub tunnels: TunnelStatus,
     /// The backends, in config order.
@@ -247,7 +250,7 @@ impl Status {
                 generation: sources.generation.number,
                 started_by: sources.generation.cause,
                 restarts: sources.generation.restarts,
-                stuck_connections: sources.stuck.get(),
+                stuck_connections: sources.watchdog.stuck(),
                 max_stuck_connections: sources.max_stuck,
             },
             listen: sources.listen.to_string(),
@@ -256,6 +259,7 @@ impl Status {
             queue_depth: sources.pool.queued(),
             queue_capacity: sources.queue_capacity,
             retries: sources.retries.load(Ordering::Relaxed),
+            head_timeouts: sources.watchdog.head_timeouts(),
             tunnels: TunnelStatus {
                 open: tunnels.open(),
                 max: tunnels.limits().max_open,

@@ -58,6 +58,7 @@ pub fn render(status: &Status) -> String {
          <li>listening on <b>{listen}</b></li>\
          <li>workers busy <b>{busy} / {workers}</b></li>\
          <li>queued <b>{queued} / {capacity}</b></li><li>retries <b>{retries}</b></li>\
+         <li>head timeouts <b>{head_timeouts}</b></li>\
          <li>tunnels open <b>{tunnels} / {max_tunnels}</b></li>\
          <li>process <b>{process}</b></li>\
          <li>stuck connections <b>{stuck} / {max_stuck}</b></li></ul>",
@@ -70,6 +71,7 @@ pub fn render(status: &Status) -> String {
         queued = status.queue_depth,
         capacity = status.queue_capacity,
         retries = status.retries,
+        head_timeouts = status.head_timeouts,
         tunnels = status.tunnels.open,
         max_tunnels = status.tunnels.max,
         process = process_summary(&status.process),

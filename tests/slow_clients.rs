@@ -1,8 +1,8 @@
 //! Slow and idle clients: `clientTimeout` ends a connection that sends nothing, stalls in its
 //! head or body, stops reading its answer, or idles between keep-alive requests; a busy
 //! connection is not cut; 2,000 idle and slowloris connections leave normal requests fast with
-//! bounded memory; connections opened together are all served at once; and the documented
-//! limit, a client trickling just inside the timeout.
+//! bounded memory; connections opened together are all served at once; and
+//! `clientHeaderTimeout`: a head trickled past it gets `408`, one inside it is answered.
 
 mod common;
 use common::process::ChildLb;
@@ -265,11 +265,12 @@ fn connection_busy_every_200ms_outlives_the_timeout() {
 }
 
 #[test]
-fn trickling_one_byte_inside_each_timeout_is_never_cut_off() {
-    // The documented limit: the timeout bounds each gap between reads, not the whole head.
+fn a_head_trickled_within_client_header_timeout_is_answered() {
+    // A slow but complete head: each gap inside clientTimeout, the whole inside
+    // clientHeaderTimeout.
     let _quiet = timing_sensitive();
     let a = Backend::start("a");
-    let lb = fast_lb(&[&a], "");
+    let lb = fast_lb(&[&a], r#""clientHeaderTimeout": "6s""#);
     let stream = connect(lb.addr);
     let mut writer = stream.try_clone().unwrap();
     let started = Instant::now();
@@ -295,7 +296,7 @@ fn trickling_one_byte_inside_each_timeout_is_never_cut_off() {
          {held:?} with {trickled} bytes of header, then got {:?}",
         answer.as_ref().map(|(status, _)| status)
     );
-    let (status, body) = answer.expect("the trickled request is answered, never cut off");
+    let (status, body) = answer.expect("the trickled request is answered");
     assert_eq!(status, 200);
     let expected = format!("header x-trickle: {}\n", "a".repeat(trickled));
     assert!(
@@ -305,6 +306,92 @@ fn trickling_one_byte_inside_each_timeout_is_never_cut_off() {
     );
     assert!(trickled >= 5, "{trickled}");
     assert!(held > Duration::from_millis(2400), "{held:?}");
+}
+
+/// Sends a head one byte every `gap` until the connection is closed or 6 s have passed;
+/// returns what came back and when the connection closed.
+fn trickle_until_closed(addr: SocketAddr, gap: Duration) -> (Vec<u8>, Option<Duration>) {
+    let mut stream = connect(addr);
+    let mut writer = stream.try_clone().unwrap();
+    let started = Instant::now();
+    writer
+        .write_all(b"GET /trickled HTTP/1.1\r\nHost: tinylb\r\nX-Trickle: ")
+        .unwrap();
+    let trickler = std::thread::spawn(move || {
+        while started.elapsed() < Duration::from_secs(6) {
+            // The scenario: one byte well inside each clientTimeout.
+            std::thread::sleep(gap);
+            if writer.write_all(b"a").is_err() {
+                return;
+            }
+        }
+    });
+    let result = read_until_close(
+        &mut stream,
+        started,
+        Duration::from_secs(8),
+        OnError::CountAsClose,
+    );
+    trickler.join().unwrap();
+    result
+}
+
+#[test]
+fn a_head_trickled_past_client_header_timeout_gets_408_and_nothing_is_forwarded() {
+    let _quiet = timing_sensitive();
+    let a = Backend::start("a");
+    let lb = fast_lb(&[&a], r#""clientHeaderTimeout": "1500ms""#);
+    let (received, closed) = trickle_until_closed(lb.addr, Duration::from_millis(200));
+    let closed = closed.expect("the trickler is cut off");
+    eprintln!("trickled head: 408 and closed after {closed:?}");
+    // The deadline, plus at most a second for the watchdog to see the connection and one
+    // more for its next look.
+    assert!(closed >= Duration::from_millis(1500), "{closed:?}");
+    assert!(closed < Duration::from_secs(5), "{closed:?}");
+    let response = read_full_response(&mut &received[..], false).expect("a whole answer");
+    assert_eq!(
+        response.status,
+        408,
+        "{}",
+        String::from_utf8_lossy(&received)
+    );
+    assert!(
+        response.text().contains("clientHeaderTimeout"),
+        "{}",
+        response.text()
+    );
+    assert_eq!(response.header("connection"), Some("close"));
+    assert_eq!(a.proxied_count(), 0, "nothing of the request was forwarded");
+    // A normal request is unaffected.
+    assert_eq!(
+        fresh_get(lb.addr, "/after", Duration::from_secs(2)),
+        Some(200)
+    );
+}
+
+#[test]
+fn a_connection_that_sends_nothing_is_closed_silently_at_client_header_timeout() {
+    let _quiet = timing_sensitive();
+    let a = Backend::start("a");
+    let lb = start_lb(
+        &[&a],
+        r#""clientTimeout": "10s", "clientHeaderTimeout": "1s""#,
+    );
+    let since = Instant::now();
+    let mut stream = connect(lb.addr);
+    let (received, closed) = read_until_close(
+        &mut stream,
+        since,
+        Duration::from_secs(5),
+        OnError::CountAsClose,
+    );
+    let closed = closed.expect("closed before clientTimeout");
+    assert!(closed >= Duration::from_secs(1), "{closed:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&received),
+        "",
+        "no 408 without a head"
+    );
 }
 
 #[test]

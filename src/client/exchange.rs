@@ -15,6 +15,7 @@ use tiny_http::{HTTPVersion, Method, Request};
 
 use super::body::ClientBody;
 use super::hangup::Hangups;
+use super::phases::Phases;
 use super::relay::{self, Answer, Buffers, ClientSide, Relayed};
 use super::request_check::{self, Head, Rejection};
 use crate::access_log::AccessLine;
@@ -27,6 +28,7 @@ pub struct Exchange {
     side: ClientSide,
     peer: Option<SocketAddr>,
     hangups: Arc<Hangups>,
+    phases: Arc<Phases>,
 }
 
 /// What the client got, for the access log and the statistics.
@@ -51,7 +53,11 @@ impl Exchange {
     /// request whose connection tinylb already ended, and marks a connection as ending when its
     /// request will be refused, so that no request tiny_http parses after it (from a body
     /// tinylb will never read) can reach a worker and a backend.
-    pub(super) fn admit(request: Request, hangups: &Arc<Hangups>) -> Option<Exchange> {
+    pub(super) fn admit(
+        request: Request,
+        hangups: &Arc<Hangups>,
+        phases: &Arc<Phases>,
+    ) -> Option<Exchange> {
         let peer = request.remote_addr().copied();
         if hangups.is_hung_up(peer.as_ref()) {
             log::debug!("dropping a request from {peer:?}: its connection was ended");
@@ -59,6 +65,7 @@ impl Exchange {
             drop(request.into_writer());
             return None;
         }
+        phases.serving(peer.as_ref());
         let verdict = request_check::check_request(&request);
         if verdict.is_err() {
             hangups.remember(peer.as_ref());
@@ -74,6 +81,7 @@ impl Exchange {
             side,
             peer,
             hangups: Arc::clone(hangups),
+            phases: Arc::clone(phases),
         })
     }
 
@@ -157,6 +165,7 @@ impl Exchange {
         if answer.close {
             self.hangups.close_socket(peer.as_ref());
         }
+        self.phases.answered(peer.as_ref());
         drop(writer);
         let body_bytes = match written {
             Ok(()) if self.side.head_request => 0,
@@ -221,6 +230,7 @@ impl Exchange {
         if hang_up || draining {
             self.hangups.hang_up(peer.as_ref());
         }
+        self.phases.answered(peer.as_ref());
         drop(writer);
         Delivered { status, body_bytes }
     }

@@ -21,6 +21,7 @@ use super::census::ClientSockets;
 use super::exchange::Exchange;
 use super::hangup::Hangups;
 use super::listener::Listener;
+use super::phases::Phases;
 use super::pinger::Pinger;
 use crate::error::StartError;
 
@@ -63,6 +64,7 @@ pub struct Incoming {
     /// or when the process stops accepting.
     pinger: Option<Pinger>,
     hangups: Arc<Hangups>,
+    phases: Arc<Phases>,
     /// Set once the process stops accepting; see [`Incoming::stop_accepting`].
     draining: Option<Draining>,
 }
@@ -89,6 +91,7 @@ impl Incoming {
             retired: Vec::new(),
             waiting: VecDeque::new(),
             hangups: Arc::new(Hangups::new(listener.local_addr().port())),
+            phases: Arc::default(),
             listener,
             panics_seen: ACCEPT_PANICS.load(Ordering::Relaxed),
             restart_at: None,
@@ -130,7 +133,7 @@ impl Incoming {
         if let Some(pinger) = &self.pinger {
             pinger.saw_request();
         }
-        Exchange::admit(request, &self.hangups)
+        Exchange::admit(request, &self.hangups, &self.phases)
     }
 
     /// Stops taking new connections, for good, without closing the listening socket (another
@@ -163,15 +166,15 @@ impl Incoming {
         let Some(draining) = &self.draining else {
             return false;
         };
-        draining.accept_ended
-            && self.waiting.is_empty()
-            && self.sockets().census(Duration::MAX, DRAIN_QUIET).active == 0
+        draining.accept_ended && self.waiting.is_empty() && self.sockets().active(DRAIN_QUIET) == 0
     }
 
-    /// The client connections of this listener, for a census.
+    /// The client connections of this listener, for the watchdog's look.
     pub fn sockets(&self) -> ClientSockets {
         ClientSockets {
             local_port: self.listener.local_addr().port(),
+            phases: Arc::clone(&self.phases),
+            hangups: Arc::clone(&self.hangups),
         }
     }
 

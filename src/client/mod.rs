@@ -27,6 +27,7 @@ mod hangup;
 mod incoming;
 mod listener;
 mod own_sockets;
+pub mod phases;
 pub mod pinger;
 mod relay;
 mod request_check;

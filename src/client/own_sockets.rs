@@ -13,6 +13,8 @@ pub(super) struct TcpState {
     pub state: u8,
     /// Milliseconds since data last arrived from the client (or since the connection was made).
     pub ms_since_received: u32,
+    /// Bytes received from the client (0 on kernels before 4.1, which do not count them).
+    pub bytes_received: u64,
 }
 
 /// Calls `visit` with each connected TCP socket on `local_port` (borrowed: never closed here)
@@ -93,6 +95,7 @@ pub(super) fn tcp_state(socket: &TcpStream) -> Option<TcpState> {
     (result == 0).then_some(TcpState {
         state: info.tcpi_state,
         ms_since_received: info.tcpi_last_data_recv,
+        bytes_received: info.tcpi_bytes_received,
     })
 }
 

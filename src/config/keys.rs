@@ -29,6 +29,7 @@ const KNOWN_KEYS: &[&str] = &[
     "accessLog",
     "maxTunnels",
     "maxStuckConnections",
+    "clientHeaderTimeout",
     "tunnelIdleTimeout",
 ];
 

@@ -29,6 +29,13 @@ pub const DEFAULT_QUEUE_SIZE: usize = 512;
 /// client's pauses (Apache's mod_reqtimeout allows 20 s for a request head).
 pub const DEFAULT_CLIENT_TIMEOUT: &str = "20s";
 
+/// Default `clientHeaderTimeout`. Each connection waiting for a head holds a tiny_http thread,
+/// so this bounds what a client trickling its head (or sitting idle) costs. HAProxy's docs advise
+/// about 10 s for `timeout http-request`, which likewise covers idle keep-alive; nginx's 60 s
+/// `client_header_timeout` is sized for an event loop, where a waiting client costs a few KiB,
+/// not a thread. A real client sends its head in one go, well within 10 s.
+pub const DEFAULT_CLIENT_HEADER_TIMEOUT: &str = "10s";
+
 /// Default `maxStuckConnections`. Each stuck connection holds a thread (with its stack) and two
 /// descriptors until its process exits; 100 of them cost a few MiB, while a replacement costs
 /// the new process's start-up (a health-check round) and a drain of the old one.
@@ -73,6 +80,9 @@ pub struct Config {
     /// A client connection that sends nothing (or reads nothing) for this long is closed: an
     /// idle keep-alive connection, a stalled request head or body, a client not reading.
     pub client_timeout: Duration,
+    /// The most a whole request head may take, counted from the connection's start or the end
+    /// of its previous answer; past it the connection is closed (`408` if part of a head came).
+    pub client_header_timeout: Duration,
     /// Where the admin listener (status page, metrics, drain) listens; off when `None`.
     pub admin_address: Option<SocketAddr>,
     /// One log line per request in combined log format.
@@ -258,6 +268,8 @@ impl Config {
             forwarded_server_header: keys.boolean("forwardedServerHeader", false)?,
             shutdown_grace_period: keys.duration("shutdownGracePeriod", "10s")?,
             client_timeout: keys.positive_duration("clientTimeout", DEFAULT_CLIENT_TIMEOUT)?,
+            client_header_timeout: keys
+                .positive_duration("clientHeaderTimeout", DEFAULT_CLIENT_HEADER_TIMEOUT)?,
             admin_address: match keys.0.get("adminAddress") {
                 None | Some(Value::Null) => None,
                 Some(value) => Some(parse_address("adminAddress", value)?),
