@@ -22,15 +22,19 @@ load and disturbs it on a schedule:
   flood should end with a new generation and the memory back where it was.
 
 Every second it records, for tinylb's whole process tree (the master and its children, found
-through /proc/PID/task/TID/children): RSS (sum of VmRSS), threads, open file descriptors; and
-from the admin listener's /status.json: the generation and the stuck connections.
+through /proc/PID/task/TID/children): RSS (sum of VmRSS), threads, open file descriptors and CPU;
+the whole machine's CPU (it may be shared: a slow second with the machine busy is not tinylb's
+doing); and from the admin listener's /status.json: the generation and the stuck connections.
+tinylb runs with RUST_LOG=info, so its master's lines (recycles, drains) and config reloads can
+be set beside the events.
 
 At the end it stops tinylb with SIGTERM (which must exit 0), writes docs/soak.md (totals, the
 range of every line, the floods, the events, and for every second with errors or non-2xx the
 event that explains it, or that none does) and docs/soak.svg (the picture, drawn here), and
 prints a summary. Exit status: 0 if tinylb ran throughout and exited 0; 1 if tinylb died (the
 master exited, or a server process crashed and was replaced), did not exit 0 on SIGTERM, or the
-run could not proceed; 130 if interrupted (the report is then not written).
+run could not proceed; 130 if interrupted (the report is then not written). Unexplained
+failures are listed in the report and the summary but do not change the exit status.
 
 Everything it starts runs in its own process group and is killed when the run ends, fails or
 is interrupted (Ctrl-C). All traffic goes to 127.0.0.1. Python 3.11 standard library only; wrk
@@ -561,7 +565,7 @@ UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 def parse_wrk(text: str, out: Slice) -> None:
     found = WRK_LINES["requests"].search(text)
     if not found:
-        out.note = "wrk printed no request count"
+        out.note = "wrk: " + (" ".join(text.split())[-160:] or "no output")
         return
     out.requests = int(found.group(1))
     if m := WRK_LINES["non2xx"].search(text):
@@ -604,8 +608,11 @@ def load_loop(run: Run, wrk: str, port: int, script: Path) -> None:
             run.slices.append(piece)
         failures_in_a_row = failures_in_a_row + 1 if piece.note else 0
         if failures_in_a_row >= 10:
-            run.fail(f"wrk failed 10 times in a row; last: {piece.note}")
+            run.fail(f"wrk failed 10 s in a row; last: {piece.note}")
             return
+        if piece.note:
+            # A wrk that fails at once (nothing listens) must not spin: one slice a second.
+            run.stop.wait(max(0.0, math.ceil(run.now()) - run.now()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -627,8 +634,9 @@ def sample_loop(run: Run, master: subprocess.Popen, admin: int) -> None:
         if run.left() <= 0:
             return
         if master.poll() is not None:
-            run.fail(f"tinylb's master exited with status {master.returncode}"
-                     f" at {clock(run.now())}")
+            code = master.returncode
+            how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"status {code}"
+            run.fail(f"tinylb's master exited ({how}) at {clock(run.now())}")
             return
         t = run.now()
         pids = tree(master.pid)
@@ -890,10 +898,20 @@ def tail_of(path: Path, lines: int = 15) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def explain(piece: Slice, events: list[Event]) -> Event | None:
-    """The nearest event at or before this slice whose window reaches it."""
-    covering = [e for e in events if e.covers(piece.t0, piece.t1)]
-    return max(covering, key=lambda e: e.t) if covering else None
+def explain(piece: Slice, events: list[Event]) -> tuple[Event | None, list[Event]]:
+    """The event that explains a failing slice, and the others whose windows reach it too.
+
+    The explaining one is the nearest event before the middle of the slice whose window reaches
+    it (an event late in the slice hardly caused what went wrong earlier in it); failing that,
+    the first one inside the slice.
+    """
+    covering = sorted((e for e in events if e.covers(piece.t0, piece.t1)), key=lambda e: e.t)
+    if not covering:
+        return None, []
+    middle = (piece.t0 + piece.t1) / 2
+    before = [e for e in covering if e.t <= middle]
+    best = before[-1] if before else covering[0]
+    return best, [e for e in covering if e is not best]
 
 
 def spread(values: list[float]) -> tuple[float, float, float] | None:
@@ -1135,7 +1153,7 @@ def svg(run: Run, seconds: float, title: str) -> str:
                 colors["cpu"] = "#2ca02c"
                 out.append(f'<text x="{L + PW - 4}" y="{y0 + 13}" text-anchor="end"'
                            f' font-size="11"><tspan fill="#2ca02c">— tinylb\'s processes</tspan>'
-                           f'<tspan fill="#888" dx="8">— whole machine</tspan></text>')
+                           f'<tspan fill="#999" dx="8">■ whole machine</tspan></text>')
             elif key == "p99":
                 points = [((s.t0 + s.t1) / 2, s.p99_ms) for s in slices]
             elif key == "rss":
@@ -1159,8 +1177,14 @@ def svg(run: Run, seconds: float, title: str) -> str:
                 vmax = 100.0 if key == "cpu" else nice_ceiling(max(values + [2], default=2) * 1.05)
                 fy = lambda v: y1 - panel_h * v / vmax  # noqa: E731
                 ticks = [0, vmax / 2, vmax]
-            for color, pts in [*extra, (colors[key], points)]:
-                out += polyline(pts, color, x, fy)
+            for color, pts in extra:  # the machine's CPU: an area under tinylb's line
+                known = [(t, v) for t, v in pts if v is not None]
+                if len(known) > 1:
+                    outline = " ".join(f"{x(t):.1f},{fy(v):.1f}" for t, v in known)
+                    out.append(f'<polygon fill="{color}" fill-opacity="0.35" stroke="none"'
+                               f' points="{x(known[0][0]):.1f},{y1} {outline}'
+                               f' {x(known[-1][0]):.1f},{y1}"/>')
+            out += polyline(points, colors[key], x, fy)
         for v in ticks:
             ty = fy(v)
             out.append(f'<line x1="{L - 4}" y1="{ty:.1f}" x2="{L}" y2="{ty:.1f}" stroke="#999"/>')
@@ -1215,8 +1239,8 @@ def build_report(ctx: dict) -> tuple[str, list[str]]:
     errors = {k: sum(getattr(s, k) for s in slices) for k in ("connect", "read", "write",
                                                                "timeout")}
     failed = [s for s in slices if s.failed]
-    explained = [(s, explain(s, events)) for s in failed]
-    unexplained = [s for s, e in explained if e is None]
+    explained = [(s, *explain(s, events)) for s in failed]
+    unexplained = [s for s, e, _ in explained if e is None]
     gens = [e for e in events if e.kind == "generation"]
     last_gen = next((s.generation for s in reversed(samples) if s.generation), None)
     short = ctx["minutes"] < FULL_MINUTES
@@ -1370,15 +1394,20 @@ def build_report(ctx: dict) -> tuple[str, list[str]]:
               " reloads.", "",
               *table(["time", "event"], event_rows(events, ctx["logged"]), "rl")]
     lines += ["## Seconds with errors or non-2xx", "",
-              "Each is put down to the nearest event before it whose window reaches it: a kill"
+              "Each is put down to the nearest event before the middle of its slice whose window"
+              " reaches it (else the first event inside it), others whose window reaches it are"
+              " named too. Windows: a kill"
               f" {WINDOWS['kill']:g} s, a restart {WINDOWS['restart']:g} s, a config rewrite"
               f" {WINDOWS['config']:g} s, a new server process {WINDOWS['generation']:g} s, a"
               f" flood from its start to {WINDOWS['flood']:g} s after it is closed"
               f" ({SLACK:g} s slack for times read once a second).", ""]
     if explained:
         rows = []
-        for s, e in explained[:300]:
-            why = f"{e.what} ({clock(e.t)}, {s.t0 - e.t:+.0f} s)" if e else "**unexplained**"
+        for s, e, others in explained[:300]:
+            why = f"{e.what} ({clock(e.t)})" if e else "**unexplained**"
+            if others:
+                why += "; also in the window of: " + ", ".join(
+                    f"{o.label or o.kind} ({clock(o.t)})" for o in others)
             err = f"{s.errors} ({s.connect}/{s.read}/{s.write}/{s.timeout})" if s.errors else "0"
             rows.append([f"{clock(s.t0)}–{clock(s.t1)}", f"{s.requests:,}", f"{s.non2xx:,}",
                          err, fmt(s.p99_ms, 1), html.escape(s.note) or "", why])
@@ -1498,8 +1527,14 @@ def soak(args: argparse.Namespace, argv: list[str], procs: Processes, tmp: Path)
     if harness.master.poll() is None:
         log("stopping tinylb with SIGTERM")
         exit_status, took = harness.stop_tinylb()
-    elif not run.fatal:
-        run.fail(f"tinylb's master exited with status {harness.master.returncode}")
+    else:
+        # The master's end is the news, whatever else failed after it (wrk, say).
+        code = harness.master.returncode
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"status {code}"
+        died = f"tinylb's master exited ({how}) during the run"
+        if run.fatal and "master exited" not in run.fatal:
+            died += f"; then {run.fatal}"
+        run.fatal = run.fatal if run.fatal and "master exited" in run.fatal else died
     leftover = []
     for pid in last_tree:
         try:
