@@ -6,7 +6,7 @@ CONFIG ?= config.json
 # The demo backends; keep in sync with the servers listed in $(CONFIG).
 BACKEND_PORTS ?= 5001 5002 5003 5004 5005
 
-.PHONY: build run test check mutants bench dist test-dist clean
+.PHONY: build run test check mutants bench soak dist test-dist clean
 
 build:
 	$(CARGO) build --release --bins --examples
@@ -50,6 +50,16 @@ mutants:
 BENCH_ARGS ?=
 bench:
 	python3 benches/bench.py $(BENCH_ARGS)
+
+# A bounded soak run, not part of `make test`: steady wrk load on tinylb over 3 demo backends
+# for SOAK_MINUTES (30; `make soak SOAK_MINUTES=3` for a short trial) while a backend is killed
+# every minute, config.json is rewritten every 90 s and every 5 min a flood of idle, trickling
+# and HTTP/2-preface connections is held 30 s. Samples tinylb's RSS, threads and fds each
+# second; writes docs/soak.md and docs/soak.svg; fails if tinylb died. Installs wrk if missing.
+SOAK_MINUTES ?= 30
+SOAK_ARGS ?=
+soak:
+	python3 benches/soak.py --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
 
 # Static, stripped musl binaries for devices and minimal containers, in dist/ (scripts/dist.sh):
 # installs the rustup targets, builds, checks each is static and small, prints their sizes. A

@@ -1,0 +1,1647 @@
+#!/usr/bin/env python3
+"""`make soak`: a bounded soak run of tinylb, 30 minutes unless told otherwise.
+
+What it does
+------------
+It starts three demo backends (examples/backend, one process per free port of 127.0.0.1) and
+tinylb's master process in front of them, with a config.json in a temporary directory that
+sets an adminAddress. Then, for the length of the run, it drives tinylb at a steady, moderate
+load and disturbs it on a schedule:
+
+- load: wrk (`-t1 -c16 --latency`) in back-to-back 1-second slices, each connection waiting a
+  fixed delay between requests (a small Lua script), so the load stays far below what tinylb can
+  serve here; every slice gives one second's requests, non-2xx (wrk counts status >= 400),
+  socket errors and p99;
+- every 60 s one backend gets SIGKILL and is started again 5 s later (the three in turn);
+- every 90 s config.json is rewritten (a temp file renamed over it) with healthCheckInterval
+  toggled between 1s and 2s, which tinylb applies live;
+- every 5 minutes (for runs shorter than that, once at a third of the run) a flood: 500 idle
+  connections (nothing sent), 500 trickling request heads (one byte every 2 s) and 500 HTTP/2
+  prefaces (which park a tiny_http thread for good), held 30 s and then closed. The parked
+  threads make the server process ask the master for a successor (maxStuckConnections), so a
+  flood should end with a new generation and the memory back where it was.
+
+Every second it records, for tinylb's whole process tree (the master and its children, found
+through /proc/PID/task/TID/children): RSS (sum of VmRSS), threads, open file descriptors and CPU;
+the whole machine's CPU (it may be shared: a slow second with the machine busy is not tinylb's
+doing); and from the admin listener's /status.json: the generation and the stuck connections.
+tinylb runs with RUST_LOG=info, so its master's lines (recycles, drains) and config reloads can
+be set beside the events.
+
+At the end it stops tinylb with SIGTERM (which must exit 0), writes docs/soak.md (totals, the
+range of every line, the floods, the events, and for every second with errors or non-2xx the
+event that explains it, or that none does) and docs/soak.svg (the picture, drawn here), and
+prints a summary. Exit status: 0 if tinylb ran throughout and exited 0; 1 if tinylb died (the
+master exited, or a server process crashed and was replaced), did not exit 0 on SIGTERM, or the
+run could not proceed; 130 if interrupted (the report is then not written). Unexplained
+failures are listed in the report and the summary but do not change the exit status.
+
+Everything it starts runs in its own process group and is killed when the run ends, fails or
+is interrupted (Ctrl-C). All traffic goes to 127.0.0.1. Python 3.11 standard library only; wrk
+is installed with apt-get if it is missing. The binaries are built (`cargo build --release
+--bin tinylb --example backend`) only if they are missing or `--build` is given; the binaries
+are looked for in $CARGO_TARGET_DIR if set, else target/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import hashlib
+import html
+import http.client
+import json
+import math
+import os
+import platform
+import random
+import re
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+_target = Path(os.environ.get("CARGO_TARGET_DIR") or "target")
+TARGET = _target if _target.is_absolute() else ROOT / _target
+TINYLB = TARGET / "release" / "tinylb"
+BACKEND = TARGET / "release" / "examples" / "backend"
+DEFAULT_OUT = ROOT / "docs" / "soak.md"
+HOST = "127.0.0.1"
+
+# The load: wrk's connections, and the pause each one takes between requests (about
+# CONNECTIONS * 1000 / DELAY_MS requests/s, less the latency: ~700-800 req/s, while an
+# unthrottled wrk gets several thousand through tinylb on two cores).
+CONNECTIONS = 16
+DELAY_MS = 20
+WRK_TIMEOUT = "2s"
+# The schedule, in seconds from the start of the load.
+BACKENDS = 3
+KILL_EVERY = 60
+DOWN_FOR = 5
+CONFIG_EVERY = 90
+FLOOD_EVERY = 300
+# Floods start this long after their 5-minute mark, so they do not fall on a backend kill
+# (every 60 s) and the two can be told apart in the report.
+FLOOD_OFFSET = 20
+FLOOD_SOCKETS = 500
+FLOOD_HOLD = 30
+TRICKLE_EVERY = 2.0
+# A flood needs this long to open, hold, close and be seen to settle.
+FLOOD_NEEDS = FLOOD_HOLD + 20
+TRICKLE_HEAD = b"GET / HTTP/1.1\r\nHost: x\r\nX-a: "
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# How long after an event failures are put down to it (from its start; for a flood, from its
+# end, since it disturbs tinylb the whole time it is held).
+WINDOWS = {"kill": 5.0, "restart": 3.0, "config": 3.0, "flood": 5.0, "generation": 5.0}
+# Slack for the time of an event seen through /status.json (sampled once a second).
+SLACK = 1.0
+# After SIGTERM tinylb drains; past this it is killed and the run fails.
+STOP_GRACE = 15.0
+MIB = 1024 * 1024
+FULL_MINUTES = 30
+
+
+class SoakError(Exception):
+    """A failure that ends the run with a one-line message (exit status 1)."""
+
+
+class Interrupted(Exception):
+    """SIGINT, SIGTERM or SIGHUP arrived; the run cleans up and exits 130."""
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr; stdout carries only the final summary."""
+    print(f"soak: {message}", file=sys.stderr, flush=True)
+
+
+def clock(t: float) -> str:
+    """Seconds from the start as m:ss."""
+    t = max(0, int(round(t)))
+    return f"{t // 60}:{t % 60:02d}"
+
+
+# --------------------------------------------------------------------------------------------
+# Command line, tools, binaries
+# --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="soak.py", description="A bounded soak run of tinylb (see the module docstring)."
+    )
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=float(os.environ.get("SOAK_MINUTES") or FULL_MINUTES),
+        help=f"length of the run ($SOAK_MINUTES, else {FULL_MINUTES})",
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown report to write")
+    parser.add_argument("--no-write", action="store_true", help="print the summary only")
+    parser.add_argument("--build", action="store_true", help="run cargo build even if the"
+                        " binaries exist")
+    parser.add_argument("--json", type=Path, metavar="FILE",
+                        help="also save every slice, sample, event and flood as JSON")
+    parser.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (config, logs)")
+    args = parser.parse_args(argv)
+    if not 1 <= args.minutes <= 24 * 60:
+        parser.error("--minutes: give a number from 1 to 1440")
+    return args
+
+
+def exact_command(argv: list[str], minutes: float) -> str:
+    if os.environ.get("MAKELEVEL"):
+        shown = f"{minutes:g}"
+        return "make soak" if minutes == FULL_MINUTES else f"make soak SOAK_MINUTES={shown}"
+    return shlex.join(["python3", "benches/soak.py", *argv])
+
+
+def ensure_wrk() -> str:
+    """The path of wrk, installed with apt-get if it is missing (said on stderr)."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    command = "apt-get update && apt-get install -y wrk"
+    if os.geteuid() != 0 and shutil.which("sudo"):
+        command = "sudo apt-get update && sudo apt-get install -y wrk"
+    log(f"wrk not found; installing it with: {command}")
+    if shutil.which("apt-get") is None:
+        raise SoakError("apt-get is not available; install wrk yourself")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    result = subprocess.run(["sh", "-c", command], env=env, stdout=sys.stderr, timeout=900)
+    found = shutil.which("wrk")
+    if not found:
+        raise SoakError(f"could not install wrk (apt-get exit status {result.returncode})")
+    return found
+
+
+def ensure_binaries(build: bool) -> None:
+    """Builds tinylb and the demo backend if asked or missing; warns if they look stale."""
+    if build or not (TINYLB.exists() and BACKEND.exists()):
+        argv = ["cargo", "build", "--release", "--bin", "tinylb", "--example", "backend"]
+        log(f"building: {' '.join(argv)}")
+        result = subprocess.run(argv, cwd=ROOT, stdout=sys.stderr)
+        if result.returncode != 0 or not TINYLB.exists() or not BACKEND.exists():
+            raise SoakError(f"{' '.join(argv)} failed (see above)")
+        return
+    if TARGET != ROOT / "target":
+        return  # built from another tree (CARGO_TARGET_DIR): its sources are not these
+    built = TINYLB.stat().st_mtime
+    sources = [ROOT / "Cargo.toml", ROOT / "Cargo.lock", *(ROOT / "src").rglob("*.rs")]
+    newer = [p for p in sources if p.exists() and p.stat().st_mtime > built]
+    if newer:
+        log(f"warning: {len(newer)} source file(s) are newer than {TINYLB}"
+            f" (e.g. {newer[0].relative_to(ROOT)}); pass --build to rebuild first")
+
+
+def binary_identity(path: Path) -> tuple[str, str]:
+    """(sha256 prefix, mtime) of a binary, to tell whether it changed during the run."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    mtime = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.UTC)
+    return digest, mtime.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def source_tree() -> str:
+    """The commit of the tree the binaries were built in (as it is now), and whether it has
+    uncommitted changes; `target/`'s parent, or this repository."""
+    tree_dir = TARGET.parent if (TARGET.parent / ".git").exists() else ROOT
+    try:
+        head = subprocess.run(["git", "-C", str(tree_dir), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(tree_dir), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    if not head:
+        return "unknown"
+    return f"{tree_dir} at {head}" + (" with uncommitted changes" if dirty else "")
+
+
+def first_line(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    text = (out.stdout + out.stderr).strip()
+    return text.splitlines()[0] if text else "unknown"
+
+
+# --------------------------------------------------------------------------------------------
+# Processes and /proc
+# --------------------------------------------------------------------------------------------
+
+
+class Processes:
+    """Every long-running process the run starts, each in its own process group."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[str, subprocess.Popen]] = []
+        self.lock = threading.Lock()
+        self.run: Run | None = None  # for its stop event and the wrk slice in progress
+
+    def start(self, name: str, argv: list[str], log_path: Path, env: dict | None = None):
+        with open(log_path, "ab") as out:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        with self.lock:
+            self.started.append((name, proc))
+        return proc
+
+    @staticmethod
+    def stop(proc: subprocess.Popen, grace: float) -> tuple[int | None, float]:
+        """SIGTERM to the group, SIGKILL after `grace` s; (exit status, seconds it took)."""
+        started = time.monotonic()
+        signal_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+        while group_alive(proc.pid) and time.monotonic() - started < grace:
+            time.sleep(0.05)
+        took = time.monotonic() - started
+        if proc.poll() is None or group_alive(proc.pid):
+            signal_group(proc.pid, signal.SIGKILL)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        return proc.returncode, took
+
+    def stop_all(self) -> None:
+        if self.run is not None:
+            self.run.stop.set()
+            wrk = self.run.wrk
+            if wrk is not None and wrk.poll() is None:
+                wrk.kill()
+        with self.lock:
+            started = list(reversed(self.started))
+            self.started.clear()
+        for name, proc in started:
+            if proc.poll() is None or group_alive(proc.pid):
+                log(f"stopping {name} (pid {proc.pid})")
+                self.stop(proc, grace=3.0)
+
+
+def signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def tree(root: int) -> list[int]:
+    """`root` and its descendants, from /proc/PID/task/TID/children (every thread's list: a
+    child started by another thread than the main one is listed under that thread)."""
+    pids, todo, seen = [], [root], set()
+    while todo and len(seen) < 10_000:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        pids.append(pid)
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                todo += [int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+            except (OSError, ValueError):
+                continue
+    return pids
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ticks(pid: int) -> int | None:
+    """utime + stime of a process (all its threads), in clock ticks."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    rest = text[text.rindex(")") + 2:].split()  # the command name may hold spaces
+    return int(rest[11]) + int(rest[12])
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all cores from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+def proc_numbers(pids: list[int]) -> tuple[int, int, int, int]:
+    """(RSS KiB, threads, open fds, processes) summed over the pids still alive."""
+    rss = threads = fds = alive = 0
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            count = len(os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            continue  # ended meanwhile
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if fields.get("State", "").strip().startswith("Z"):
+            continue
+        rss += int(fields.get("VmRSS", "0 kB").split()[0])
+        threads += int(fields.get("Threads", "0").strip() or 0)
+        fds += count
+        alive += 1
+    return rss, threads, fds, alive
+
+
+# --------------------------------------------------------------------------------------------
+# Ports, config, start-up
+# --------------------------------------------------------------------------------------------
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` free ports on 127.0.0.1 below the ephemeral range (so no outgoing connection
+    of wrk, tinylb or the floods can take one while a backend is down)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    candidates = list(range(20000, max(low, 20000 + 100 * count)))
+    random.shuffle(candidates)
+    ports: list[int] = []
+    for port in candidates:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise SoakError(f"could not find {count} free ports on {HOST}")
+
+
+def wait_port(port: int, proc: subprocess.Popen, seconds: float) -> bool:
+    """Whether `port` accepts a connection within `seconds` while `proc` lives."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with socket.create_connection((HOST, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def tinylb_config(port: int, admin: int, backends: list[int], interval: str) -> dict:
+    return {
+        "port": f"{HOST}:{port}",
+        "servers": [f"http://{HOST}:{p}" for p in backends],
+        "healthCheckInterval": interval,
+        "adminAddress": f"{HOST}:{admin}",
+    }
+
+
+def write_config(path: Path, config: dict) -> None:
+    """Writes a temp file beside `path` and renames it over: tinylb never reads half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def get_status(admin: int) -> dict | None:
+    """/status.json, or None if the admin listener did not answer within a second."""
+    conn = http.client.HTTPConnection(HOST, admin, timeout=1.0)
+    try:
+        conn.request("GET", "/status.json")
+        response = conn.getresponse()
+        if response.status != 200:
+            return None
+        return json.loads(response.read())
+    except (OSError, ValueError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------------------------
+# What the run records
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Event:
+    t: float  # seconds from the start of the load
+    kind: str  # one of WINDOWS
+    what: str
+    until: float | None = None  # the end of a band: a backend's restart, a flood's close
+    label: str = ""  # short, for the picture
+
+    def covers(self, t0: float, t1: float) -> bool:
+        """Whether failures in [t0, t1] may be put down to this event."""
+        end = (self.until if self.until is not None and self.kind == "flood" else self.t)
+        return self.t <= t1 + SLACK and t0 <= end + WINDOWS[self.kind]
+
+
+@dataclass
+class Slice:
+    t0: float
+    t1: float
+    requests: int = 0
+    non2xx: int = 0
+    connect: int = 0
+    read: int = 0
+    write: int = 0
+    timeout: int = 0
+    p99_ms: float | None = None
+    note: str = ""
+
+    @property
+    def errors(self) -> int:
+        return self.connect + self.read + self.write + self.timeout
+
+    @property
+    def rps(self) -> float:
+        return self.requests / max(self.t1 - self.t0, 1e-3)
+
+    @property
+    def failed(self) -> bool:
+        return self.errors > 0 or self.non2xx > 0 or bool(self.note)
+
+
+@dataclass
+class Sample:
+    t: float
+    rss_kib: int
+    threads: int
+    fds: int
+    processes: int
+    generation: int | None
+    stuck: int | None
+    cpu_tinylb: float | None = None  # % of all cores, since the sample before
+    cpu_machine: float | None = None
+
+
+@dataclass
+class FloodResult:
+    number: int
+    start: float
+    opened: dict = field(default_factory=collections.Counter)
+    refused: dict = field(default_factory=collections.Counter)
+    closed_early: dict = field(default_factory=collections.Counter)
+    answered: dict = field(default_factory=collections.Counter)
+    # Seconds from the flood's sockets being open to tinylb closing each one, by kind.
+    close_after: dict = field(default_factory=lambda: collections.defaultdict(list))
+    opened_at: float | None = None
+    closed: float | None = None
+
+
+class Run:
+    """The shared state of one soak run; the threads write it under `lock`."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.t0 = time.monotonic()
+        self.wall0 = time.time()  # the same moment on the clock of tinylb's log lines
+        self.end = self.t0 + seconds
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.events: list[Event] = []
+        self.slices: list[Slice] = []
+        self.samples: list[Sample] = []
+        self.floods: list[FloodResult] = []
+        self.fatal: str | None = None
+        self.crashes: list[str] = []
+        self.status_misses = 0
+        self.wrk: subprocess.Popen | None = None
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+    def add(self, event: Event) -> Event:
+        with self.lock:
+            self.events.append(event)
+        log(f"{clock(event.t)} {event.what}")
+        return event
+
+    def fail(self, message: str) -> None:
+        with self.lock:
+            if self.fatal is None:
+                self.fatal = message
+        self.stop.set()
+
+
+# --------------------------------------------------------------------------------------------
+# The load: wrk in 1-second slices
+# --------------------------------------------------------------------------------------------
+
+WRK_LINES = {
+    "requests": re.compile(r"^\s*(\d+) requests in ", re.M),
+    "non2xx": re.compile(r"Non-2xx or 3xx responses:\s*(\d+)"),
+    "socket": re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)"),
+    "p99": re.compile(r"^\s*99(?:\.0+)?%\s+([\d.]+)(us|ms|s|m)\s*$", re.M),
+}
+UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def parse_wrk(text: str, out: Slice) -> None:
+    found = WRK_LINES["requests"].search(text)
+    if not found:
+        out.note = "wrk: " + (" ".join(text.split())[-160:] or "no output")
+        return
+    out.requests = int(found.group(1))
+    if m := WRK_LINES["non2xx"].search(text):
+        out.non2xx = int(m.group(1))
+    if m := WRK_LINES["socket"].search(text):
+        out.connect, out.read, out.write, out.timeout = map(int, m.groups())
+    if (m := WRK_LINES["p99"].search(text)) and out.requests:
+        out.p99_ms = float(m.group(1)) * UNIT_MS[m.group(2)]
+
+
+def load_loop(run: Run, wrk: str, port: int, script: Path) -> None:
+    """wrk slices back to back until the end of the run."""
+    argv = [wrk, "-t1", f"-c{CONNECTIONS}", "-d1s", "--latency", "--timeout", WRK_TIMEOUT,
+            "-s", str(script), f"http://{HOST}:{port}/"]
+    failures_in_a_row = 0
+    while not run.stop.is_set() and run.left() >= 1.0:
+        piece = Slice(t0=run.now(), t1=0.0)
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True)
+        except OSError as err:
+            run.fail(f"could not run wrk: {err}")
+            return
+        run.wrk = proc
+        try:
+            text, _ = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            text, _ = proc.communicate(timeout=5)
+            piece.note = "wrk hung and was killed"
+        run.wrk = None
+        piece.t1 = run.now()
+        if run.stop.is_set() and proc.returncode and proc.returncode < 0:
+            return  # killed by the cleanup
+        if not piece.note:
+            parse_wrk(text, piece)
+        if proc.returncode not in (0, None) and not piece.note:
+            piece.note = f"wrk exited with {proc.returncode}: {text.strip()[-200:]}"
+        with run.lock:
+            run.slices.append(piece)
+        failures_in_a_row = failures_in_a_row + 1 if piece.note else 0
+        if failures_in_a_row >= 10:
+            run.fail(f"wrk failed 10 s in a row; last: {piece.note}")
+            return
+        if piece.note:
+            # A wrk that fails at once (nothing listens) must not spin: one slice a second.
+            run.stop.wait(max(0.0, math.ceil(run.now()) - run.now()))
+
+
+# --------------------------------------------------------------------------------------------
+# The sampler: tinylb's process tree and /status.json, once a second
+# --------------------------------------------------------------------------------------------
+
+
+def sample_loop(run: Run, master: subprocess.Popen, admin: int) -> None:
+    generation = None
+    tick = 0
+    cores = os.cpu_count() or 1
+    last_ticks: dict[int, int] = {}
+    last_machine = machine_ticks()
+    last_time = time.monotonic()
+    while not run.stop.is_set():
+        wait = run.t0 + tick - time.monotonic()
+        if wait > 0 and run.stop.wait(min(wait, max(run.left(), 0))):
+            return
+        if run.left() <= 0:
+            return
+        if master.poll() is not None:
+            code = master.returncode
+            how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"status {code}"
+            run.fail(f"tinylb's master exited ({how}) at {clock(run.now())}")
+            return
+        t = run.now()
+        pids = tree(master.pid)
+        rss, threads, fds, processes = proc_numbers(pids)
+        # CPU since the last sample: per pid, so a process that ended does not count negative.
+        ticks = {pid: v for pid in pids if (v := cpu_ticks(pid)) is not None}
+        machine, now = machine_ticks(), time.monotonic()
+        used = sum(v - last_ticks.get(pid, v) for pid, v in ticks.items())
+        elapsed = max(now - last_time, 1e-3)
+        cpu_tinylb = 100.0 * used / CLK_TCK / elapsed / cores if last_ticks else None
+        total = machine[1] - last_machine[1]
+        cpu_machine = 100.0 * (machine[0] - last_machine[0]) / total if total > 0 else None
+        last_ticks, last_machine, last_time = ticks, machine, now
+        status = get_status(admin)
+        process = (status or {}).get("process") or {}
+        gen, stuck = process.get("generation"), process.get("stuckConnections")
+        if status is None:
+            run.status_misses += 1
+        with run.lock:
+            run.samples.append(Sample(t, rss, threads, fds, processes, gen, stuck, cpu_tinylb,
+                                      cpu_machine))
+        if gen is not None and gen != generation:
+            if generation is not None:
+                cause = process.get("startedBy", "?")
+                uptime = float(status.get("uptimeSeconds") or 0)
+                began = max(t - uptime - 0.5, 0.0)
+                run.add(Event(began, "generation",
+                              f"server process generation {gen} serves (started by {cause})",
+                              label=f"gen {gen}"))
+                if cause == "crash":
+                    run.crashes.append(f"generation {gen} at {clock(began)}")
+            generation = gen
+        tick = int(run.now()) + 1
+
+
+# --------------------------------------------------------------------------------------------
+# The disturbances: backend kills, config rewrites, floods
+# --------------------------------------------------------------------------------------------
+
+
+def flood(run: Run, result: FloodResult, event: Event, port: int) -> None:
+    """Opens the flood's sockets, holds them FLOOD_HOLD s (trickling), closes them."""
+    kinds = ("idle", "trickle", "h2")
+    socks: dict[str, list[socket.socket]] = {k: [] for k in kinds}
+    answered: set[int] = set()  # fds of the sockets tinylb sent something on
+
+    def done() -> bool:
+        return run.stop.is_set() or run.left() <= 0.5
+
+    try:
+        for _ in range(FLOOD_SOCKETS):
+            for kind in kinds:
+                if done():
+                    break
+                try:
+                    sock = socket.create_connection((HOST, port), timeout=3.0)
+                except OSError:
+                    result.refused[kind] += 1
+                    continue
+                sock.settimeout(2.0)
+                try:
+                    if kind == "trickle":
+                        sock.sendall(TRICKLE_HEAD)
+                    elif kind == "h2":
+                        sock.sendall(H2_PREFACE)
+                except OSError:
+                    result.closed_early[kind] += 1
+                    sock.close()
+                    continue
+                socks[kind].append(sock)
+                result.opened[kind] += 1
+        opened_at = result.opened_at = run.now()
+        log(f"{clock(opened_at)} flood {result.number}: {sum(result.opened.values())} sockets"
+            f" open ({dict(result.opened)}), refused {dict(result.refused) or 0}")
+        for kind in kinds:
+            for sock in socks[kind]:
+                sock.setblocking(False)  # from here on only peeks and one-byte sends
+        hold_until = opened_at + FLOOD_HOLD
+        while not done() and run.now() < hold_until:
+            if run.stop.wait(min(TRICKLE_EVERY, max(hold_until - run.now(), 0))):
+                break
+            # Which sockets did tinylb close (or answer) meanwhile? A peek tells without
+            # blocking; the trickling ones then get their next byte.
+            for kind in kinds:
+                alive = []
+                for sock in socks[kind]:
+                    state = peek(sock)
+                    if state == "open" and kind == "trickle":
+                        try:
+                            sock.send(b"a")
+                        except OSError:
+                            state = "closed"
+                    if state == "closed":
+                        result.closed_early[kind] += 1
+                        result.close_after[kind].append(run.now() - opened_at)
+                        sock.close()
+                        continue
+                    if state == "answered":
+                        if sock.fileno() not in answered:
+                            answered.add(sock.fileno())
+                            result.answered[kind] += 1
+                        try:
+                            sock.recv(65536)  # read it, so the next peek sees what follows
+                        except OSError:
+                            pass
+                    alive.append(sock)
+                socks[kind] = alive
+    finally:
+        for kind in kinds:
+            for sock in socks[kind]:
+                sock.close()
+        result.closed = run.now()
+        event.until = result.closed
+        if not run.stop.is_set():
+            early = {k: v for k, v in result.closed_early.items() if v}
+            answered = {k: v for k, v in result.answered.items() if v}
+            log(f"{clock(result.closed)} flood {result.number} closed; closed by tinylb before"
+                f" that: {early or 0}; answered: {answered or 0}")
+
+
+def peek(sock: socket.socket) -> str:
+    """`open`, `closed` (by the peer, or reset) or `answered` (bytes waiting), without blocking."""
+    try:
+        return "answered" if sock.recv(1, socket.MSG_PEEK) else "closed"
+    except BlockingIOError:
+        return "open"
+    except OSError:
+        return "closed"
+
+
+def schedule(seconds: float) -> list[tuple[float, str, int]]:
+    """(time, action, number) for the whole run, in order; every action fits in the run."""
+    plan: list[tuple[float, str, int]] = []
+    kills = [t for t in range(KILL_EVERY, int(seconds), KILL_EVERY) if t + DOWN_FOR + 5 <= seconds]
+    for n, t in enumerate(kills):
+        plan += [(t, "kill", n), (t + DOWN_FOR, "restart", n)]
+    plan += [(t, "config", n) for n, t in
+             enumerate(range(CONFIG_EVERY, int(seconds), CONFIG_EVERY)) if t + 5 <= seconds]
+    floods = [t + FLOOD_OFFSET for t in range(FLOOD_EVERY, int(seconds), FLOOD_EVERY)
+              if t + FLOOD_OFFSET + FLOOD_NEEDS <= seconds]
+    if not floods:
+        # A short run still gets one, at a third of it, off any backend kill.
+        t = round(seconds / 3)
+        if any(abs(t - k) < 15 for k in kills):
+            t = min(k for k in kills if abs(t - k) < 15) + 15
+        floods = [t]
+    plan += [(t, "flood", n) for n, t in enumerate(floods)]
+    return sorted(plan)
+
+
+class Harness:
+    """The processes under test and what the scheduler does to them."""
+
+    def __init__(self, procs: Processes, tmp: Path) -> None:
+        self.procs, self.tmp = procs, tmp
+        self.run: Run | None = None  # set once everything is up
+        ports = free_ports(BACKENDS + 2)
+        self.backend_ports, self.port, self.admin = ports[:BACKENDS], ports[-2], ports[-1]
+        self.backends: list[subprocess.Popen | None] = [None] * BACKENDS
+        self.config_path = tmp / "config.json"
+        self.interval = "1s"
+        self.config = tinylb_config(self.port, self.admin, self.backend_ports, self.interval)
+        self.master: subprocess.Popen | None = None
+        self.kill_events: dict[int, Event] = {}
+        self.flood_threads: list[threading.Thread] = []
+
+    def start_backend(self, i: int) -> bool:
+        port = self.backend_ports[i]
+        proc = self.procs.start(f"backend {i + 1}", [str(BACKEND), str(port)],
+                                self.tmp / f"backend-{i + 1}.log")
+        self.backends[i] = proc
+        return wait_port(port, proc, 5.0)
+
+    def start(self) -> None:
+        for i in range(BACKENDS):
+            if not self.start_backend(i):
+                raise SoakError(f"backend {i + 1} did not listen on {self.backend_ports[i]}"
+                                f" (see {self.tmp}/backend-{i + 1}.log)")
+        write_config(self.config_path, self.config)
+        env = dict(os.environ, RUST_LOG="info")
+        self.master = self.procs.start("tinylb", [str(TINYLB), "--config",
+                                                  str(self.config_path)],
+                                       self.tmp / "tinylb.log", env)
+        if not wait_port(self.port, self.master, 10.0) or get_status_retry(self.admin) is None:
+            tail = tail_of(self.tmp / "tinylb.log")
+            raise SoakError(f"tinylb did not start on {self.port} with its admin on"
+                            f" {self.admin}:\n{tail}")
+        log(f"backends on {self.backend_ports}, tinylb on {self.port}, admin on {self.admin}")
+
+    def act(self, action: str, n: int) -> None:
+        run = self.run
+        assert run is not None
+        if action == "kill":
+            i = n % BACKENDS
+            proc = self.backends[i]
+            if proc is not None:
+                signal_group(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+            self.kill_events[n] = run.add(Event(run.now(), "kill", f"SIGKILL to backend {i + 1}"
+                                                f" (port {self.backend_ports[i]})",
+                                                label=f"kill b{i + 1}"))
+        elif action == "restart":
+            i = n % BACKENDS
+            for attempt in range(3):
+                if self.start_backend(i):
+                    break
+                log(f"backend {i + 1} did not listen again (attempt {attempt + 1})")
+                if run.stop.wait(1.0):
+                    return
+            else:
+                raise SoakError(f"backend {i + 1} could not be restarted"
+                                f" (see {self.tmp}/backend-{i + 1}.log)")
+            t = run.now()
+            if n in self.kill_events:
+                self.kill_events[n].until = t
+            run.add(Event(t, "restart", f"backend {i + 1} started again"))
+        elif action == "config":
+            old, self.interval = self.interval, "2s" if self.interval == "1s" else "1s"
+            self.config["healthCheckInterval"] = self.interval
+            write_config(self.config_path, self.config)
+            run.add(Event(run.now(), "config", f"config.json rewritten: healthCheckInterval"
+                          f" {old} → {self.interval}", label=f"cfg {self.interval}"))
+        elif action == "flood":
+            number = n + 1
+            result = FloodResult(number, run.now())
+            with run.lock:
+                run.floods.append(result)
+            event = run.add(Event(result.start, "flood", f"flood {number}: {FLOOD_SOCKETS} idle,"
+                                  f" {FLOOD_SOCKETS} trickling, {FLOOD_SOCKETS} HTTP/2 prefaces,"
+                                  f" held {FLOOD_HOLD} s", label=f"flood {number}"))
+            thread = threading.Thread(target=flood, args=(run, result, event, self.port),
+                                      name=f"flood-{number}", daemon=True)
+            thread.start()
+            self.flood_threads.append(thread)
+
+    def stop_tinylb(self) -> tuple[int | None, float]:
+        assert self.master is not None
+        return Processes.stop(self.master, grace=STOP_GRACE)
+
+
+def get_status_retry(admin: int) -> dict | None:
+    for _ in range(20):
+        status = get_status(admin)
+        if status is not None:
+            return status
+        time.sleep(0.25)
+    return None
+
+
+def tail_of(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+# --------------------------------------------------------------------------------------------
+# Analysis
+# --------------------------------------------------------------------------------------------
+
+
+def explain(piece: Slice, events: list[Event]) -> tuple[Event | None, list[Event]]:
+    """The event that explains a failing slice, and the others whose windows reach it too.
+
+    The explaining one is the nearest event before the middle of the slice whose window reaches
+    it (an event late in the slice hardly caused what went wrong earlier in it); failing that,
+    the first one inside the slice.
+    """
+    covering = sorted((e for e in events if e.covers(piece.t0, piece.t1)), key=lambda e: e.t)
+    if not covering:
+        return None, []
+    middle = (piece.t0 + piece.t1) / 2
+    before = [e for e in covering if e.t <= middle]
+    best = before[-1] if before else covering[0]
+    return best, [e for e in covering if e is not best]
+
+
+def spread(values: list[float]) -> tuple[float, float, float] | None:
+    return (min(values), statistics.median(values), max(values)) if values else None
+
+
+def at(samples: list[Sample], t: float) -> Sample | None:
+    """The last sample at or before t (else the first)."""
+    before = [s for s in samples if s.t <= t]
+    return before[-1] if before else (samples[0] if samples else None)
+
+
+def peak(samples: list[Sample], t0: float, t1: float, key) -> float | None:
+    values = [key(s) for s in samples if t0 <= s.t <= t1]
+    return max(values) if values else None
+
+
+def normalise(line: str) -> str:
+    """A log line without its timestamp and with numbers as N, to count like lines."""
+    line = re.sub(r"^\S*\d{4}-\d\d-\d\d\S*\s+", "", line.strip())
+    return re.sub(r"\d+", "N", line)[:160]
+
+
+LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?)Z\s+(\w+)\s+\[([\w:]+)[^\]]*\]\s+(.*)$")
+
+
+LOGGED_EVENTS = {"tinylb::master": "master", "tinylb::reload": "reload"}
+
+
+def logged_events(path: Path, wall0: float) -> list[tuple[float, str]]:
+    """(seconds from the start of the load, `master: ...` or `reload: ...`) for the lines of
+    tinylb's master (why a server process was replaced, when the next one served, how the old
+    one ended) and of its config reloads (that a rewrite was applied). The watchdog asks for a
+    successor between two samples of /status.json, so only the log tells how many were stuck."""
+    found = []
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return found
+    for line in text.splitlines():
+        m = LOG_LINE.match(line)
+        if not m or m.group(3) not in LOGGED_EVENTS:
+            continue
+        when = datetime.datetime.fromisoformat(m.group(1)).replace(tzinfo=datetime.UTC)
+        found.append((when.timestamp() - wall0, f"{LOGGED_EVENTS[m.group(3)]}: {m.group(4)}"))
+    return found
+
+
+def log_summary(path: Path) -> tuple[collections.Counter, collections.Counter]:
+    levels: collections.Counter = collections.Counter()
+    messages: collections.Counter = collections.Counter()
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return levels, messages
+    for line in text.splitlines():
+        m = re.search(r"\b(ERROR|WARN|INFO|DEBUG|TRACE)\b", line)
+        if m:
+            levels[m.group(1)] += 1
+            if m.group(1) in ("ERROR", "WARN"):
+                messages[normalise(line)] += 1
+        elif line.strip():
+            levels["other"] += 1
+            messages[normalise(line)] += 1
+    return levels, messages
+
+
+# --------------------------------------------------------------------------------------------
+# The picture
+# --------------------------------------------------------------------------------------------
+
+COLORS = {"kill": "#d62728", "restart": "#2ca02c", "config": "#1f77b4", "flood": "#9467bd",
+          "generation": "#ff7f0e"}
+
+
+def nice_ceiling(value: float) -> float:
+    if value <= 0:
+        return 1.0
+    exp = 10 ** math.floor(math.log10(value))
+    for step in (1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10):
+        if value <= step * exp:
+            return step * exp
+    return 10 * exp
+
+
+def short_number(v: float) -> str:
+    if abs(v) >= 10_000:
+        return f"{v / 1000:g}k"
+    if abs(v) >= 100 or v == int(v):
+        return f"{v:,.0f}"
+    return f"{v:.3g}"
+
+
+def polyline(points: list, color: str, x, fy) -> list[str]:
+    """SVG polylines through (t, value) points, broken where a value is missing."""
+    segments: list[list[str]] = [[]]
+    for t, v in points:
+        if v is None:
+            if segments[-1]:
+                segments.append([])
+            continue
+        segments[-1].append(f"{x(t):.1f},{fy(v):.1f}")
+    out = []
+    for seg in segments:
+        if len(seg) == 1:
+            cx, cy = seg[0].split(",")
+            out.append(f'<circle cx="{cx}" cy="{cy}" r="1.5" fill="{color}"/>')
+        elif seg:
+            out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.3"'
+                       f' points="{" ".join(seg)}"/>')
+    return out
+
+
+def svg(run: Run, seconds: float, title: str) -> str:
+    W, L, R = 1100, 70, 24
+    PW = W - L - R
+    panel_h, gap = 110, 26
+    events = sorted(run.events, key=lambda e: e.t)
+    x = lambda t: L + PW * min(max(t, 0.0), seconds) / seconds  # noqa: E731
+    out: list[str] = []
+
+    # Event labels: a band of rows per kind (floods and new processes, config rewrites, kills),
+    # each label in the first row of its band where it does not overlap the one before; a
+    # label that fits nowhere is left out (its line or band is still drawn).
+    bands = (("flood", "generation"), ("config",), ("kill",))
+    placed: list[tuple[Event, int]] = []
+    first_row = 0
+    for kinds in bands:
+        rows: list[float] = []
+        for e in (e for e in events if e.kind in kinds and e.label):
+            left, width = x(e.t) + 2, 6.2 * len(e.label) + 6
+            row = next((r for r, free_from in enumerate(rows) if left >= free_from), None)
+            if row is None and len(rows) < 3:
+                rows.append(0.0)
+                row = len(rows) - 1
+            if row is not None:
+                rows[row] = left + width
+                placed.append((e, first_row + row))
+        first_row += len(rows)
+    top = 44 + 14 * max(first_row, 1) + 22  # room for the first panel's title
+    panels = [
+        ("requests/s (wrk, 1 s slices)", "rps"),
+        ("non-2xx and socket errors per second", "errors"),
+        ("p99 latency, ms (log scale)", "p99"),
+        ("RSS of tinylb's processes, MiB", "rss"),
+        ("threads of tinylb's processes", "threads"),
+        ("open fds of tinylb's processes", "fds"),
+        ("stuck connections (/status.json)", "stuck"),
+        ("CPU, % of all cores", "cpu"),
+    ]
+    H = top + len(panels) * (panel_h + gap) + 30
+    out.append(f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}"'
+               f' viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">')
+    out.append(f'<rect width="{W}" height="{H}" fill="white"/>')
+    out.append(f'<text x="{L}" y="18" font-size="15" font-weight="bold">'
+               f'{html.escape(title)}</text>')
+    # Legend.
+    lx = L
+    for text, color, kind in (("backend down (SIGKILL → restart)", COLORS["kill"], "band"),
+                              ("flood held (open → closed)", COLORS["flood"], "band"),
+                              ("config.json rewritten", COLORS["config"], "dash"),
+                              ("new server process", COLORS["generation"], "line")):
+        if kind == "band":
+            out.append(f'<rect x="{lx}" y="26" width="14" height="10" fill="{color}"'
+                       f' fill-opacity="0.25"/>')
+        else:
+            dash = ' stroke-dasharray="4,3"' if kind == "dash" else ""
+            out.append(f'<line x1="{lx}" y1="31" x2="{lx + 14}" y2="31" stroke="{color}"'
+                       f' stroke-width="2"{dash}/>')
+        out.append(f'<text x="{lx + 18}" y="35" fill="#333">{html.escape(text)}</text>')
+        lx += 18 + 6.6 * len(text) + 22
+    for e, row in placed:
+        y = 44 + 14 * row + 10
+        out.append(f'<text x="{x(e.t) + 2:.1f}" y="{y}" font-size="11"'
+                   f' fill="{COLORS[e.kind]}">{html.escape(e.label)}</text>')
+    bottom = top + len(panels) * (panel_h + gap) - gap
+    # Bands and lines across every panel (drawn first, under the data).
+    for e in events:
+        ex = x(e.t)
+        if e.kind in ("kill", "flood"):
+            end = e.until if e.until is not None else seconds
+            out.append(f'<rect x="{ex:.1f}" y="{top}" width="{max(x(end) - ex, 1):.1f}"'
+                       f' height="{bottom - top}" fill="{COLORS[e.kind]}" fill-opacity="0.13"/>')
+        elif e.kind == "config":
+            out.append(f'<line x1="{ex:.1f}" y1="{top}" x2="{ex:.1f}" y2="{bottom}"'
+                       f' stroke="{COLORS["config"]}" stroke-width="1" stroke-dasharray="4,3"/>')
+        elif e.kind == "generation":
+            out.append(f'<line x1="{ex:.1f}" y1="{top}" x2="{ex:.1f}" y2="{bottom}"'
+                       f' stroke="{COLORS["generation"]}" stroke-width="1.5"/>')
+    for e, row in placed:
+        y = 44 + 14 * row + 12
+        out.append(f'<line x1="{x(e.t):.1f}" y1="{y}" x2="{x(e.t):.1f}" y2="{top}"'
+                   f' stroke="{COLORS[e.kind]}" stroke-width="0.8" stroke-opacity="0.6"/>')
+
+    step = next(s for s in (15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200)
+                if seconds / s <= 14)
+    slices, samples = run.slices, run.samples
+    for i, (name, key) in enumerate(panels):
+        y0 = top + i * (panel_h + gap)
+        y1 = y0 + panel_h
+        out.append(f'<text x="{L}" y="{y0 - 5}" font-weight="bold" fill="#222">'
+                   f'{html.escape(name)}</text>')
+        out.append(f'<rect x="{L}" y="{y0}" width="{PW}" height="{panel_h}" fill="none"'
+                   f' stroke="#999"/>')
+        for t in range(0, int(seconds) + 1, step):
+            out.append(f'<line x1="{x(t):.1f}" y1="{y0}" x2="{x(t):.1f}" y2="{y1}"'
+                       f' stroke="#e4e4e4"/>')
+        if key == "errors":
+            series = [(s, s.non2xx, s.errors) for s in slices]
+            vmax = nice_ceiling(max([a + b for _, a, b in series] + [2]))
+            fy = lambda v: y1 - panel_h * v / vmax  # noqa: E731
+            for s, non2xx, errors in series:
+                if non2xx + errors == 0:
+                    continue
+                bx, bw = x(s.t0), max(x(s.t1) - x(s.t0), 1.5)
+                if errors:
+                    out.append(f'<rect x="{bx:.1f}" y="{fy(errors):.1f}" width="{bw:.1f}"'
+                               f' height="{y1 - fy(errors):.1f}" fill="#d62728"/>')
+                if non2xx:
+                    out.append(f'<rect x="{bx:.1f}" y="{fy(errors + non2xx):.1f}"'
+                               f' width="{bw:.1f}" height="{fy(errors) - fy(errors + non2xx):.1f}"'
+                               f' fill="#ff9896"/>')
+            ticks = [0, vmax / 2, vmax]
+            out.append(f'<text x="{L + PW - 4}" y="{y0 + 13}" text-anchor="end" font-size="11">'
+                       f'<tspan fill="#d62728">■ socket errors</tspan>'
+                       f'<tspan fill="#e07b7a" dx="8">■ non-2xx</tspan></text>')
+            if not any(a + b for _, a, b in series):
+                out.append(f'<text x="{L + PW / 2}" y="{y0 + panel_h / 2 + 4}"'
+                           f' text-anchor="middle" fill="#2ca02c">none</text>')
+        else:
+            colors = {"rps": "#1f77b4", "p99": "#8c564b", "rss": "#2ca02c", "threads": "#17becf",
+                      "fds": "#7f7f7f", "stuck": "#ff7f0e"}
+            extra: list[tuple[str, list]] = []
+            if key == "rps":
+                points = [((s.t0 + s.t1) / 2, s.rps) for s in slices]
+            elif key == "cpu":
+                points = [(s.t, s.cpu_tinylb) for s in samples]
+                extra = [("#aaaaaa", [(s.t, s.cpu_machine) for s in samples])]
+                colors["cpu"] = "#2ca02c"
+                out.append(f'<text x="{L + PW - 4}" y="{y0 + 13}" text-anchor="end"'
+                           f' font-size="11"><tspan fill="#2ca02c">— tinylb\'s processes</tspan>'
+                           f'<tspan fill="#999" dx="8">■ whole machine</tspan></text>')
+            elif key == "p99":
+                points = [((s.t0 + s.t1) / 2, s.p99_ms) for s in slices]
+            elif key == "rss":
+                points = [(s.t, s.rss_kib / 1024) for s in samples]
+            elif key == "stuck":
+                points = [(s.t, s.stuck) for s in samples]
+            else:
+                points = [(s.t, getattr(s, key)) for s in samples]
+            values = [v for _, v in points + [p for _, ps in extra for p in ps] if v is not None]
+            if key == "p99":
+                lo = 10 ** math.floor(math.log10(max(min(values, default=1.0), 0.01)))
+                hi = 10 ** math.ceil(math.log10(max(max(values, default=10.0), lo * 10)))
+                fy = lambda v: y1 - panel_h * (math.log10(max(v, lo)) - math.log10(lo)) / (  # noqa: E731
+                    math.log10(hi) - math.log10(lo))
+                ticks = []
+                v = lo
+                while v <= hi * 1.001:
+                    ticks.append(v)
+                    v *= 10
+            else:
+                vmax = 100.0 if key == "cpu" else nice_ceiling(max(values + [2], default=2) * 1.05)
+                fy = lambda v: y1 - panel_h * v / vmax  # noqa: E731
+                ticks = [0, vmax / 2, vmax]
+            for color, pts in extra:  # the machine's CPU: an area under tinylb's line
+                known = [(t, v) for t, v in pts if v is not None]
+                if len(known) > 1:
+                    outline = " ".join(f"{x(t):.1f},{fy(v):.1f}" for t, v in known)
+                    out.append(f'<polygon fill="{color}" fill-opacity="0.35" stroke="none"'
+                               f' points="{x(known[0][0]):.1f},{y1} {outline}'
+                               f' {x(known[-1][0]):.1f},{y1}"/>')
+            out += polyline(points, colors[key], x, fy)
+        for v in ticks:
+            ty = fy(v)
+            out.append(f'<line x1="{L - 4}" y1="{ty:.1f}" x2="{L}" y2="{ty:.1f}" stroke="#999"/>')
+            out.append(f'<text x="{L - 6}" y="{ty + 4:.1f}" text-anchor="end" font-size="11"'
+                       f' fill="#444">{short_number(v)}</text>')
+    for t in range(0, int(seconds) + 1, step):
+        out.append(f'<text x="{x(t):.1f}" y="{bottom + 16}" text-anchor="middle" font-size="11"'
+                   f' fill="#444">{clock(t)}</text>')
+    out.append(f'<text x="{L + PW / 2}" y="{bottom + 30}" text-anchor="middle" fill="#444">'
+               f'time since the load started (m:ss)</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# The report
+# --------------------------------------------------------------------------------------------
+
+
+def table(header: list[str], rows: list[list[str]], align: str = "") -> list[str]:
+    """A markdown table; `align` has an l or r per column (default: the first l, others r)."""
+    align = align or "l" + "r" * (len(header) - 1)
+    lines = ["| " + " | ".join(header) + " |",
+             "| " + " | ".join("---" if a == "l" else "---:" for a in align) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines + [""]
+
+
+def fmt(v: float | None, digits: int = 1) -> str:
+    if v is None:
+        return "–"
+    if digits == 0 or float(v).is_integer():
+        return f"{v:,.0f}"
+    return f"{v:,.{digits}f}"
+
+
+def event_rows(events: list[Event], logged: list[tuple[float, str]]) -> list[list[str]]:
+    """The events, and tinylb's own lines about them in time order among them (in italics)."""
+    merged = [(e.t, 0, html.escape(e.what)) for e in events]
+    merged += [(t, 1, f"*{html.escape(m)}*") for t, m in logged]
+    return [[clock(t), what] for t, _, what in sorted(merged)]
+
+
+def build_report(ctx: dict) -> tuple[str, list[str]]:
+    """The markdown and the summary lines."""
+    run: Run = ctx["run"]
+    seconds = ctx["seconds"]
+    slices, samples = run.slices, run.samples
+    events = sorted(run.events, key=lambda e: e.t)
+    requests = sum(s.requests for s in slices)
+    non2xx = sum(s.non2xx for s in slices)
+    errors = {k: sum(getattr(s, k) for s in slices) for k in ("connect", "read", "write",
+                                                               "timeout")}
+    failed = [s for s in slices if s.failed]
+    explained = [(s, *explain(s, events)) for s in failed]
+    unexplained = [s for s, e, _ in explained if e is None]
+    gens = [e for e in events if e.kind == "generation"]
+    last_gen = next((s.generation for s in reversed(samples) if s.generation), None)
+    short = ctx["minutes"] < FULL_MINUTES
+    exit_status, exit_took = ctx["exit"]
+
+    verdict = []
+    if run.fatal:
+        verdict.append(f"**The run failed:** {run.fatal}.")
+    else:
+        verdict.append(f"tinylb ran throughout ({len(slices)} one-second slices of load).")
+    if run.crashes:
+        verdict.append(f"**A server process crashed** and was replaced: {', '.join(run.crashes)}.")
+    causes = collections.Counter(re.search(r"started by (\w+)", e.what).group(1) for e in gens)
+    verdict.append(f"Server processes: generation 1 to {last_gen}"
+                   + (f" ({', '.join(f'{n} by {c}' for c, n in causes.items())})" if gens
+                      else " (never replaced)") + ".")
+    verdict.append(f"Seconds with errors or non-2xx: {len(failed)}, of which **{len(unexplained)}"
+                   f" unexplained** by an event.")
+    if exit_status is None:
+        verdict.append("tinylb was not stopped by the script (it had already gone).")
+    else:
+        ok = "as expected" if exit_status == 0 else "**expected 0**"
+        verdict.append(f"After SIGTERM tinylb exited with status {exit_status} in {exit_took:.1f} s"
+                       f" ({ok}).")
+    if ctx["binary"][1] != ctx["binary"][0]:
+        verdict.append(f"**The tinylb binary on disk changed during the run** (now sha256"
+                       f" {ctx['binary'][1][0]}…, modified {ctx['binary'][1][1]}): a server"
+                       " process started after that may run the new build.")
+    if ctx["leftover"]:
+        verdict.append(f"**Processes of tinylb's tree outlived it** and were killed:"
+                       f" {ctx['leftover']}.")
+
+    lines = ["# Soak run", "",
+             "<!-- Generated by benches/soak.py (`make soak`); replaced on each run. -->", ""]
+    if short:
+        lines += [f"> **Short trial ({ctx['minutes']:g} min), not the {FULL_MINUTES}-minute soak.**"
+                  " Its numbers only show that the harness works; `make soak` runs the real"
+                  " one.", ""]
+    cfg = dict(ctx["config"])
+    cfg["servers"] = f"{BACKENDS} backends (examples/backend) on 127.0.0.1"
+    lines += [
+        f"- **Date:** {ctx['date']}",
+        f"- **Duration:** {ctx['minutes']:g} min planned; load from 0:00 to"
+        f" {clock(slices[-1].t1 if slices else 0)}",
+        f"- **Command:** `{ctx['command']}`",
+        f"- **Machine:** {ctx['machine']}; load average {ctx['load_start']} at the start,"
+        f" {ctx['load_end']} at the end",
+        f"- **Versions:** {ctx['versions']}",
+        f"- **Binary:** {TINYLB} (sha256 {ctx['binary'][0][0]}…, modified"
+        f" {ctx['binary'][0][1]}); the tree it was built in is now {ctx['binary'][2]}",
+        f"- **tinylb config:** `{json.dumps(cfg)}`; RUST_LOG=info; everything else default"
+        " (clientTimeout 20s, maxStuckConnections 100)",
+        f"- **Load:** `wrk -t1 -c{CONNECTIONS} -d1s --latency --timeout {WRK_TIMEOUT}` in"
+        f" back-to-back 1 s slices, GET /, each connection pausing {DELAY_MS} ms between requests"
+        f" (at most {CONNECTIONS * 1000 // DELAY_MS} req/s; unthrottled, tinylb serves several"
+        " thousand here)",
+        f"- **Disturbances:** every {KILL_EVERY} s SIGKILL to one backend (in turn), started again"
+        f" {DOWN_FOR} s later; every {CONFIG_EVERY} s config.json rewritten (temp file renamed"
+        " over it) with healthCheckInterval toggled 1s ↔ 2s; every"
+        f" {FLOOD_EVERY // 60} min (+{FLOOD_OFFSET} s; once at a third of a shorter run) a"
+        f" flood of {FLOOD_SOCKETS} idle connections, {FLOOD_SOCKETS} trickling request heads"
+        f" (one byte every {TRICKLE_EVERY:g} s) and {FLOOD_SOCKETS} HTTP/2 prefaces, held"
+        f" {FLOOD_HOLD} s, then closed",
+        f"- **Sampled every second:** RSS (sum of VmRSS), threads and open fds of tinylb's"
+        " process tree (master and children); generation and stuck connections from"
+        f" /status.json ({run.status_misses} sample(s) without an answer)",
+        "",
+        "## Verdict",
+        "",
+        *[f"- {v}" for v in verdict],
+        "",
+        "## Totals",
+        "",
+        *table(["requests", "non-2xx", "socket errors", "connect", "read", "write", "timeout"],
+               [[f"{requests:,}", f"{non2xx:,}", f"{sum(errors.values()):,}",
+                 *(f"{errors[k]:,}" for k in ("connect", "read", "write", "timeout"))]]),
+    ]
+    series = [
+        ("requests/s", [s.rps for s in slices], 0),
+        ("non-2xx per second", [s.non2xx for s in slices], 0),
+        ("socket errors per second", [s.errors for s in slices], 0),
+        ("p99 latency, ms", [s.p99_ms for s in slices if s.p99_ms is not None], 2),
+        ("RSS, MiB", [s.rss_kib / 1024 for s in samples], 1),
+        ("threads", [s.threads for s in samples], 0),
+        ("open fds", [s.fds for s in samples], 0),
+        ("processes", [s.processes for s in samples], 0),
+        ("stuck connections", [s.stuck for s in samples if s.stuck is not None], 0),
+        ("CPU of tinylb's processes, % of all cores",
+         [s.cpu_tinylb for s in samples if s.cpu_tinylb is not None], 1),
+        ("CPU of the machine, % of all cores",
+         [s.cpu_machine for s in samples if s.cpu_machine is not None], 1),
+    ]
+    rows = []
+    for name, values, digits in series:
+        sp = spread(values)
+        first = values[0] if values else None
+        last = values[-1] if values else None
+        rows.append([name, *(fmt(v, digits) for v in (sp or (None, None, None))),
+                     fmt(first, digits), fmt(last, digits)])
+    lines += ["## Each line", "",
+              "Per wrk slice (the first four) or per one-second sample of tinylb's processes.", "",
+              *table(["line", "min", "median", "max", "first", "last"], rows)]
+
+    lines += ["## Floods", ""]
+    flood_rows = []
+    for f in run.floods:
+        before = at(samples, f.start - 0.5)
+        closed = f.closed if f.closed is not None else seconds
+        after_t = min(closed + 30, seconds)
+        after = at(samples, after_t)
+        pk = lambda key: peak(samples, f.start, closed + 5, key)  # noqa: E731
+
+        def trio(key, fmt_digits=0, scale=1.0):
+            b = key(before) / scale if before else None
+            p = pk(lambda s: key(s) / scale)
+            a = key(after) / scale if after else None
+            return f"{fmt(b, fmt_digits)} → {fmt(p, fmt_digits)} → {fmt(a, fmt_digits)}"
+
+        opened = "/".join(str(f.opened[k]) for k in ("idle", "trickle", "h2"))
+        refused = "/".join(str(f.refused[k]) for k in ("idle", "trickle", "h2"))
+        early = " / ".join(
+            f"{f.closed_early[k]}" + (f" ({statistics.median(f.close_after[k]):.0f} s)"
+                                     if f.close_after[k] else "")
+            for k in ("idle", "trickle", "h2"))
+        gb = before.generation if before else None
+        ga = after.generation if after else None
+        flood_rows.append([f"{f.number} at {clock(f.start)}", opened, refused, early,
+                           trio(lambda s: s.rss_kib, 1, 1024), trio(lambda s: s.threads),
+                           trio(lambda s: s.fds), f"{gb} → {ga}"])
+    if flood_rows:
+        lines += ["Sockets as idle/trickling/HTTP/2; *closed by tinylb* counts those tinylb"
+                  " closed while they were held, with the median time from the flood's sockets"
+                  " being open to the close. tinylb's numbers: before the flood → peak while it"
+                  " was held (and 5 s after) → 30 s after it was closed"
+                  f" ({clock(seconds)} at the latest).", "",
+                  *table(["flood", "opened", "refused", "closed by tinylb", "RSS MiB",
+                          "threads", "fds", "generation"], flood_rows)]
+    else:
+        lines += ["None in this run.", ""]
+
+    svg_name = ctx["svg_name"]
+    lines += ["## Picture", "",
+              f"![Soak run: req/s, errors, p99, RSS, threads, fds and stuck connections over"
+              f" time, with the events marked]({svg_name})", "",
+              "Red bands: a backend down (from its SIGKILL to its restart); purple bands: a flood"
+              " held; blue dashes: config.json rewritten; orange lines: a new server process"
+              " serves.", ""]
+    lines += ["## Events", "",
+              "In italics, tinylb's own log lines about them: its master's (why a server process"
+              " was replaced, when the next one served, how the old one ended) and its config"
+              " reloads.", "",
+              *table(["time", "event"], event_rows(events, ctx["logged"]), "rl")]
+    lines += ["## Seconds with errors or non-2xx", "",
+              "Each is put down to the nearest event before the middle of its slice whose window"
+              " reaches it (else the first event inside it), others whose window reaches it are"
+              " named too. Windows: a kill"
+              f" {WINDOWS['kill']:g} s, a restart {WINDOWS['restart']:g} s, a config rewrite"
+              f" {WINDOWS['config']:g} s, a new server process {WINDOWS['generation']:g} s, a"
+              f" flood from its start to {WINDOWS['flood']:g} s after it is closed"
+              f" ({SLACK:g} s slack for times read once a second).", ""]
+    if explained:
+        rows = []
+        for s, e, others in explained[:300]:
+            why = f"{e.what} ({clock(e.t)})" if e else "**unexplained**"
+            if others:
+                why += "; also in the window of: " + ", ".join(
+                    f"{o.label or o.kind} ({clock(o.t)})" for o in others)
+            err = f"{s.errors} ({s.connect}/{s.read}/{s.write}/{s.timeout})" if s.errors else "0"
+            rows.append([f"{clock(s.t0)}–{clock(s.t1)}", f"{s.requests:,}", f"{s.non2xx:,}",
+                         err, fmt(s.p99_ms, 1), html.escape(s.note) or "", why])
+        lines += table(["slice", "requests", "non-2xx", "socket errors (c/r/w/t)", "p99 ms",
+                        "note", "explained by"], rows, "lrrrrll")
+        if len(explained) > 300:
+            lines += [f"… and {len(explained) - 300} more.", ""]
+    else:
+        lines += ["None.", ""]
+    lines += ["### Unexplained failures", ""]
+    if unexplained:
+        lines += [f"- {clock(s.t0)}–{clock(s.t1)}: {s.requests} requests, {s.non2xx} non-2xx,"
+                  f" {s.errors} socket errors{'; ' + s.note if s.note else ''}"
+                  for s in unexplained] + [""]
+    else:
+        lines += ["None.", ""]
+    levels, messages = ctx["log"]
+    lines += ["## tinylb's log", "",
+              f"With RUST_LOG=info: {levels.get('ERROR', 0)} error and {levels.get('WARN', 0)}"
+              f" warning lines ({levels.get('INFO', 0)} info, {levels.get('other', 0)} other)."
+              " The most frequent, numbers shown as N:", ""]
+    if messages:
+        lines += table(["line", "count"],
+                       [[f"`{html.escape(m).replace('|', '∣')}`", str(n)]
+                        for m, n in messages.most_common(12)])
+    else:
+        lines += ["(none)", ""]
+
+    summary = [
+        f"{'short trial, ' if short else ''}{ctx['minutes']:g} min: {requests:,} requests,"
+        f" {non2xx:,} non-2xx, {sum(errors.values()):,} socket errors"
+        f" ({', '.join(f'{k} {v}' for k, v in errors.items())})",
+        *verdict,
+    ]
+    for name, values, digits in series[3:8]:
+        sp = spread(values)
+        if sp:
+            summary.append(f"{name}: min {fmt(sp[0], digits)}, median {fmt(sp[1], digits)},"
+                           f" max {fmt(sp[2], digits)}, last {fmt(values[-1], digits)}")
+    for row in flood_rows:
+        summary.append(f"flood {row[0]}: opened {row[1]}, RSS MiB {row[4]}, threads {row[5]},"
+                       f" fds {row[6]}, generation {row[7]}")
+    for s in unexplained:
+        summary.append(f"UNEXPLAINED: {clock(s.t0)}–{clock(s.t1)} {s.non2xx} non-2xx,"
+                       f" {s.errors} socket errors {s.note}")
+    return "\n".join(lines), [re.sub(r"\*\*", "", s) for s in summary]
+
+
+def machine_description() -> str:
+    cpus = os.cpu_count() or 0
+    return f"{cpus} cores, {platform.system()} {platform.release()}"
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+
+def soak(args: argparse.Namespace, argv: list[str], procs: Processes, tmp: Path) -> int:
+    seconds = args.minutes * 60
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 4 * FLOOD_SOCKETS:
+        raise SoakError(f"the open-file limit is below {4 * FLOOD_SOCKETS}; raise `ulimit -n`")
+    wrk = ensure_wrk()
+    ensure_binaries(args.build)
+    versions = f"{first_line([str(TINYLB), '--version'])}; {first_line([wrk, '-v']).split(' Copyright')[0]}"
+    identity = binary_identity(TINYLB)
+    built_from = source_tree()
+    script = tmp / "pace.lua"
+    script.write_text(f"-- Written by benches/soak.py: each connection pauses between requests.\n"
+                      f"function delay()\n  return {DELAY_MS}\nend\n")
+    plan = schedule(seconds)
+    load_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+    harness = Harness(procs, tmp)
+    harness.start()
+    config = dict(harness.config)
+    assert harness.master is not None
+    run = Run(seconds)  # t=0 is the start of the load
+    harness.run = procs.run = run
+    log(f"running for {args.minutes:g} min: {sum(1 for p in plan if p[1] == 'kill')} kills,"
+        f" {sum(1 for p in plan if p[1] == 'config')} config rewrites,"
+        f" {sum(1 for p in plan if p[1] == 'flood')} flood(s)")
+    threads = [
+        threading.Thread(target=load_loop, args=(run, wrk, harness.port, script), name="load",
+                         daemon=True),
+        threading.Thread(target=sample_loop, args=(run, harness.master, harness.admin),
+                         name="sampler", daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    next_progress = 30.0
+    try:
+        for t, action, n in plan:
+            while not run.stop.is_set() and run.now() < t:
+                if run.now() >= next_progress:
+                    progress(run)
+                    next_progress += 30
+                run.stop.wait(min(t - run.now(), next_progress - run.now(), 1.0))
+            if run.stop.is_set() or run.left() <= 0:
+                break
+            harness.act(action, n)
+        while not run.stop.is_set() and run.left() > 0:
+            if run.now() >= next_progress:
+                progress(run)
+                next_progress += 30
+            run.stop.wait(min(run.left(), 1.0))
+    except SoakError as err:
+        run.fail(str(err))
+    run.stop.set()
+    for thread in threads + harness.flood_threads:
+        thread.join(timeout=15)
+    last_tree = tree(harness.master.pid) if harness.master.poll() is None else []
+    exit_status, took = (None, 0.0)
+    if harness.master.poll() is None:
+        log("stopping tinylb with SIGTERM")
+        exit_status, took = harness.stop_tinylb()
+    else:
+        # The master's end is the news, whatever else failed after it (wrk, say).
+        code = harness.master.returncode
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"status {code}"
+        died = f"tinylb's master exited ({how}) during the run"
+        if run.fatal and "master exited" not in run.fatal:
+            died += f"; then {run.fatal}"
+        run.fatal = run.fatal if run.fatal and "master exited" in run.fatal else died
+    leftover = []
+    for pid in last_tree:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            zombie = "zombie" in Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        if b"tinylb" in cmdline and not zombie:
+            leftover.append(pid)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    logged = logged_events(tmp / "tinylb.log", run.wall0)
+    for e in run.events:
+        # The master logs the moment a new server process serves; /status.json, sampled once a
+        # second, only brackets it.
+        if e.kind == "generation":
+            serves = [t for t, m in logged if m.startswith(f"master: {e.label.replace('gen', 'generation')} serves")]
+            if serves:
+                e.t = serves[0]
+    ctx = {
+        "run": run, "seconds": seconds, "minutes": args.minutes, "config": config,
+        "date": date, "command": exact_command(argv, args.minutes),
+        "machine": machine_description(), "load_start": load_start,
+        "load_end": " ".join(f"{x:.2f}" for x in os.getloadavg()), "versions": versions,
+        "exit": (exit_status, took), "leftover": leftover, "log": log_summary(tmp / "tinylb.log"),
+        "svg_name": args.out.with_suffix(".svg").name,
+        "binary": (identity, binary_identity(TINYLB) if TINYLB.exists() else ("gone", ""),
+                   built_from),
+        "logged": logged,
+    }
+    report, summary = build_report(ctx)
+    title = (f"tinylb soak, {args.minutes:g} min{' (short trial)' if args.minutes < FULL_MINUTES else ''},"
+             f" {date}")
+    if not args.no_write:
+        out = args.out if args.out.is_absolute() else Path.cwd() / args.out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(report + "\n")
+        out.with_suffix(".svg").write_text(svg(run, seconds, title))
+        log(f"wrote {out} and {out.with_suffix('.svg')}")
+    if args.json:
+        args.json.write_text(json.dumps(raw_data(run), indent=1) + "\n")
+        log(f"wrote {args.json}")
+    print("\n".join(summary))
+    failed = run.fatal or run.crashes or exit_status != 0 or leftover
+    return 1 if failed else 0
+
+
+def raw_data(run: Run) -> dict:
+    """What `--json` saves: the run's own records, for a look of one's own."""
+    return {
+        "seconds": run.seconds,
+        "events": [vars(e) for e in sorted(run.events, key=lambda e: e.t)],
+        "slices": [vars(s) for s in run.slices],
+        "samples": [vars(s) for s in run.samples],
+        "floods": [{**vars(f), "close_after": dict(f.close_after)} for f in run.floods],
+        "fatal": run.fatal,
+    }
+
+
+def progress(run: Run) -> None:
+    with run.lock:
+        recent = run.slices[-5:]
+        sample = run.samples[-1] if run.samples else None
+        bad = sum(s.errors + s.non2xx for s in run.slices)
+    rps = statistics.mean(s.rps for s in recent) if recent else 0
+    what = (f"RSS {sample.rss_kib / 1024:.1f} MiB, {sample.threads} threads, {sample.fds} fds,"
+            f" generation {sample.generation}, stuck {sample.stuck}" if sample else "no sample")
+    log(f"{clock(run.now())} / {clock(run.seconds)}: {rps:.0f} req/s, {bad} errors+non-2xx so"
+        f" far; {what}")
+
+
+def main() -> int:
+    def on_signal(signum, _frame):
+        raise Interrupted(signal.Signals(signum).name)
+
+    argv = sys.argv[1:]
+    args = parse_args(argv)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    procs = Processes()
+    tmp: Path | None = None
+    status = 1
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix="tinylb-soak-"))
+        status = soak(args, argv, procs, tmp)
+    except Interrupted as err:
+        log(f"interrupted ({err}); cleaning up, no report written")
+        status = 130
+    except SoakError as err:
+        log(f"error: {err}")
+    except Exception:  # a bug here must still end everything this run started
+        import traceback
+        traceback.print_exc()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not stop the cleanup
+        procs.stop_all()
+        if tmp is not None:
+            if args.keep_tmp or status not in (0, 130):
+                log(f"kept {tmp} (config, logs)")
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
