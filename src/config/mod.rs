@@ -29,6 +29,13 @@ pub const DEFAULT_QUEUE_SIZE: usize = 512;
 /// client's pauses (Apache's mod_reqtimeout allows 20 s for a request head).
 pub const DEFAULT_CLIENT_TIMEOUT: &str = "20s";
 
+/// Default `backendKeepAliveTotal`, in workers: at most `workers` backend connections are busy
+/// at once, so this many idle ones let a few origins each keep a full set between bursts (the
+/// five-backend benchmark keeps about 20), while 500 backends cannot keep hundreds. Each costs
+/// about 72 KiB of buffers and a descriptor: 32 of them about 2.3 MiB (docs/benchmarks.md,
+/// "Memory and the number of backends").
+pub const DEFAULT_KEEP_ALIVE_TOTAL_PER_WORKER: usize = 4;
+
 /// Default `maxStuckConnections`. Each stuck connection holds a thread (with its stack) and two
 /// descriptors until its process exits; 100 of them cost a few MiB, while a replacement costs
 /// the new process's start-up (a health-check round) and a drain of the old one.
@@ -61,10 +68,16 @@ pub struct Config {
     pub workers: usize,
     /// Requests that may wait for a free worker before new ones get a fast 503.
     pub queue_size: usize,
-    /// Idle connections kept open to each backend for the next request (nginx's upstream
+    /// Idle connections kept open to each backend origin (`http://host:port`, shared by the
+    /// backends that differ only by path) for the next request (nginx's upstream
     /// `keepalive`); 0 opens a new connection per request. Defaults to `workers`: no more can
     /// be in use at once, and fewer were slower in the benchmark sweep (docs/benchmarks.md).
     pub backend_keep_alive: usize,
+    /// Idle backend connections kept in all, shared out among the origins (at least one each;
+    /// see [`crate::upstream::idle_caps`]), so that memory does not grow with the number of
+    /// backends; 0 opens a new connection per request. Defaults to
+    /// [`DEFAULT_KEEP_ALIVE_TOTAL_PER_WORKER`] × `workers`.
+    pub backend_keep_alive_total: usize,
     /// Adds the seed article's `X-Forwarded-Server` header; off by default because it tells
     /// clients about the inside network.
     pub forwarded_server_header: bool,
@@ -255,6 +268,11 @@ impl Config {
             workers: workers as usize,
             queue_size: keys.count("queueSize", DEFAULT_QUEUE_SIZE as u64, 1..=1_000_000)? as usize,
             backend_keep_alive: keys.count("backendKeepAlive", workers, 0..=1024)? as usize,
+            backend_keep_alive_total: keys.count(
+                "backendKeepAliveTotal",
+                DEFAULT_KEEP_ALIVE_TOTAL_PER_WORKER as u64 * workers,
+                0..=100_000,
+            )? as usize,
             forwarded_server_header: keys.boolean("forwardedServerHeader", false)?,
             shutdown_grace_period: keys.duration("shutdownGracePeriod", "10s")?,
             client_timeout: keys.positive_duration("clientTimeout", DEFAULT_CLIENT_TIMEOUT)?,
@@ -333,6 +351,10 @@ mod tests {
         assert_eq!(config.health.interval, Duration::from_secs(2));
         assert_eq!(config.workers, DEFAULT_WORKERS);
         assert_eq!(config.backend_keep_alive, DEFAULT_WORKERS);
+        assert_eq!(
+            config.backend_keep_alive_total,
+            DEFAULT_KEEP_ALIVE_TOTAL_PER_WORKER * DEFAULT_WORKERS
+        );
     }
 
     #[test]
@@ -341,6 +363,7 @@ mod tests {
             r#"{"port": "127.0.0.1:0", "algorithm": "weighted-round-robin",
                 "servers": [{"url": "http://127.0.0.1:1/api/", "weight": 5}, "http://[::1]:2"],
                 "workers": 3, "queueSize": 7, "forwardedServerHeader": true, "backendKeepAlive": 0,
+                "backendKeepAliveTotal": 5,
                 "backendTimeout": "250ms", "healthCheckRise": 1}"#,
         )
         .unwrap();
@@ -350,6 +373,7 @@ mod tests {
         assert_eq!(config.workers, 3);
         assert_eq!(config.queue_size, 7);
         assert_eq!(config.backend_keep_alive, 0);
+        assert_eq!(config.backend_keep_alive_total, 5);
         assert!(config.forwarded_server_header);
         assert_eq!(config.backend_timeout, Duration::from_millis(250));
         assert_eq!(config.health.rise, 1);
