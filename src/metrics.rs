@@ -128,7 +128,7 @@ pub fn render(status: &Status) -> String {
         &mut out,
         "backend_idle_connections_max",
         "gauge",
-        "Most idle connections kept to backends in all (the origins' shares of backendKeepAliveTotal).",
+        "Most idle connections kept to backends in all (backendKeepAliveTotal).",
     );
     let _ = writeln!(out, "tinylb_backend_idle_connections_max {}", pool.max_idle);
     header(
@@ -149,7 +149,7 @@ pub fn render(status: &Status) -> String {
         &mut out,
         "origin_idle_connections_max",
         "gauge",
-        "Most idle connections kept to each backend origin: its share of the total.",
+        "Most idle connections kept to each backend origin (backendKeepAlive).",
     );
     for o in &pool.origins {
         let _ = writeln!(

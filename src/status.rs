@@ -110,10 +110,9 @@ pub struct TunnelStatus {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PoolStatus {
-    /// Idle now, over all origins.
+    /// Idle now, over all origins (also those a reload just removed, until they close).
     pub idle: usize,
-    /// The most that may be idle at once: the sum of the origins' shares of
-    /// `backendKeepAliveTotal` (more only when there are more origins than that).
+    /// The most that may be idle at once, over all origins: `backendKeepAliveTotal`.
     pub max_idle: usize,
     /// One row per origin, in the order the backends list them.
     pub origins: Vec<OriginStatus>,
@@ -129,7 +128,7 @@ pub struct OriginStatus {
     pub backends: usize,
     /// Idle connections now.
     pub idle: usize,
-    /// Its share of the budget: the most it keeps idle.
+    /// The most it keeps idle: `backendKeepAlive` (within the total).
     pub max_idle: usize,
 }
 
@@ -150,9 +149,10 @@ impl PoolStatus {
             });
             origins[at].backends += 1;
         }
+        let budget = backends.first().map(|b| b.connections.budget());
         PoolStatus {
-            idle: origins.iter().map(|o| o.idle).sum(),
-            max_idle: origins.iter().map(|o| o.max_idle).sum(),
+            idle: budget.map_or(0, |b| b.idle()),
+            max_idle: budget.map_or(0, |b| b.limit()),
             origins,
         }
     }

@@ -73,8 +73,8 @@ pub struct Config {
     /// `keepalive`); 0 opens a new connection per request. Defaults to `workers`: no more can
     /// be in use at once, and fewer were slower in the benchmark sweep (docs/benchmarks.md).
     pub backend_keep_alive: usize,
-    /// Idle backend connections kept in all, shared out among the origins (at least one each;
-    /// see [`crate::upstream::idle_caps`]), so that memory does not grow with the number of
+    /// Idle backend connections kept in all origins together, first come first served (see
+    /// [`crate::upstream::IdleBudget`]), so that memory does not grow with the number of
     /// backends; 0 opens a new connection per request. Defaults to
     /// [`DEFAULT_KEEP_ALIVE_TOTAL_PER_WORKER`] × `workers`.
     pub backend_keep_alive_total: usize,

@@ -5,7 +5,6 @@
 
 use std::io::Read;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::RwLock;
@@ -14,7 +13,7 @@ use ureq::unversioned::transport::{Connector, DefaultConnector};
 
 use super::Response;
 use super::errors::classify;
-use super::idle::CountIdle;
+use super::idle::{CountIdle, IdleBudget, OriginIdle};
 use super::request::Outgoing;
 use super::resolve::{AddressCache, CachedResolver};
 use crate::config::{BackendUrl, Config};
@@ -40,25 +39,29 @@ pub struct AgentSettings {
     pub connect_timeout: Duration,
     /// `backendTimeout`.
     pub backend_timeout: Duration,
-    /// This origin's share of the idle budget ([`super::idle_caps`]).
+    /// `backendKeepAlive`: the most idle connections this origin keeps.
     pub max_idle: usize,
+    /// `backendKeepAliveTotal`: not an Agent's setting, but a lower one must drop the idle
+    /// connections over it, and a rebuild does.
+    pub max_idle_total: usize,
 }
 
 impl AgentSettings {
-    /// The settings `config` gives an origin whose share of the idle budget is `max_idle`.
-    pub fn of(config: &Config, max_idle: usize) -> AgentSettings {
+    /// The settings `config` gives every origin.
+    pub fn of(config: &Config) -> AgentSettings {
         AgentSettings {
             connect_timeout: config.connect_timeout,
             backend_timeout: config.backend_timeout,
-            max_idle,
+            max_idle: config.backend_keep_alive,
+            max_idle_total: config.backend_keep_alive_total,
         }
     }
 }
 
 /// The two Agents and what they were built from, replaced together.
 struct Agents {
-    /// Holds up to `settings.max_idle` idle connections; ureq's Agent is a cheap handle,
-    /// cloned per request.
+    /// Holds up to `settings.max_idle` idle connections, each with a place in the budget;
+    /// ureq's Agent is a cheap handle, cloned per request.
     pooled: ureq::Agent,
     /// The same settings with no pool: for the retry after a pooled connection turned out
     /// closed, which must not take the next, possibly also closed, pooled connection.
@@ -77,19 +80,22 @@ pub struct Connections {
     addresses: Arc<AddressCache>,
     /// Connections idle in the pooled Agent's pool now (counted by [`super::idle`]); kept
     /// across rebuilt Agents, whose dropped connections count themselves out.
-    idle: Arc<AtomicUsize>,
+    idle: Arc<OriginIdle>,
+    /// The places for idle connections, shared by every origin.
+    budget: Arc<IdleBudget>,
 }
 
 impl Connections {
-    /// Connections to `origin` (`http://host:port`) built from `settings`.
-    pub fn new(origin: &str, settings: AgentSettings) -> Connections {
-        let addresses = AddressCache::new();
-        let idle = Arc::new(AtomicUsize::new(0));
+    /// Connections to `origin` (`http://host:port`) built from `settings`, whose idle ones
+    /// take their places in `budget`.
+    pub fn new(origin: &str, settings: AgentSettings, budget: Arc<IdleBudget>) -> Connections {
+        let (addresses, idle) = (AddressCache::new(), OriginIdle::new());
         Connections {
             origin: origin.to_string(),
-            agents: RwLock::new(Agents::build(settings, &addresses, &idle)),
+            agents: RwLock::new(Agents::build(settings, &addresses, &idle, &budget)),
             addresses,
             idle,
+            budget,
         }
     }
 
@@ -104,18 +110,45 @@ impl Connections {
         if self.agents.read().settings == settings {
             return false;
         }
-        *self.agents.write() = Agents::build(settings, &self.addresses, &self.idle);
+        self.rebuild(settings);
         true
+    }
+
+    /// Drops the idle connections once all of them have waited [`MAX_IDLE_AGE`]: ureq would
+    /// hand none of them out any more, but evicts them only on this origin's next request. An
+    /// origin that gets no more requests (down, drained, unpopular) would keep them, and their
+    /// memory and places in the budget, for ever. Called after each round of health checks.
+    pub fn drop_stale(&self) {
+        if self.idle.all_older_than(MAX_IDLE_AGE) {
+            let settings = self.agents.read().settings;
+            self.rebuild(settings);
+        }
+    }
+
+    /// New Agents: the old ones' pool, and its idle connections, go with their last clone.
+    fn rebuild(&self, settings: AgentSettings) {
+        *self.agents.write() = Agents::build(settings, &self.addresses, &self.idle, &self.budget);
     }
 
     /// Connections idle in the pool now, waiting for the next request.
     pub fn idle(&self) -> usize {
-        self.idle.load(Ordering::Relaxed)
+        self.idle.count()
     }
 
-    /// The most idle connections the pool keeps: this origin's share of the budget.
+    /// The most idle connections this origin keeps (`backendKeepAlive`, within the total).
     pub fn max_idle(&self) -> usize {
-        self.agents.read().settings.max_idle
+        let settings = self.agents.read().settings;
+        settings.max_idle.min(settings.max_idle_total)
+    }
+
+    /// The places for idle connections that every origin shares.
+    pub fn budget(&self) -> &IdleBudget {
+        &self.budget
+    }
+
+    /// The budget itself, for the origins a reload adds.
+    pub(super) fn budget_handle(&self) -> Arc<IdleBudget> {
+        Arc::clone(&self.budget)
     }
 
     /// Forgets the looked-up address: the name may point elsewhere now.
@@ -163,14 +196,18 @@ impl Agents {
     fn build(
         settings: AgentSettings,
         addresses: &Arc<AddressCache>,
-        idle: &Arc<AtomicUsize>,
+        idle: &Arc<OriginIdle>,
+        budget: &Arc<IdleBudget>,
     ) -> Agents {
+        let counted = CountIdle {
+            origin: Arc::clone(idle),
+            budget: Arc::clone(budget),
+        };
         let resolver = || CachedResolver(Arc::clone(addresses));
-        let counted = DefaultConnector::default().chain(CountIdle(Arc::clone(idle)));
         Agents {
             pooled: ureq::Agent::with_parts(
-                proxy_config(&settings, settings.max_idle),
-                counted,
+                proxy_config(&settings, settings.max_idle.min(settings.max_idle_total)),
+                DefaultConnector::default().chain(counted),
                 resolver(),
             ),
             fresh: ureq::Agent::with_parts(

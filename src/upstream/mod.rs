@@ -1,7 +1,7 @@
 //! The backend side of the proxy: everything that knows ureq. It builds the request the backend
 //! gets ([`Outgoing`]), keeps the connections to each backend origin ([`Connections`]: two ureq
-//! Agents and a cached address, shared by the backends on that origin, within one idle budget:
-//! [`share_connections`]), sorts ureq's errors into [`crate::failure::Failure`]s, runs the health check's HEAD, and does
+//! Agents and a cached address, shared by the backends on that origin, with one budget for
+//! idle connections over all origins: [`share_connections`]), sorts ureq's errors into [`crate::failure::Failure`]s, runs the health check's HEAD, and does
 //! upgrade handshakes over a socket of its own ([`handshake()`]), because ureq cannot hand a
 //! connection over after a `101`.
 //!
@@ -23,7 +23,8 @@ use crate::message::http;
 
 pub use connections::{AgentSettings, Connections, HealthCheck};
 pub use handshake::{Handshake, HandshakeTimeouts, Switched, handshake};
-pub use origins::{idle_caps, share_connections};
+pub use idle::IdleBudget;
+pub use origins::share_connections;
 pub use request::{ClientHead, Outgoing};
 /// A backend's answer, its head read, its body not yet.
 pub struct Response(http::Response<ureq::Body>);
