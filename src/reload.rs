@@ -121,9 +121,9 @@ pub fn apply(target: &mut Reloadable, new: Config) {
     effective.shutdown_grace_period = current.shutdown_grace_period;
 
     let old = target.balancer.backends();
-    // Each origin kept keeps its connections; a new Agent (and so a new keep-alive pool) only
-    // where what it is built from changed: the timeouts, `backendKeepAlive`, or its share of
-    // `backendKeepAliveTotal` (which an origin added or removed also changes).
+    // Each origin kept keeps its connections, and the idle budget its count; a new Agent (and
+    // so a new keep-alive pool) only when what it is built from changed: the timeouts,
+    // `backendKeepAlive` or `backendKeepAliveTotal`.
     let running: Vec<_> = old.iter().map(|b| Arc::clone(&b.connections)).collect();
     let pools = upstream::share_connections(&effective, &running);
     let mut added = Vec::new();
