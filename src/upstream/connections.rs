@@ -114,7 +114,7 @@ impl Connections {
         true
     }
 
-    /// Drops the idle connections once all of them have waited [`MAX_IDLE_AGE`]: ureq would
+    /// Drops the idle connections once all of them have waited `MAX_IDLE_AGE` (15 s): ureq would
     /// hand none of them out any more, but evicts them only on this origin's next request. An
     /// origin that gets no more requests (down, drained, unpopular) would keep them, and their
     /// memory and places in the budget, for ever. Called after each round of health checks.
