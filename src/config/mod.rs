@@ -30,10 +30,11 @@ pub const DEFAULT_QUEUE_SIZE: usize = 512;
 pub const DEFAULT_CLIENT_TIMEOUT: &str = "20s";
 
 /// Default `backendKeepAliveTotal`, in workers: at most `workers` backend connections are busy
-/// at once, so this many idle ones let a few origins each keep a full set between bursts (the
-/// five-backend benchmark keeps about 20), while 500 backends cannot keep hundreds. Each costs
-/// about 72 KiB of buffers and a descriptor: 32 of them about 2.3 MiB (docs/benchmarks.md,
-/// "Memory and the number of backends").
+/// at once, so 4 × workers idle ones let a few origins each keep a full set between bursts (the
+/// five-backend benchmark keeps about 20, so it runs as before), while 500 backends cannot keep
+/// hundreds. Each costs about 77 KiB of memory and a descriptor: 32 of them about 2.4 MiB. Many
+/// distinct origins reconnect more with it; see "Memory and the number of backends" in
+/// docs/benchmarks.md.
 pub const DEFAULT_KEEP_ALIVE_TOTAL_PER_WORKER: usize = 4;
 
 /// Default `maxStuckConnections`. Each stuck connection holds a thread (with its stack) and two
