@@ -11,7 +11,6 @@
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
 use std::time::Instant;
 
 use tinylb::backend::Backend;
@@ -39,11 +38,7 @@ fn main() {
             ("least-connections", Algorithm::LeastConnections),
             ("ip-hash", Algorithm::IpHash),
         ] {
-            let backends: Vec<Arc<Backend>> = config
-                .servers
-                .iter()
-                .map(|server| Arc::new(Backend::new(server, &config)))
-                .collect();
+            let backends = Backend::all(&config);
             let balancer = Balancer::new(backends, algorithm, config.workers);
             let best = (0..ROUNDS)
                 .map(|_| {

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use crate::config::{BackendUrl, Config, HealthConfig, ServerConfig};
 use crate::health::{Flip, HealthState};
 use crate::stats::BackendStats;
-use crate::upstream::Connections;
+use crate::upstream::{self, Connections};
 
 /// A backend and everything the request path needs to know about it.
 pub struct Backend {
@@ -38,8 +38,8 @@ pub struct Backend {
     flips: AtomicU64,
     /// Answers, errors and latency.
     pub stats: BackendStats,
-    /// The connections that carry requests there.
-    pub connections: Connections,
+    /// The connections that carry requests there, shared with the backends on the same origin.
+    pub connections: Arc<Connections>,
 }
 
 /// Consecutive check results and what the status page shows about health.
@@ -54,7 +54,8 @@ pub struct HealthRecord {
 
 impl Backend {
     /// A backend that starts healthy; the first health-check round corrects that at start-up.
-    pub fn new(server: &ServerConfig, config: &Config) -> Backend {
+    /// `connections` go to its origin ([`crate::upstream::share_connections`]).
+    pub fn new(server: &ServerConfig, connections: Arc<Connections>) -> Backend {
         Backend {
             key: url_key(&server.url.original),
             url: server.url.clone(),
@@ -70,8 +71,18 @@ impl Backend {
             }),
             flips: AtomicU64::new(0),
             stats: BackendStats::default(),
-            connections: Connections::new(config),
+            connections,
         }
+    }
+
+    /// Every backend `config` lists, in order, those on one origin sharing its connections.
+    pub fn all(config: &Config) -> Vec<Arc<Backend>> {
+        config
+            .servers
+            .iter()
+            .zip(upstream::share_connections(config, &[]))
+            .map(|(server, connections)| Arc::new(Backend::new(server, connections)))
+            .collect()
     }
 
     /// Whether the last health verdict is "up".
@@ -136,12 +147,10 @@ impl Backend {
         self.health.lock().clone()
     }
 
-    /// Takes over what a reload may change without losing the state (health, counters, pool).
-    pub fn reconfigure(&self, server: &ServerConfig, config: &Config, agent_changed: bool) {
+    /// Takes over what a reload may change without losing the state (health, counters, pool);
+    /// its connections follow the reload through [`crate::upstream::share_connections`].
+    pub fn reconfigure(&self, server: &ServerConfig) {
         self.weight.store(server.weight, Ordering::Relaxed);
-        if agent_changed {
-            self.connections.reconfigure(config);
-        }
     }
 
     /// Counts a request as in flight until the returned guard is dropped.
@@ -193,7 +202,8 @@ impl Backend {
     /// Passive check: a request could not even connect, so stop sending traffic here now and
     /// let the active checks bring the backend back after `rise` passes.
     pub fn mark_down(&self, reason: &str) {
-        // The name may point elsewhere now; the next request looks it up again.
+        // The name may point elsewhere now; the next request (to any backend on this origin)
+        // looks it up again.
         self.connections.forget_address();
         let mut record = self.health.lock();
         let flip = record.state.connect_failed();

@@ -1,6 +1,7 @@
 //! Active health checks on one dedicated thread: a HEAD request to each backend's URL every
 //! `healthCheckInterval`. 2xx and 3xx pass. Each check has a hard timeout, so a hanging backend
-//! delays the round by at most that timeout and never stalls it.
+//! delays the round by at most that timeout and never stalls it. Each round also lets every
+//! origin drop idle connections too old to be used.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -45,6 +46,9 @@ pub fn spawn(
                         let checks = HealthCheck::new(current.timeout);
                         for backend in balancer.backends().iter() {
                             backend.record_check(checks.check(&backend.url), &current);
+                            // The round visits every origin: a chance to close what its pool
+                            // keeps in vain.
+                            backend.connections.drop_stale();
                         }
                     }
                     recv(shutdown) -> _ => return,

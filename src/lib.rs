@@ -141,11 +141,7 @@ impl LoadBalancer {
         master: Option<Arc<ChildEnd>>,
     ) -> Result<LoadBalancer, StartError> {
         let local_addr = listener.local_addr();
-        let backends: Vec<Arc<Backend>> = config
-            .servers
-            .iter()
-            .map(|server| Arc::new(Backend::new(server, &config)))
-            .collect();
+        let backends = Backend::all(&config);
         health_checks::first_round(&backends, &config.health);
 
         let balancer = Arc::new(Balancer::new(backends, config.algorithm, config.workers));

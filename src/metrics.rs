@@ -116,6 +116,49 @@ pub fn render(status: &Status) -> String {
             "tinylb_request_duration_seconds_count{{backend=\"{url}\"}} {total}"
         );
     }
+    let pool = &status.backend_connections;
+    header(
+        &mut out,
+        "backend_idle_connections",
+        "gauge",
+        "Idle keep-alive connections to backends, over all origins.",
+    );
+    let _ = writeln!(out, "tinylb_backend_idle_connections {}", pool.idle);
+    header(
+        &mut out,
+        "backend_idle_connections_max",
+        "gauge",
+        "Most idle connections kept to backends in all (backendKeepAliveTotal).",
+    );
+    let _ = writeln!(out, "tinylb_backend_idle_connections_max {}", pool.max_idle);
+    header(
+        &mut out,
+        "origin_idle_connections",
+        "gauge",
+        "Idle keep-alive connections to each backend origin (scheme, host and port).",
+    );
+    for o in &pool.origins {
+        let _ = writeln!(
+            out,
+            "tinylb_origin_idle_connections{{origin=\"{}\"}} {}",
+            label(&o.origin),
+            o.idle
+        );
+    }
+    header(
+        &mut out,
+        "origin_idle_connections_max",
+        "gauge",
+        "Most idle connections kept to each backend origin (backendKeepAlive).",
+    );
+    for o in &pool.origins {
+        let _ = writeln!(
+            out,
+            "tinylb_origin_idle_connections_max{{origin=\"{}\"}} {}",
+            label(&o.origin),
+            o.max_idle
+        );
+    }
     header(
         &mut out,
         "retries_total",

@@ -16,6 +16,7 @@ use crate::balancer::Balancer;
 use crate::config::{Config, HealthConfig};
 use crate::switches::Switches;
 use crate::tunnel::{TunnelLimits, Tunnels};
+use crate::upstream;
 
 /// What a reload changes: a narrow handle on the parts of the running tinylb that can change
 /// while it runs.
@@ -112,11 +113,6 @@ pub fn apply(target: &mut Reloadable, new: Config) {
             fixed.join(", ")
         );
     }
-    // A new Agent (and so a new keep-alive pool) for every kept backend when what Agents are
-    // built from changes.
-    let agents_changed = current.connect_timeout != new.connect_timeout
-        || current.backend_timeout != new.backend_timeout
-        || current.backend_keep_alive != new.backend_keep_alive;
     // Settings that every backend's Agent is built from follow the new file; the fixed ones
     // stay as they run.
     let mut effective = new.clone();
@@ -130,21 +126,29 @@ pub fn apply(target: &mut Reloadable, new: Config) {
     effective.shutdown_grace_period = current.shutdown_grace_period;
 
     let old = target.balancer.backends();
+    // Each origin kept keeps its connections, and the idle budget its count; a new Agent (and
+    // so a new keep-alive pool) only when what it is built from changed: the timeouts,
+    // `backendKeepAlive` or `backendKeepAliveTotal`.
+    let running: Vec<_> = old.iter().map(|b| Arc::clone(&b.connections)).collect();
+    let pools = upstream::share_connections(&effective, &running);
     let mut added = Vec::new();
     let backends: Vec<Arc<Backend>> = effective
         .servers
         .iter()
-        .map(|server| match old.iter().find(|b| b.url == server.url) {
-            Some(existing) => {
-                existing.reconfigure(server, &effective, agents_changed);
-                Arc::clone(existing)
-            }
-            None => {
-                let backend = Arc::new(Backend::new(server, &effective));
-                added.push(Arc::clone(&backend));
-                backend
-            }
-        })
+        .zip(pools)
+        .map(
+            |(server, connections)| match old.iter().find(|b| b.url == server.url) {
+                Some(existing) => {
+                    existing.reconfigure(server);
+                    Arc::clone(existing)
+                }
+                None => {
+                    let backend = Arc::new(Backend::new(server, connections));
+                    added.push(Arc::clone(&backend));
+                    backend
+                }
+            },
+        )
         .collect();
     // New backends get a check before their first request, as at start-up.
     crate::health_checks::first_round(&added, &effective.health);

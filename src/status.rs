@@ -1,6 +1,7 @@
 //! One snapshot of what tinylb is doing, gathered from the live counters, and shown three ways
 //! by the admin listener: the HTML status page, `/status.json`, and Prometheus `/metrics`.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+use crate::backend::Backend;
 use crate::balancer::Balancer;
 use crate::generation::{Cause, Generation, Restarts};
 use crate::pool::PoolCounters;
@@ -68,6 +70,8 @@ pub struct Status {
     pub head_timeouts: u64,
     /// WebSocket (and other upgrade) tunnels.
     pub tunnels: TunnelStatus,
+    /// Idle keep-alive connections to the backends, and their bound.
+    pub backend_connections: PoolStatus,
     /// The backends, in config order.
     pub backends: Vec<BackendStatus>,
 }
@@ -102,6 +106,59 @@ pub struct TunnelStatus {
     pub opened: u64,
     /// Handshakes answered 503 because `max` were open.
     pub refused: u64,
+}
+
+/// The idle connections kept open to backends, in all and per origin: what
+/// `backendKeepAlive` and `backendKeepAliveTotal` bound.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolStatus {
+    /// Idle now, over all origins (also those a reload just removed, until they close).
+    pub idle: usize,
+    /// The most that may be idle at once, over all origins: `backendKeepAliveTotal`.
+    pub max_idle: usize,
+    /// One row per origin, in the order the backends list them.
+    pub origins: Vec<OriginStatus>,
+}
+
+/// One origin's pool, shared by its backends.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OriginStatus {
+    /// `http://host:port`.
+    pub origin: String,
+    /// How many backends (path prefixes) share it.
+    pub backends: usize,
+    /// Idle connections now.
+    pub idle: usize,
+    /// The most it keeps idle: `backendKeepAlive` (within the total).
+    pub max_idle: usize,
+}
+
+impl PoolStatus {
+    fn of(backends: &[Arc<Backend>]) -> PoolStatus {
+        let mut origins: Vec<OriginStatus> = Vec::new();
+        let mut position: HashMap<&str, usize> = HashMap::new();
+        for backend in backends {
+            let connections = &backend.connections;
+            let at = *position.entry(connections.origin()).or_insert_with(|| {
+                origins.push(OriginStatus {
+                    origin: connections.origin().to_string(),
+                    backends: 0,
+                    idle: connections.idle(),
+                    max_idle: connections.max_idle(),
+                });
+                origins.len() - 1
+            });
+            origins[at].backends += 1;
+        }
+        let budget = backends.first().map(|b| b.connections.budget());
+        PoolStatus {
+            idle: budget.map_or(0, |b| b.idle()),
+            max_idle: budget.map_or(0, |b| b.limit()),
+            origins,
+        }
+    }
 }
 
 /// One backend's row.
@@ -196,9 +253,8 @@ impl Status {
                 .unwrap_or(Duration::ZERO)
                 .as_secs_f64()
         };
-        let backends = sources
-            .balancer
-            .backends()
+        let all = sources.balancer.backends();
+        let backends = all
             .iter()
             .enumerate()
             .map(|(index, backend)| {
@@ -266,6 +322,7 @@ impl Status {
                 opened: tunnels.opened_total(),
                 refused: tunnels.refused_total(),
             },
+            backend_connections: PoolStatus::of(&all),
             backends,
         }
     }

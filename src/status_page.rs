@@ -10,6 +10,7 @@ const STYLE: &str = "
 :root { color-scheme: light dark; --up: #1a7f37; --down: #cf222e; --drain: #9a6700; --line: #8884; }
 body { font: 15px/1.4 system-ui, sans-serif; margin: 1.5rem; }
 h1 { font-size: 1.3rem; margin: 0 0 .3rem; }
+h2 { font-size: 1.05rem; margin: 1.2rem 0 .3rem; }
 .summary { display: flex; flex-wrap: wrap; gap: .4rem 1.4rem; margin: 0 0 1rem; padding: 0; list-style: none; }
 .summary b { font-variant-numeric: tabular-nums; }
 table { border-collapse: collapse; width: 100%; }
@@ -60,6 +61,7 @@ pub fn render(status: &Status) -> String {
          <li>queued <b>{queued} / {capacity}</b></li><li>retries <b>{retries}</b></li>\
          <li>head timeouts <b>{head_timeouts}</b></li>\
          <li>tunnels open <b>{tunnels} / {max_tunnels}</b></li>\
+         <li>idle backend connections <b>{idle} / {max_idle}</b></li>\
          <li>process <b>{process}</b></li>\
          <li>stuck connections <b>{stuck} / {max_stuck}</b></li></ul>",
         version = status.version,
@@ -74,6 +76,8 @@ pub fn render(status: &Status) -> String {
         head_timeouts = status.head_timeouts,
         tunnels = status.tunnels.open,
         max_tunnels = status.tunnels.max,
+        idle = status.backend_connections.idle,
+        max_idle = status.backend_connections.max_idle,
         process = process_summary(&status.process),
         stuck = status.process.stuck_connections,
         max_stuck = status.process.max_stuck_connections,
@@ -85,6 +89,22 @@ pub fn render(status: &Status) -> String {
     );
     for backend in &status.backends {
         row(&mut page, backend);
+    }
+    page.push_str(
+        "</tbody></table><h2>Idle connections per origin</h2><table><thead><tr>\
+         <th>origin</th><th>backends</th><th>idle / most</th></tr></thead><tbody>",
+    );
+    for origin in &status.backend_connections.origins {
+        let _ = write!(
+            page,
+            "<tr><td data-label=\"origin\">{}</td>\
+             <td class=\"n\" data-label=\"backends\">{}</td>\
+             <td class=\"n\" data-label=\"idle / most\">{} / {}</td></tr>",
+            escape(&origin.origin),
+            origin.backends,
+            origin.idle,
+            origin.max_idle
+        );
     }
     page.push_str(
         "</tbody></table><footer>Refreshes every 2 s. Latency percentiles cover each \

@@ -1,8 +1,10 @@
-//! What tinylb's memory grows by per backend, on the binary: each backend it has talked to keeps
-//! a keep-alive connection in its pool, and ureq gives every connection an input and an output
-//! buffer, allocated and zero-filled when it opens. With ureq's defaults (128 KiB each way) that
-//! was 256 KiB of resident memory per pooled connection, 136-146 MiB with 500 backends; sized
-//! from the head limits (32 KiB in, 68 KiB out) it is about 100 KiB.
+//! What tinylb's memory grows by per pooled backend connection, on the binary: with the idle
+//! budget raised to the number of backends, each backend it has talked to keeps a keep-alive
+//! connection in its pool, and ureq gives every connection an input and an output buffer,
+//! allocated and zero-filled when it opens. With ureq's defaults (128 KiB each way) that was
+//! 256 KiB of resident memory per pooled connection, 136-146 MiB with 500 backends; sized from
+//! the head limits (32 KiB in, 68 KiB out) it is about 100 KiB. (By default
+//! `backendKeepAliveTotal` keeps far fewer in all: tests/backend_pool.rs.)
 
 mod common;
 use common::process::ChildLb;
@@ -32,7 +34,11 @@ fn pooled_backend_connections_cost_well_under_256_kib_each() {
         .map(|i| Backend::start(&format!("b{i}")))
         .collect();
     let urls: Vec<String> = backends.iter().map(Backend::url).collect();
-    let mut lb = ChildLb::start("footprint", &urls, r#""healthCheckInterval": "60s""#);
+    let mut lb = ChildLb::start(
+        "footprint",
+        &urls,
+        &format!(r#""healthCheckInterval": "60s", "backendKeepAliveTotal": {BACKENDS}"#),
+    );
     let (addr, pid) = (lb.addr, lb.pid());
     let rss_before = proc_status(pid, "VmRSS");
     let fds_before = open_fds(pid);

@@ -197,12 +197,7 @@ mod tests {
             r#"{{"port": "127.0.0.1:0", "servers": [{}]}}"#,
             servers.join(", ")
         );
-        let config = Config::parse(&text).unwrap();
-        config
-            .servers
-            .iter()
-            .map(|server| Arc::new(Backend::new(server, &config)))
-            .collect()
+        Backend::all(&Config::parse(&text).unwrap())
     }
 
     /// `n` requests at once (each stays in flight until all are picked), as letters for their

@@ -22,6 +22,7 @@ const KNOWN_KEYS: &[&str] = &[
     "workers",
     "queueSize",
     "backendKeepAlive",
+    "backendKeepAliveTotal",
     "forwardedServerHeader",
     "shutdownGracePeriod",
     "clientTimeout",
@@ -170,6 +171,10 @@ mod tests {
             (
                 r#"{"port": ":8080", "servers": ["http://a:1"], "backendKeepAlive": -1}"#,
                 "backendKeepAlive: -1 must be a whole number from 0 to 1024",
+            ),
+            (
+                r#"{"port": ":8080", "servers": ["http://a:1"], "backendKeepAliveTotal": 1.5}"#,
+                "backendKeepAliveTotal: 1.5 must be a whole number from 0 to 100000",
             ),
         ]);
     }

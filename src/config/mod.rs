@@ -2,8 +2,11 @@
 //! optional tuning keys, turned into a checked [`Config`] or a [`ConfigError`] that names the key
 //! and the value, so a typo stops tinylb at start instead of surprising it later.
 
+mod defaults;
 mod keys;
 mod servers;
+
+pub use defaults::*;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -15,39 +18,6 @@ use serde_json::Value;
 use crate::duration::format_duration;
 use keys::Keys;
 use servers::{parse_address, parse_listen, parse_servers};
-
-/// Default worker threads: the best or tied count in the benchmark sweeps, where more were no
-/// faster and cost CPU and memory; see "Defaults from measurement" in docs/benchmarks.md.
-pub const DEFAULT_WORKERS: usize = 8;
-/// Default queue between the listener and the workers: deep enough that ordinary load gets no
-/// 503, short enough that an overload is answered at once instead of piling up; see "Defaults
-/// from measurement" in docs/benchmarks.md.
-pub const DEFAULT_QUEUE_SIZE: usize = 512;
-
-/// Default `clientTimeout`. tiny_http holds a thread per open connection, so an idle client
-/// costs a thread until this runs out: 20 s frees them quickly yet outlasts a slow mobile
-/// client's pauses (Apache's mod_reqtimeout allows 20 s for a request head).
-pub const DEFAULT_CLIENT_TIMEOUT: &str = "20s";
-
-/// Default `clientHeaderTimeout`. Each connection waiting for a head holds a tiny_http thread,
-/// so this bounds what a client trickling its head (or sitting idle) costs. HAProxy's docs advise
-/// about 10 s for `timeout http-request`, which likewise covers idle keep-alive; nginx's 60 s
-/// `client_header_timeout` is sized for an event loop, where a waiting client costs a few KiB,
-/// not a thread. A real client sends its head in one go, well within 10 s.
-pub const DEFAULT_CLIENT_HEADER_TIMEOUT: &str = "10s";
-
-/// Default `maxStuckConnections`. Each stuck connection holds a thread (with its stack) and two
-/// descriptors until its process exits; 100 of them cost a few MiB, while a replacement costs
-/// the new process's start-up (a health-check round) and a drain of the old one.
-pub const DEFAULT_MAX_STUCK_CONNECTIONS: u64 = 100;
-
-/// Default `maxTunnels`. Each open tunnel costs two small threads, four descriptors, two 16 KiB
-/// buffers; nginx's default `worker_connections` of 512 likewise allows 256 proxied connections.
-pub const DEFAULT_MAX_TUNNELS: u64 = 256;
-/// Default `tunnelIdleTimeout`: longer than the ping interval of common WebSocket libraries
-/// (25-30 s), so live but quiet connections survive, unlike with nginx's 60 s; short enough that
-/// peers that vanished without a FIN are reclaimed.
-pub const DEFAULT_TUNNEL_IDLE_TIMEOUT: &str = "10m";
 
 /// A checked configuration: every value here has passed validation.
 #[derive(Debug, Clone)]
@@ -68,10 +38,16 @@ pub struct Config {
     pub workers: usize,
     /// Requests that may wait for a free worker before new ones get a fast 503.
     pub queue_size: usize,
-    /// Idle connections kept open to each backend for the next request (nginx's upstream
+    /// Idle connections kept open to each backend origin (`http://host:port`, shared by the
+    /// backends that differ only by path) for the next request (nginx's upstream
     /// `keepalive`); 0 opens a new connection per request. Defaults to `workers`: no more can
     /// be in use at once, and fewer were slower in the benchmark sweep (docs/benchmarks.md).
     pub backend_keep_alive: usize,
+    /// Idle backend connections kept in all origins together, first come first served (see
+    /// [`crate::upstream::IdleBudget`]), so that memory does not grow with the number of
+    /// backends; 0 opens a new connection per request. Defaults to
+    /// [`DEFAULT_KEEP_ALIVE_TOTAL_PER_WORKER`] × `workers`.
+    pub backend_keep_alive_total: usize,
     /// Adds the seed article's `X-Forwarded-Server` header; off by default because it tells
     /// clients about the inside network.
     pub forwarded_server_header: bool,
@@ -265,6 +241,11 @@ impl Config {
             workers: workers as usize,
             queue_size: keys.count("queueSize", DEFAULT_QUEUE_SIZE as u64, 1..=1_000_000)? as usize,
             backend_keep_alive: keys.count("backendKeepAlive", workers, 0..=1024)? as usize,
+            backend_keep_alive_total: keys.count(
+                "backendKeepAliveTotal",
+                DEFAULT_KEEP_ALIVE_TOTAL_PER_WORKER as u64 * workers,
+                0..=100_000,
+            )? as usize,
             forwarded_server_header: keys.boolean("forwardedServerHeader", false)?,
             shutdown_grace_period: keys.duration("shutdownGracePeriod", "10s")?,
             client_timeout: keys.positive_duration("clientTimeout", DEFAULT_CLIENT_TIMEOUT)?,
@@ -345,6 +326,10 @@ mod tests {
         assert_eq!(config.health.interval, Duration::from_secs(2));
         assert_eq!(config.workers, DEFAULT_WORKERS);
         assert_eq!(config.backend_keep_alive, DEFAULT_WORKERS);
+        assert_eq!(
+            config.backend_keep_alive_total,
+            DEFAULT_KEEP_ALIVE_TOTAL_PER_WORKER * DEFAULT_WORKERS
+        );
     }
 
     #[test]
@@ -353,6 +338,7 @@ mod tests {
             r#"{"port": "127.0.0.1:0", "algorithm": "weighted-round-robin",
                 "servers": [{"url": "http://127.0.0.1:1/api/", "weight": 5}, "http://[::1]:2"],
                 "workers": 3, "queueSize": 7, "forwardedServerHeader": true, "backendKeepAlive": 0,
+                "backendKeepAliveTotal": 5,
                 "backendTimeout": "250ms", "healthCheckRise": 1}"#,
         )
         .unwrap();
@@ -362,6 +348,7 @@ mod tests {
         assert_eq!(config.workers, 3);
         assert_eq!(config.queue_size, 7);
         assert_eq!(config.backend_keep_alive, 0);
+        assert_eq!(config.backend_keep_alive_total, 5);
         assert!(config.forwarded_server_header);
         assert_eq!(config.backend_timeout, Duration::from_millis(250));
         assert_eq!(config.health.rise, 1);

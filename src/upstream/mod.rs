@@ -1,6 +1,7 @@
 //! The backend side of the proxy: everything that knows ureq. It builds the request the backend
-//! gets ([`Outgoing`]), keeps each backend's connections ([`Connections`]: two ureq Agents and a
-//! cached address), sorts ureq's errors into [`crate::failure::Failure`]s, runs the health check's HEAD, and does
+//! gets ([`Outgoing`]), keeps the connections to each backend origin ([`Connections`]: two ureq
+//! Agents and a cached address, shared by the backends on that origin, with one budget for
+//! idle connections over all origins: [`share_connections`]), sorts ureq's errors into [`crate::failure::Failure`]s, runs the health check's HEAD, and does
 //! upgrade handshakes over a socket of its own ([`handshake()`]), because ureq cannot hand a
 //! connection over after a `101`.
 //!
@@ -10,6 +11,8 @@
 mod connections;
 mod errors;
 mod handshake;
+mod idle;
+mod origins;
 mod request;
 mod resolve;
 mod response_head;
@@ -18,8 +21,10 @@ use std::io::{self, Read};
 
 use crate::message::http;
 
-pub use connections::{Connections, HealthCheck};
+pub use connections::{AgentSettings, Connections, HealthCheck};
 pub use handshake::{Handshake, HandshakeTimeouts, Switched, handshake};
+pub use idle::IdleBudget;
+pub use origins::share_connections;
 pub use request::{ClientHead, Outgoing};
 /// A backend's answer, its head read, its body not yet.
 pub struct Response(http::Response<ureq::Body>);

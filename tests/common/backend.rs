@@ -9,7 +9,8 @@
 //! - `/status/N`: status N with a short body. `/redirect`: 302 to `/elsewhere`.
 //! - `/bytes/N`: N bytes of [`pattern_byte`] with Content-Length. `/chunked/N`: the same,
 //!   chunked.
-//! - `/slow/MS`: answers like the default route, MS milliseconds late.
+//! - `/slow/MS`: answers like the default route, MS milliseconds late (also after a path
+//!   prefix: `/p3/slow/MS`).
 //! - `/sha256`: answers the request body's sha256 in hex and its length.
 //! - `/cookies`: two `Set-Cookie` headers. `/gzip`: `Content-Encoding: gzip` with raw bytes.
 //! - `/hop`: response with hop-by-hop headers (`Connection: X-Hop`, `X-Hop`, `Keep-Alive`).
@@ -79,6 +80,8 @@ struct Shared {
     count: AtomicUsize,
     stopping: AtomicBool,
     connections: Mutex<Vec<TcpStream>>,
+    /// Connections being served now: accepted, and not yet closed by either side.
+    open: AtomicUsize,
 }
 
 /// A running (or stopped) test backend.
@@ -104,6 +107,7 @@ impl Backend {
             count: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             connections: Mutex::new(Vec::new()),
+            open: AtomicUsize::new(0),
         });
         let acceptor = Some(spawn_acceptor(listener, Arc::clone(&shared)));
         Backend {
@@ -134,6 +138,12 @@ impl Backend {
     /// TCP connections accepted so far (health checks' included).
     pub fn connections_accepted(&self) -> usize {
         self.shared.connections.lock().len()
+    }
+
+    /// TCP connections open now: accepted and not yet closed by either side (the client's close
+    /// is seen when the backend's next read ends).
+    pub fn open_connections(&self) -> usize {
+        self.shared.open.load(Ordering::SeqCst)
     }
 
     /// Requests other than HEAD health checks.
@@ -200,12 +210,20 @@ fn spawn_acceptor(listener: TcpListener, shared: Arc<Shared>) -> JoinHandle<()> 
                 shared.connections.lock().push(clone);
             }
             let shared = Arc::clone(&shared);
+            shared.open.fetch_add(1, Ordering::SeqCst);
             std::thread::spawn(move || serve_connection(stream, &shared));
         }
     })
 }
 
 fn serve_connection(stream: TcpStream, shared: &Shared) {
+    struct Open<'a>(&'a AtomicUsize);
+    impl Drop for Open<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    let _open = Open(&shared.open); // counted up by the acceptor
     let mut reader = BufReader::new(stream.try_clone().expect("clone"));
     let mut writer = stream;
     loop {
@@ -419,7 +437,8 @@ fn respond(
         );
         body = b"hop\n".to_vec();
     } else {
-        if let Some(ms) = number("/slow/") {
+        let slow = path.find("/slow/").map(|at| &path[at..]);
+        if let Some(ms) = slow.and_then(|p| p["/slow/".len()..].parse().ok()) {
             // The scenario: a backend that answers late.
             std::thread::sleep(Duration::from_millis(ms));
         }

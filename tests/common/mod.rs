@@ -44,6 +44,15 @@ impl TestLb {
         self.lb.as_ref().expect("running")
     }
 
+    /// Starts the config watcher on `path`, whose text `loaded` the balancer was started from.
+    pub fn watch_config(&mut self, path: &str, loaded: &str) {
+        self.lb
+            .as_mut()
+            .expect("running")
+            .watch_config(path.into(), loaded.to_string())
+            .expect("the watcher starts");
+    }
+
     /// Graceful shutdown now, returning its report.
     pub fn shutdown(mut self) -> tinylb::ShutdownReport {
         let (_keep, abort): (_, Receiver<()>) = crossbeam_channel::bounded(1);
