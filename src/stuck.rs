@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
@@ -15,6 +15,10 @@ use crate::client::ClientSockets;
 use crate::client::phases::Limits;
 use crate::master::handoff::ChildEnd;
 
+/// How long after asking for a successor the watchdog asks again, should this process still
+/// be serving (the master may have been busy with another replacement) or, without a master,
+/// logs its warning again.
+const ASK_AGAIN: Duration = Duration::from_secs(60);
 /// How often the connections are counted.
 const EVERY: Duration = Duration::from_secs(1);
 /// Slack past `clientTimeout` before a silent connection counts: tiny_http notices a timed-out
@@ -67,7 +71,7 @@ pub fn spawn(
                 head: watched.header_timeout,
                 silence: watched.client_timeout + SLACK,
             };
-            let mut asked = false;
+            let mut asked: Option<Instant> = None;
             let mut memory = GiveBack::default();
             while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(EVERY) {
                 let census = watched.sockets.look(limits);
@@ -88,10 +92,11 @@ pub fn spawn(
                 }
                 let stuck = census.stuck;
                 counts.stuck.store(stuck, Ordering::Relaxed);
-                if asked || watched.max_stuck == 0 || stuck < watched.max_stuck {
+                let asked_lately = asked.is_some_and(|at| at.elapsed() < ASK_AGAIN);
+                if asked_lately || watched.max_stuck == 0 || stuck < watched.max_stuck {
                     continue;
                 }
-                asked = true;
+                asked = Some(Instant::now());
                 let reason = format!(
                     "{stuck} stuck client connections (maxStuckConnections is {})",
                     watched.max_stuck
