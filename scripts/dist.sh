@@ -10,7 +10,7 @@
 #   (armv7-unknown-linux-musleabihf answers 404 on some machines), it prints one plain line and
 #   goes on with the other targets: that is not a failure of `make dist`;
 # - builds the release profile (stripped, LTO) and copies it to dist/tinylb-ARCH-linux-musl;
-# - checks with `file` that it is statically linked and with `stat` that it is under 1.75 MiB.
+# - checks with `file` that it is statically linked and with `stat` that it is under 2 MiB.
 # Then it prints a table of the sizes. A build that fails, a binary that is not static or is too
 # big fails `make dist` (exit 1).
 #
@@ -21,7 +21,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 CARGO=${CARGO:-cargo}
-LIMIT_BYTES=$((1792 * 1024)) # 1.75 MiB: above it `make dist` fails
+# 2 MiB: above it `make dist` fails. It was 1.75 MiB until the master process (std's process
+# spawning, about 120 KB) and the head deadline and backend pools (about 45 KB) came in.
+LIMIT_BYTES=$((2048 * 1024))
 GOAL_BYTES=$((1536 * 1024))  # 1.5 MiB: the goal where it costs the request path nothing
 LOGS=target/dist-logs
 
@@ -102,7 +104,7 @@ for target in "$@"; do
       ;;
   esac
   if [ "$(stat -c %s "$out")" -gt "$LIMIT_BYTES" ]; then
-    echo "dist: $out is over 1.75 MiB"
+    echo "dist: $out is over 2 MiB"
     failed=1
   fi
   built+=("$out")

@@ -204,8 +204,9 @@ def ensure_qemu(name: str) -> tuple[str | None, str]:
 # --------------------------------------------------------------------------------------------
 
 
-def smoke(runner: list[str], tmp: Path) -> str:
-    """Runs every step against `runner` (the binary, maybe behind qemu); returns a summary."""
+def smoke(runner: list[str], tmp: Path, serve_flags: list[str]) -> str:
+    """Runs every step against `runner` (the binary, maybe behind qemu), serving with
+    `serve_flags`; returns a summary."""
     version = cargo_version()
     out = subprocess.run([*runner, "--version"], capture_output=True, text=True,
                          timeout=RUN_TIMEOUT)
@@ -237,7 +238,8 @@ def smoke(runner: list[str], tmp: Path) -> str:
             raise Failed(f"--check of a bad config: status {out.returncode} (expected 2)")
 
         with open(tmp / "tinylb.log", "wb") as log:
-            tinylb = subprocess.Popen([*runner, "--config", str(good)], stdin=subprocess.DEVNULL,
+            tinylb = subprocess.Popen([*runner, *serve_flags, "--config", str(good)],
+                                      stdin=subprocess.DEVNULL,
                                       stdout=log, stderr=log,
                                       env=dict(os.environ, RUST_LOG="info"))
         try:
@@ -308,16 +310,21 @@ def test_target(target: str) -> tuple[str, str]:
         shown = binary.relative_to(ROOT)
         return "skipped", f"{arch}: skipped: {shown} was not built (see make dist's output)"
     if arch == HOST_ARCH:
-        runner, how = [str(binary)], "native"
+        runner, how, serve_flags = [str(binary)], "native", []
     else:
         name = QEMU.get(arch, f"qemu-{arch}")
         qemu, why = ensure_qemu(name)
         if qemu is None:
             return "skipped", f"{arch}: skipped: cannot run it here: no {name} ({why})"
-        runner, how = [qemu, str(binary)], Path(qemu).name
+        # tinylb's master starts its server by executing its own binary again, which the kernel
+        # can hand to qemu only through binfmt_misc (absent in most containers); on the device
+        # it runs natively. So under qemu-user the server runs alone, in one process.
+        runner, how, serve_flags = [qemu, str(binary)], f"{Path(qemu).name}, --no-master", [
+            "--no-master"
+        ]
     with tempfile.TemporaryDirectory(prefix="tinylb-smoke-") as tmp:
         try:
-            summary = smoke(runner, Path(tmp))
+            summary = smoke(runner, Path(tmp), serve_flags)
         except Failed as err:
             return "FAILED", f"{arch} ({how}): FAILED: {err}"
         except Exception as err:  # a request that timed out or was cut, say: still one line
