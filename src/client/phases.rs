@@ -183,7 +183,12 @@ mod tests {
             (new(11), 12, false, Verdict::Overdue { answer_408: false }),
             (waiting(30), 22, true, Verdict::Stuck),
             // Exactly the silence limit is not yet stuck, exactly the grace not yet either.
-            (waiting(15), 21, true, Verdict::Overdue { answer_408: false }),
+            (
+                waiting(15),
+                21,
+                true,
+                Verdict::Overdue { answer_408: false },
+            ),
             (ended(2), 30, true, Verdict::Fine),
             (new(30), 22, false, Verdict::Stuck),
             (ended(1), 30, true, Verdict::Fine),
