@@ -12,7 +12,7 @@
 //!   or still open after tinylb ended it, is held by a thread that no longer reads it: tiny_http
 //!   0.12 parks a thread for good on a request line above HTTP/1.1 (an HTTP/2 preface).
 //!
-//! A draining process also asks how many clients are still sending ([`ClientSockets::active`]).
+//! A draining process also asks which clients it must still wait for ([`ClientSockets::unfinished`]).
 
 use std::collections::HashSet;
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use super::hangup::Hangups;
 use super::own_sockets::{each_client_socket, tcp_state};
-use super::phases::{Heard, Limits, Phases, Verdict, judge};
+use super::phases::{Heard, Limits, Phase, Phases, Verdict, judge};
 use super::relay::{self, Answer, Buffers, ClientSide};
 
 /// TCP states of a connection the client has not finished with: established, and close-wait
@@ -127,20 +127,32 @@ impl ClientSockets {
         let _ = socket.shutdown(Shutdown::Read);
     }
 
-    /// Client connections that sent something within `within`, for a draining process.
-    pub fn active(&self, within: Duration) -> usize {
+    /// Client connections a draining process must still wait for: those that sent something
+    /// within `within`, and those whose request head has begun but was not yet taken (a
+    /// connection that waited in the accept queue looks silent, though its request is there),
+    /// unless silent longer than `stuck_after`: a thread no longer reads those.
+    pub fn unfinished(&self, within: Duration, stuck_after: Duration) -> usize {
+        let table = self.phases.snapshot();
         let mut seen = HashSet::new();
-        let mut active = 0;
+        let mut unfinished = 0;
         each_client_socket::<()>(self.local_port, |socket, inode| {
-            if let Some(info) = tcp_state(socket)
-                && OPEN_STATES.contains(&info.state)
-                && seen.insert(inode)
-                && Duration::from_millis(info.ms_since_received.into()) < within
-            {
-                active += 1;
+            let (Some(info), Ok(peer)) = (tcp_state(socket), socket.peer_addr()) else {
+                return ControlFlow::Continue(());
+            };
+            if !OPEN_STATES.contains(&info.state) || !seen.insert(inode) {
+                return ControlFlow::Continue(());
+            }
+            let since_received = Duration::from_millis(info.ms_since_received.into());
+            let head_begun = match table.get(&peer) {
+                None | Some(Phase::New(_)) => info.bytes_received > 0,
+                Some(Phase::Waiting(since)) => since_received < since.elapsed(),
+                Some(Phase::Serving | Phase::Ended(_)) => false,
+            };
+            if (head_begun && since_received < stuck_after) || since_received < within {
+                unfinished += 1;
             }
             ControlFlow::Continue(())
         });
-        active
+        unfinished
     }
 }

@@ -159,14 +159,19 @@ impl Incoming {
     }
 
     /// After [`Incoming::stop_accepting`]: whether this process is done with its clients. Its
-    /// accept loop has ended, every request taken was handed out, and no client has sent
-    /// anything for a quarter second, so every connection that had a request has its answer.
+    /// accept loop has ended, every request taken was handed out, no connection has a request
+    /// head begun and not yet taken, and no client has sent anything for a quarter second.
     /// Connections still open are idle (or stuck): they end with the process.
     pub fn drained(&self) -> bool {
         let Some(draining) = &self.draining else {
             return false;
         };
-        draining.accept_ended && self.waiting.is_empty() && self.sockets().active(DRAIN_QUIET) == 0
+        draining.accept_ended
+            && self.waiting.is_empty()
+            && self
+                .sockets()
+                .unfinished(DRAIN_QUIET, self.listener.client_timeout)
+                == 0
     }
 
     /// The client connections of this listener, for the watchdog's look.
