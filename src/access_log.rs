@@ -5,7 +5,9 @@
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::stages::{Durations, Stage};
 
 /// What the access log needs from a request, taken before the request is consumed.
 pub struct AccessLine {
@@ -35,13 +37,14 @@ impl AccessLine {
         }
     }
 
-    /// The whole line, once the answer is known.
+    /// The whole line, once the answer is known: each stage's length in seconds, `-` where
+    /// it is unknown (see [`crate::stages`]).
     pub fn format(
         &self,
         status: u16,
         body_bytes: u64,
         backend: Option<&str>,
-        duration: Duration,
+        stages: &Durations,
     ) -> String {
         let client = self
             .client
@@ -53,18 +56,20 @@ impl AccessLine {
             self.referer,
             self.user_agent
         );
-        let _ = write!(
-            line,
-            " backend={} duration={:.6}",
-            backend.unwrap_or("-"),
-            duration.as_secs_f64()
-        );
+        let _ = write!(line, " backend={}", backend.unwrap_or("-"));
+        for stage in Stage::ALL {
+            match stages.of(stage) {
+                Some(length) => write!(line, " {}={:.6}", stage.name(), length.as_secs_f64()),
+                None => write!(line, " {}=-", stage.name()),
+            }
+            .unwrap_or(());
+        }
         line
     }
 
     /// Writes the line to the log.
-    pub fn log(self, status: u16, body_bytes: u64, backend: Option<&str>, duration: Duration) {
-        log::info!(target: "tinylb::access", "{}", self.format(status, body_bytes, backend, duration));
+    pub fn log(self, status: u16, body_bytes: u64, backend: Option<&str>, stages: &Durations) {
+        log::info!(target: "tinylb::access", "{}", self.format(status, body_bytes, backend, stages));
     }
 }
 
@@ -119,6 +124,8 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -128,6 +135,23 @@ mod tests {
         let at = UNIX_EPOCH + Duration::from_secs(1_795_623_605);
         assert_eq!(clf_time(at), "25/Nov/2026:16:20:05 +0000");
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn the_line_ends_with_the_backend_and_each_stage() {
+        let line = AccessLine::new(None, "GET / HTTP/1.1", None, Some("curl"));
+        let us = |n| Some(Duration::from_micros(n));
+        let stages = Durations([None, us(3), us(7), us(80), us(10), us(100)]);
+        let text = line.format(200, 19, Some("http://127.0.0.1:5001"), &stages);
+        assert!(text.starts_with("- - - ["), "{text}");
+        assert!(
+            text.ends_with(
+                "\"GET / HTTP/1.1\" 200 19 \"-\" \"curl\" backend=http://127.0.0.1:5001 \
+                 client=- queue=0.000003 connect=0.000007 response=0.000080 relay=0.000010 \
+                 total=0.000100"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

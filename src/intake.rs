@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Sender, TrySendError};
 
 use crate::client::{Answer, Buffers, Exchange, Incoming};
+use crate::stages::{self, StageHistograms};
 use crate::switches::Switches;
 
 /// The answer when every worker is busy and the queue is full.
@@ -38,6 +39,7 @@ pub fn spawn(
     mut incoming: Incoming,
     queue: Sender<Exchange>,
     switches: Arc<Switches>,
+    stages: Arc<StageHistograms>,
     stop: Arc<StopFlags>,
     grace: Duration,
 ) -> std::io::Result<JoinHandle<()>> {
@@ -47,6 +49,7 @@ pub fn spawn(
             let mut intake = Intake {
                 queue,
                 switches,
+                stages,
                 buffers: Buffers::default(),
                 refusals: RefusalLog::default(),
             };
@@ -68,6 +71,7 @@ pub fn spawn(
 struct Intake {
     queue: Sender<Exchange>,
     switches: Arc<Switches>,
+    stages: Arc<StageHistograms>,
     buffers: Buffers,
     refusals: RefusalLog,
 }
@@ -83,26 +87,29 @@ impl Intake {
             Ok(()) => {}
             Err(TrySendError::Full(exchange)) => {
                 self.refusals.count_one();
-                refuse_busy(exchange, &self.switches, &mut self.buffers);
+                self.refuse_busy(exchange);
             }
             // The workers are gone, which cannot happen while this thread holds the sender.
             Err(TrySendError::Disconnected(_)) => {}
         }
     }
-}
 
-/// Answers 503; a request whose body was not read ends its connection.
-fn refuse_busy(exchange: Exchange, switches: &Switches, buffers: &mut Buffers) {
-    let started = Instant::now();
-    let access = switches.access_log().then(|| exchange.access_line());
-    let unread_body = !exchange.verdict().is_ok_and(|head| head.has_no_body());
-    let answer = Answer {
-        close: unread_body,
-        ..BUSY
-    };
-    let delivered = exchange.answer(&answer, buffers);
-    if let Some(line) = access {
-        line.log(503, delivered.body_bytes, None, started.elapsed());
+    /// Answers 503; a request whose body was not read ends its connection.
+    fn refuse_busy(&mut self, exchange: Exchange) {
+        let access = self.switches.access_log().then(|| exchange.access_line());
+        let mut stamps = exchange.stamps();
+        let unread_body = !exchange.verdict().is_ok_and(|head| head.has_no_body());
+        let answer = Answer {
+            close: unread_body,
+            ..BUSY
+        };
+        let delivered = exchange.answer(&answer, &mut self.buffers);
+        stamps.done = stages::stamp();
+        let durations = stamps.durations();
+        self.stages.record(&durations);
+        if let Some(line) = access {
+            line.log(503, delivered.body_bytes, None, &durations);
+        }
     }
 }
 

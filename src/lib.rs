@@ -22,6 +22,8 @@
 //! - the [`health_checks`] thread checks every backend each `healthCheckInterval`, [`health`]
 //!   turns the results into up and down; [`backend`] keeps
 //!   each one's state and counters, [`stats`] what it served;
+//! - [`stages`] times each request's stages (client, queue, connect, response, relay), stamped
+//!   by the threads above as the request passes, for the access log and the metrics;
 //! - [`status`] gathers one snapshot of everything, which the [`admin`] listener shows as a page
 //!   ([`status_page`]), JSON and Prometheus [`metrics`], and where backends can be drained;
 //! - [`reload`] watches config.json and applies changes live, through [`switches`] and the
@@ -58,6 +60,7 @@ pub mod message;
 pub mod metrics;
 pub mod pool;
 pub mod reload;
+pub mod stages;
 pub mod stats;
 pub mod status;
 pub mod status_page;
@@ -90,6 +93,7 @@ use crate::intake::StopFlags;
 use crate::master::handoff::ChildEnd;
 use crate::pool::WorkerPool;
 use crate::reload::Reloadable;
+use crate::stages::StageHistograms;
 use crate::status::Sources;
 use crate::stuck::{WatchdogCounts, Watched};
 use crate::switches::Switches;
@@ -148,11 +152,13 @@ impl LoadBalancer {
         let switches = Arc::new(Switches::new(&config));
         let tunnels = Tunnels::new(TunnelLimits::of(&config));
         let retries = Arc::new(AtomicU64::new(0));
+        let stages = Arc::new(StageHistograms::default());
         let forwarder = Arc::new(Forwarder::new(
             Arc::clone(&balancer),
             Arc::clone(&switches),
             Arc::clone(&tunnels),
             Arc::clone(&retries),
+            Arc::clone(&stages),
         ));
         let (queue, requests) = crossbeam_channel::bounded(config.queue_size);
         let pool = WorkerPool::start(config.workers, requests, forwarder)?;
@@ -172,6 +178,7 @@ impl LoadBalancer {
             incoming,
             queue,
             Arc::clone(&switches),
+            Arc::clone(&stages),
             Arc::clone(&stop),
             config.shutdown_grace_period,
         )?;
@@ -189,6 +196,7 @@ impl LoadBalancer {
                     tunnels: Arc::clone(&tunnels),
                     pool: Arc::clone(pool.counters()),
                     retries,
+                    stages,
                     listen: config.listen,
                     workers: config.workers,
                     queue_capacity: config.queue_size,

@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 
+use crate::stages::STAGE_BUCKETS;
 use crate::stats::LATENCY_BUCKETS;
 use crate::status::Status;
 
@@ -94,26 +95,32 @@ pub fn render(status: &Status) -> String {
         "Time from a worker taking the request to the end of the answer, by backend.",
     );
     for b in &status.backends {
-        let url = label(&b.url);
-        for (bound, count) in LATENCY_BUCKETS.iter().zip(&b.stats.cumulative_buckets) {
-            let _ = writeln!(
-                out,
-                "tinylb_request_duration_seconds_bucket{{backend=\"{url}\",le=\"{bound}\"}} {count}"
-            );
-        }
-        let total = b.stats.cumulative_buckets.last().copied().unwrap_or(0);
-        let _ = writeln!(
-            out,
-            "tinylb_request_duration_seconds_bucket{{backend=\"{url}\",le=\"+Inf\"}} {total}"
+        let labels = format!("backend=\"{}\"", label(&b.url));
+        let stats = &b.stats;
+        histogram(
+            &mut out,
+            "request_duration_seconds",
+            &labels,
+            &LATENCY_BUCKETS,
+            &stats.cumulative_buckets,
+            stats.latency_sum_seconds,
         );
-        let _ = writeln!(
-            out,
-            "tinylb_request_duration_seconds_sum{{backend=\"{url}\"}} {}",
-            b.stats.latency_sum_seconds
-        );
-        let _ = writeln!(
-            out,
-            "tinylb_request_duration_seconds_count{{backend=\"{url}\"}} {total}"
+    }
+    header(
+        &mut out,
+        "request_stage_seconds",
+        "histogram",
+        "Time each request spent in each stage: client (since the previous answer on the connection), queue, connect, response (head), relay, and total (queue to relay).",
+    );
+    for s in &status.stages {
+        let labels = format!("stage=\"{}\"", s.stage);
+        histogram(
+            &mut out,
+            "request_stage_seconds",
+            &labels,
+            &STAGE_BUCKETS,
+            &s.cumulative_buckets,
+            s.sum_seconds,
         );
     }
     let pool = &status.backend_connections;
@@ -284,6 +291,28 @@ fn per_backend(
             value(b)
         );
     }
+}
+
+/// One histogram's series for one label set: a line per bucket bound, then `+Inf`, sum and
+/// count. `cumulative` holds the count at each bound, then the total.
+fn histogram(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    bounds: &[f64],
+    cumulative: &[u64],
+    sum_seconds: f64,
+) {
+    for (bound, count) in bounds.iter().zip(cumulative) {
+        let _ = writeln!(
+            out,
+            "tinylb_{name}_bucket{{{labels},le=\"{bound}\"}} {count}"
+        );
+    }
+    let total = cumulative.last().copied().unwrap_or(0);
+    let _ = writeln!(out, "tinylb_{name}_bucket{{{labels},le=\"+Inf\"}} {total}");
+    let _ = writeln!(out, "tinylb_{name}_sum{{{labels}}} {sum_seconds}");
+    let _ = writeln!(out, "tinylb_{name}_count{{{labels}}} {total}");
 }
 
 /// Escapes a label value: backslash, double quote and newline.

@@ -13,6 +13,7 @@ use crate::backend::Backend;
 use crate::balancer::Balancer;
 use crate::generation::{Cause, Generation, Restarts};
 use crate::pool::PoolCounters;
+use crate::stages::{StageHistograms, StageSnapshot};
 use crate::stats::StatsSnapshot;
 use crate::stuck::WatchdogCounts;
 use crate::tunnel::Tunnels;
@@ -27,6 +28,8 @@ pub struct Sources {
     pub pool: Arc<PoolCounters>,
     /// Requests sent again after a failed attempt.
     pub retries: Arc<AtomicU64>,
+    /// Where requests' time went.
+    pub stages: Arc<StageHistograms>,
     /// Settings fixed while tinylb runs, shown as they are.
     pub listen: SocketAddr,
     /// The size of the worker pool.
@@ -72,6 +75,8 @@ pub struct Status {
     pub tunnels: TunnelStatus,
     /// Idle keep-alive connections to the backends, and their bound.
     pub backend_connections: PoolStatus,
+    /// Where requests' time went since start, stage by stage (see [`crate::stages`]).
+    pub stages: Vec<StageSnapshot>,
     /// The backends, in config order.
     pub backends: Vec<BackendStatus>,
 }
@@ -323,6 +328,7 @@ impl Status {
                 refused: tunnels.refused_total(),
             },
             backend_connections: PoolStatus::of(&all),
+            stages: sources.stages.snapshot(),
             backends,
         }
     }

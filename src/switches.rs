@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use parking_lot::RwLock;
 
 use crate::config::Config;
+use crate::stages;
 use crate::upstream::HandshakeTimeouts;
 
 /// See the module doc.
@@ -21,6 +22,7 @@ pub struct Switches {
 impl Switches {
     /// The switches as `config` sets them.
     pub fn new(config: &Config) -> Switches {
+        stages::set_enabled(config.stage_timers);
         Switches {
             forwarded_server_header: AtomicBool::new(config.forwarded_server_header),
             access_log: AtomicBool::new(config.access_log),
@@ -33,6 +35,7 @@ impl Switches {
         self.forwarded_server_header
             .store(config.forwarded_server_header, Ordering::Relaxed);
         self.access_log.store(config.access_log, Ordering::Relaxed);
+        stages::set_enabled(config.stage_timers);
         *self.handshake_timeouts.write() = handshake_timeouts(config);
     }
 

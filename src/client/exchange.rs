@@ -19,6 +19,7 @@ use super::phases::Phases;
 use super::relay::{self, Answer, Buffers, ClientSide, Relayed};
 use super::request_check::{self, Head, Rejection};
 use crate::access_log::AccessLine;
+use crate::stages::{self, Stamps};
 use crate::upstream::Response;
 
 /// A client request on its way through tinylb, with the verdict of its head check.
@@ -29,6 +30,8 @@ pub struct Exchange {
     peer: Option<SocketAddr>,
     hangups: Arc<Hangups>,
     phases: Arc<Phases>,
+    /// The client side's stamps: the previous answer's end and the intake taking this one.
+    stamps: Stamps,
 }
 
 /// What the client got, for the access log and the statistics.
@@ -65,7 +68,8 @@ impl Exchange {
             drop(request.into_writer());
             return None;
         }
-        phases.serving(peer.as_ref());
+        let taken = stages::stamp();
+        let previous_answer = phases.serving(peer.as_ref()).filter(|_| taken.is_some());
         let verdict = request_check::check_request(&request);
         if verdict.is_err() {
             hangups.remember(peer.as_ref());
@@ -82,7 +86,18 @@ impl Exchange {
             peer,
             hangups: Arc::clone(hangups),
             phases: Arc::clone(phases),
+            stamps: Stamps {
+                previous_answer,
+                taken,
+                ..Stamps::default()
+            },
         })
+    }
+
+    /// The stage timers' stamps so far: when the previous answer on this connection ended and
+    /// when the intake took this request.
+    pub fn stamps(&self) -> Stamps {
+        self.stamps
     }
 
     /// The head check's verdict: how to read the body, or why the request is refused.

@@ -95,10 +95,12 @@ pub fn judge(phase: Phase, heard: Heard, now: Instant, limits: Limits) -> Verdic
 pub struct Phases(Mutex<HashMap<SocketAddr, Phase>>);
 
 impl Phases {
-    /// A request from `peer` was admitted.
-    pub fn serving(&self, peer: Option<&SocketAddr>) {
-        if let Some(peer) = peer {
-            self.0.lock().insert(*peer, Phase::Serving);
+    /// A request from `peer` was admitted. Returns when the previous answer on the connection
+    /// ended, if this is not its first request (for the `client` stage timer).
+    pub fn serving(&self, peer: Option<&SocketAddr>) -> Option<Instant> {
+        match self.0.lock().insert(*peer?, Phase::Serving)? {
+            Phase::Waiting(since) => Some(since),
+            Phase::New(_) | Phase::Serving | Phase::Ended(_) => None,
         }
     }
 

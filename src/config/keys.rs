@@ -28,6 +28,7 @@ const KNOWN_KEYS: &[&str] = &[
     "clientTimeout",
     "adminAddress",
     "accessLog",
+    "stageTimers",
     "maxTunnels",
     "maxStuckConnections",
     "clientHeaderTimeout",

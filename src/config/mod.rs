@@ -63,6 +63,8 @@ pub struct Config {
     pub admin_address: Option<SocketAddr>,
     /// One log line per request in combined log format.
     pub access_log: bool,
+    /// Whether each request's stages are timed, for the access log and the metrics.
+    pub stage_timers: bool,
     /// Most WebSocket (and other upgrade) tunnels open at once; beyond it the handshake gets
     /// 503. 0 means upgrades are never carried out: the offer is dropped and the request served
     /// as plain HTTP/1.1.
@@ -256,6 +258,7 @@ impl Config {
                 Some(value) => Some(parse_address("adminAddress", value)?),
             },
             access_log: keys.boolean("accessLog", false)?,
+            stage_timers: keys.boolean("stageTimers", true)?,
             max_tunnels: keys.count("maxTunnels", DEFAULT_MAX_TUNNELS, 0..=100_000)? as usize,
             tunnel_idle_timeout: keys
                 .positive_duration("tunnelIdleTimeout", DEFAULT_TUNNEL_IDLE_TIMEOUT)?,

@@ -20,6 +20,7 @@ use crate::balancer::Balancer;
 use crate::client::{Answer, Buffers, Delivered, Exchange, Head};
 use crate::failure::Failure;
 use crate::message::BodyFraming;
+use crate::stages::{self, StageHistograms};
 use crate::switches::Switches;
 use crate::tunnel::Tunnels;
 use crate::upstream::{ClientHead, Outgoing, Response};
@@ -33,12 +34,18 @@ pub struct Forwarder {
     /// Requests sent again after a failed attempt (to the same backend or another), for the
     /// status page and metrics.
     retries: Arc<AtomicU64>,
+    /// Where requests' time went, for the metrics.
+    stages: Arc<StageHistograms>,
 }
 
-/// What the client finally got, and from which backend: for the access log.
+/// What the client finally got, and from which backend: for the access log. When a backend
+/// answered, also when its connection was ready and when its response head came, for the
+/// stage timers.
 struct Outcome {
     delivered: Delivered,
     backend: Option<Arc<Backend>>,
+    connected: Option<Instant>,
+    response_head: Option<Instant>,
 }
 
 /// How an exchange ended when no backend answered it.
@@ -58,22 +65,31 @@ impl Forwarder {
         switches: Arc<Switches>,
         tunnels: Arc<Tunnels>,
         retries: Arc<AtomicU64>,
+        stages: Arc<StageHistograms>,
     ) -> Forwarder {
         Forwarder {
             balancer,
             switches,
             tunnels,
             retries,
+            stages,
         }
     }
 
     /// Answers one client request; never panics on bad input, always answers or hangs up.
     pub fn handle(&self, exchange: Exchange, buffers: &mut Buffers) {
         let started = Instant::now();
+        let mut stamps = exchange.stamps();
+        stamps.picked_up = stages::enabled().then_some(started);
         let access = self.switches.access_log().then(|| exchange.access_line());
         let request_line = log::log_enabled!(log::Level::Debug)
             .then(|| format!("{} {}", exchange.method(), exchange.target()));
         let outcome = self.forward(exchange, buffers, started);
+        stamps.connected = outcome.connected;
+        stamps.response_head = outcome.response_head;
+        stamps.done = stages::stamp();
+        let durations = stamps.durations();
+        self.stages.record(&durations);
         let backend = outcome.backend.as_ref().map(|b| b.url.original.as_str());
         let Delivered { status, body_bytes } = outcome.delivered;
         if let Some(request_line) = request_line {
@@ -84,7 +100,7 @@ impl Forwarder {
             );
         }
         if let Some(line) = access {
-            line.log(status, body_bytes, backend, started.elapsed());
+            line.log(status, body_bytes, backend, &durations);
         }
     }
 
@@ -215,6 +231,8 @@ impl Forwarder {
         started: Instant,
         buffers: &mut Buffers,
     ) -> Outcome {
+        let response_head = stages::stamp();
+        let connected = response.connected_at();
         let backend = Arc::clone(in_flight.backend());
         let forwarded = self
             .switches
@@ -228,6 +246,8 @@ impl Forwarder {
         Outcome {
             delivered,
             backend: Some(backend),
+            connected,
+            response_head,
         }
     }
 
@@ -252,6 +272,8 @@ impl Forwarder {
         Outcome {
             delivered: exchange.answer(answer, buffers),
             backend,
+            connected: None,
+            response_head: None,
         }
     }
 }

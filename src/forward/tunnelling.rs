@@ -132,6 +132,8 @@ impl Forwarder {
                 body_bytes: 0,
             },
             backend: Some(backend),
+            connected: None,
+            response_head: None,
         }
     }
 }

@@ -13,6 +13,7 @@ use ureq::unversioned::transport::{Connector, DefaultConnector};
 
 use super::Response;
 use super::errors::classify;
+use super::first_write::{self, MarkFirstWrite};
 use super::idle::{CountIdle, IdleBudget, OriginIdle};
 use super::request::Outgoing;
 use super::resolve::{AddressCache, CachedResolver};
@@ -175,18 +176,20 @@ impl Connections {
             }
         };
         let head = request.to(url)?;
+        first_write::watch();
         let result = if request.has_body {
             agent.run(head.map(|()| SendBody::from_reader(body)))
         } else {
             agent.run(head)
         };
+        let connected = first_write::first_write();
         match result {
             Ok(response) if response.status() == ureq::http::StatusCode::SWITCHING_PROTOCOLS => {
                 Err(Failure::Broken(
                     "backend switched protocols on a request without Upgrade".into(),
                 ))
             }
-            Ok(response) => Ok(Response(response)),
+            Ok(response) => Ok(Response(response, connected)),
             Err(error) => Err(classify(&error)),
         }
     }
@@ -207,12 +210,14 @@ impl Agents {
         Agents {
             pooled: ureq::Agent::with_parts(
                 proxy_config(&settings, settings.max_idle.min(settings.max_idle_total)),
-                DefaultConnector::default().chain(counted),
+                DefaultConnector::default()
+                    .chain(counted)
+                    .chain(MarkFirstWrite),
                 resolver(),
             ),
             fresh: ureq::Agent::with_parts(
                 proxy_config(&settings, 0),
-                DefaultConnector::default(),
+                DefaultConnector::default().chain(MarkFirstWrite),
                 resolver(),
             ),
             settings,

@@ -95,7 +95,7 @@ pub fn handshake(
             stream,
             early,
         }),
-        Answer::Declined(response) => Handshake::Declined(Response(response)),
+        Answer::Declined(response) => Handshake::Declined(Response(response, None)),
     })
 }
 

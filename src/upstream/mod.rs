@@ -10,6 +10,7 @@
 
 mod connections;
 mod errors;
+mod first_write;
 mod handshake;
 mod idle;
 mod origins;
@@ -18,6 +19,7 @@ mod resolve;
 mod response_head;
 
 use std::io::{self, Read};
+use std::time::Instant;
 
 use crate::message::http;
 
@@ -27,12 +29,18 @@ pub use idle::IdleBudget;
 pub use origins::share_connections;
 pub use request::{ClientHead, Outgoing};
 /// A backend's answer, its head read, its body not yet.
-pub struct Response(http::Response<ureq::Body>);
+pub struct Response(http::Response<ureq::Body>, Option<Instant>);
 
 impl Response {
     /// The status code.
     pub fn status(&self) -> http::StatusCode {
         self.0.status()
+    }
+
+    /// When the connection that answered was ready (the request's first byte written), for the
+    /// stage timers; `None` when the timers are off.
+    pub fn connected_at(&self) -> Option<Instant> {
+        self.1
     }
 
     /// The headers as the backend sent them.
