@@ -59,10 +59,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import grp
 import http.client
 import json
 import os
 import platform
+import pwd
 import random
 import re
 import resource
@@ -85,9 +87,31 @@ DEFAULT_OUT = ROOT / "docs" / "benchmarks.md"
 END_MARKER = "<!-- end of generated report -->"
 DEFAULT_BACKENDS = 5
 # What `--targets` can name, in the order they are started and reported.
-TARGET_KEYS = ("direct", "tinylb", "nginx1", "nginx2", "shape-proxy", "shape-front", "shape-direct")
-# Run unless `--targets` says otherwise: shape-direct only answers a side question.
-DEFAULT_TARGETS = TARGET_KEYS[:-1]
+TARGET_KEYS = (
+    "direct",
+    "tinylb",
+    "tinylb-untimed",
+    "apache",
+    "varnish",
+    "squid",
+    "nginx1",
+    "nginx2",
+    "haproxy",
+    "shape-proxy",
+    "shape-front",
+    "shape-direct",
+)
+# Run unless `--targets` says otherwise: nginx with 2 workers and the yardsticks without a
+# backend only answer side questions.
+DEFAULT_TARGETS = tuple(
+    k for k in TARGET_KEYS if k not in ("nginx2", "shape-front", "shape-direct")
+)
+# tinylb's own class, threaded proxies (the report leads with them), and the event loops.
+THREADED_CLASS = ("tinylb", "apache", "varnish", "squid")
+EVENT_LOOPS = ("nginx1", "haproxy")
+# tinylb-untimed: the first tinylb config with these keys, to show what the stage timers cost.
+UNTIMED_KEYS = {"stageTimers": False}
+UNTIMED_LABEL = "tinylb, stage timers off"
 # The yardsticks (examples/bare_shape.rs): the design card's shape with nothing of tinylb in
 # it. Key -> (bare_shape's mode, label).
 SHAPES = {
@@ -95,6 +119,35 @@ SHAPES = {
     "shape-front": ("front", "bare shape, no backend"),
     "shape-direct": ("direct", "bare shape, no channel"),
 }
+# The peers: tinylb's class of threaded proxies and the event loops beside nginx. Key -> the
+# label the report gives it.
+PEERS = {
+    "apache": "Apache worker",
+    "varnish": "Varnish pass",
+    "squid": "Squid accel",
+    "haproxy": "HAProxy 1 thread",
+}
+# The server binary each peer runs.
+PEER_TOOLS = {"apache": "apache2", "varnish": "varnishd", "squid": "squid", "haproxy": "haproxy"}
+# The Debian package behind each tool, and the services a package starts on its own when it
+# is installed (the bench stops them again: only its own instances may run).
+PACKAGES = {
+    "wrk": "wrk",
+    "nginx": "nginx",
+    "curl": "curl",
+    "apache2": "apache2-bin",
+    "varnishd": "varnish",
+    "squid": "squid",
+    "haproxy": "haproxy",
+}
+PACKAGE_SERVICES = {
+    "nginx": ("nginx",),
+    "varnish": ("varnish", "varnishncsa"),
+    "squid": ("squid",),
+    "haproxy": ("haproxy",),
+}
+APACHE_MODULES = "/usr/lib/apache2/modules"
+APACHE_THREADS = 300
 SMALL_BODY = "hello from backend\n"
 BIG_MIB = 64
 DOWNLOAD_REPEATS = 3
@@ -256,28 +309,64 @@ def find_tool(name: str) -> str | None:
     return shutil.which(name, path=os.environ.get("PATH", "") + os.pathsep + extra)
 
 
-def ensure_tools() -> dict[str, str]:
-    """Paths of wrk, nginx and curl, installing missing ones with apt-get (said on stderr)."""
-    wanted = ["wrk", "nginx", "curl"]
+def ensure_tools(targets: list[str]) -> dict[str, str]:
+    """Paths of wrk, nginx, curl and the servers of the peers in `targets`, installing missing
+    ones with apt-get (said on stderr)."""
+    wanted = ["wrk", "nginx", "curl", *(PEER_TOOLS[t] for t in targets if t in PEER_TOOLS)]
     missing = [t for t in wanted if find_tool(t) is None]
     if missing:
-        command = f"apt-get update && apt-get install -y {' '.join(missing)}"
-        if os.geteuid() != 0 and shutil.which("sudo"):
-            command = f"sudo apt-get update && sudo apt-get install -y {' '.join(missing)}"
-        log(f"{', '.join(missing)} not found; installing them with: {command}")
-        if shutil.which("apt-get") is None:
-            raise BenchError(f"apt-get is not available; install {' '.join(missing)} yourself")
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        result = subprocess.run(["sh", "-c", command], env=env, stdout=sys.stderr)
+        status = install_packages(sorted({PACKAGES[t] for t in missing}))
         still = [t for t in wanted if find_tool(t) is None]
         if still:
             raise BenchError(
-                f"could not install {' '.join(still)} (apt-get exit status {result.returncode});"
+                f"could not install {' '.join(still)} (apt-get exit status {status});"
                 f" install them yourself, then run make bench again"
             )
-        if result.returncode != 0:
-            log(f"apt-get exited with {result.returncode}, but the tools are there; going on")
+        if status != 0:
+            log(f"apt-get exited with {status}, but the tools are there; going on")
     return {t: find_tool(t) for t in wanted}  # type: ignore[misc]
+
+
+def root_prefix() -> list[str]:
+    """`sudo` before a command that changes the system, when we are not root and sudo is
+    there."""
+    return ["sudo"] if os.geteuid() != 0 and shutil.which("sudo") else []
+
+
+def install_packages(packages: list[str]) -> int:
+    """`apt-get update && apt-get install -y packages`; returns apt-get's exit status.
+
+    A package's install may start its own service (squid on :3128, varnish on :6081): the
+    bench runs its own instances in the foreground, so those are stopped again at once.
+    """
+    sudo = shlex.join(root_prefix())
+    names = " ".join(packages)
+    command = f"{sudo} apt-get update && {sudo} apt-get install -y {names}".strip()
+    log(f"{names} not installed; installing with: {command}")
+    if shutil.which("apt-get") is None:
+        raise BenchError(f"apt-get is not available; install {names} yourself")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    result = subprocess.run(["sh", "-c", command], env=env, stdout=sys.stderr)
+    stop_package_services(packages)
+    return result.returncode
+
+
+def stop_package_services(packages: list[str]) -> None:
+    """Stops the services these freshly installed packages may have started, through the
+    system's service manager (invoke-rc.d), which stops only the package's own daemon.
+
+    Only packages the bench itself just installed get here, so nobody else's running server
+    is touched. Where policy-rc.d forbade the start (containers), it forbids the stop too.
+    """
+    invoke = find_tool("invoke-rc.d")
+    for service in (s for p in packages for s in PACKAGE_SERVICES.get(p, ())):
+        if invoke is None:
+            log(f"invoke-rc.d not found: if the {service} service started, stop it yourself")
+            continue
+        log(f"stopping the {service} service the package may have started")
+        subprocess.run(
+            [*root_prefix(), invoke, service, "stop"], stdout=sys.stderr, stderr=sys.stderr
+        )
 
 
 def tool_versions(tools: dict[str, str]) -> dict[str, str]:
@@ -401,16 +490,21 @@ def read_stat(pid: int) -> ProcStat:
     return ProcStat(ppid=int(rest[1]), cpu_seconds=(int(rest[11]) + int(rest[12])) / CLK_TCK)
 
 
-def children(ppid: int) -> list[int]:
-    """The pids whose parent is `ppid` (nginx's workers), from a scan of /proc."""
-    found = []
+def descendants(root: int) -> list[int]:
+    """Every pid below `root` (nginx's workers, Varnish's child, Apache's child), from one scan
+    of /proc: a server's cost is its whole process tree, however deep it forks."""
+    kids: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                if read_stat(int(entry.name)).ppid == ppid:
-                    found.append(int(entry.name))
+                kids.setdefault(read_stat(int(entry.name)).ppid, []).append(int(entry.name))
             except (OSError, ValueError, IndexError):
                 continue  # the process ended during the scan
+    found, waiting = [], list(kids.get(root, []))
+    while waiting:
+        pid = waiting.pop()
+        found.append(pid)
+        waiting += kids.get(pid, [])
     return found
 
 
@@ -565,15 +659,220 @@ http {{
 """
 
 
-def tinylb_config(port: int, backends: list[int], extra: dict) -> dict:
-    """tinylb's config.json: the same backends as nginx, defaults for everything else."""
+def tinylb_config(port: int, backends: list[int], extra: dict, admin_port: int) -> dict:
+    """tinylb's config.json: the same backends as nginx, the admin listener (for /metrics) on
+    `admin_port`, defaults for everything else."""
     config = {
         "port": f"127.0.0.1:{port}",
         "servers": [f"http://127.0.0.1:{p}" for p in backends],
         "shutdownGracePeriod": "2s",
+        "adminAddress": f"127.0.0.1:{admin_port}",
     }
     config.update(extra)
     return config
+
+
+def unprivileged_user() -> tuple[str, str] | None:
+    """(user, group) a peer started as root switches to: `nobody` and its group, as nginx's
+    workers use. None when we are not root (then nothing switches)."""
+    if os.geteuid() != 0:
+        return None
+    nobody = pwd.getpwnam("nobody")
+    return nobody.pw_name, grp.getgrgid(nobody.pw_gid).gr_name
+
+
+def apache_config(tmp: Path, port: int, backends: list[int]) -> str:
+    """Apache httpd 2.4 as a balancer: the worker MPM with one child of 300 threads (its
+    limits leave it no room to fork a second), mod_proxy_balancer by requests over
+    `backends` with pooled connections, HTTP keep-alive to clients, no access log."""
+    modules = "\n".join(
+        f"LoadModule {name}_module {APACHE_MODULES}/mod_{name}.so"
+        for name in (
+            "mpm_worker",
+            "authz_core",  # without it every request fails with "couldn't check user"
+            "slotmem_shm",
+            "proxy",
+            "proxy_http",
+            "proxy_balancer",
+            "lbmethod_byrequests",
+        )
+    )
+    user = unprivileged_user()
+    members = "\n".join(
+        f"    BalancerMember http://127.0.0.1:{p} keepalive=On" for p in backends
+    )
+    return f"""# Written by benches/bench.py for one bench run; no Debian /etc/apache2 include.
+ServerRoot {tmp}/apache
+ServerName 127.0.0.1
+Listen 127.0.0.1:{port}
+PidFile {tmp}/apache.pid
+ErrorLog {tmp}/apache-error.log
+LogLevel warn
+DefaultRuntimeDir {tmp}/apache
+Mutex file:{tmp}/apache default
+{f"User {user[0]}{chr(10)}Group {user[1]}" if user else "# not root: no User/Group switch"}
+{modules}
+# One child process with 300 threads: ServerLimit 1 forbids a second child, and with
+# MaxSpareThreads above ThreadsPerChild the child is never stopped for being idle.
+ServerLimit 1
+StartServers 1
+ThreadLimit {APACHE_THREADS}
+ThreadsPerChild {APACHE_THREADS}
+MaxRequestWorkers {APACHE_THREADS}
+MinSpareThreads 25
+MaxSpareThreads {APACHE_THREADS + 25}
+MaxConnectionsPerChild 0
+KeepAlive On
+MaxKeepAliveRequests 0
+KeepAliveTimeout 5
+<Proxy balancer://backends>
+{members}
+    ProxySet lbmethod=byrequests
+</Proxy>
+ProxyPass / balancer://backends/
+"""
+
+
+def start_apache(procs: Processes, apache: str, tmp: Path, port: int, backends: list[int]):
+    """Runs Apache in the foreground (-DFOREGROUND: the parent stays, its child serves)."""
+    (tmp / "apache").mkdir()
+    conf = tmp / "apache.conf"
+    conf.write_text(apache_config(tmp, port, backends))
+    argv = [apache, "-DFOREGROUND", "-f", str(conf)]
+    return launch(procs, "apache", argv, port, tmp / "apache.out", tmp / "apache.pid")
+
+
+def varnish_vcl(backends: list[int]) -> str:
+    """VCL 4.1: a round-robin director over `backends`, and every request passed (never
+    cached), so Varnish works as a plain balancer. Backend connections pool by default."""
+    declared = "\n".join(
+        f'backend b{i} {{ .host = "127.0.0.1"; .port = "{p}"; }}' for i, p in enumerate(backends)
+    )
+    added = "\n".join(f"    backends.add_backend(b{i});" for i in range(len(backends)))
+    return f"""vcl 4.1;
+# Written by benches/bench.py for one bench run.
+import directors;
+{declared}
+sub vcl_init {{
+    new backends = directors.round_robin();
+{added}
+}}
+sub vcl_recv {{
+    set req.backend_hint = backends.backend();
+    return (pass);
+}}
+"""
+
+
+def start_varnish(procs: Processes, varnishd: str, tmp: Path, port: int, backends: list[int]):
+    """Runs varnishd in the foreground (-F) with its work dir in `tmp`, 32 MiB of malloc
+    storage and no management port (-T none); no varnishncsa, so no access log."""
+    vcl = tmp / "varnish.vcl"
+    vcl.write_text(varnish_vcl(backends))
+    argv = [varnishd, "-F", "-n", str(tmp / "varnish"), "-a", f"127.0.0.1:{port}"]
+    argv += ["-f", str(vcl), "-s", "malloc,32m", "-T", "none", "-P", str(tmp / "varnish.pid")]
+    return launch(procs, "varnish", argv, port, tmp / "varnish.out", tmp / "varnish.pid")
+
+
+def squid_config(tmp: Path, port: int, backends: list[int]) -> str:
+    """Squid as a reverse proxy (accel) with one origin-server parent per backend, picked
+    round robin; nothing cached, persistent connections both ways, no access log."""
+    peers = "\n".join(
+        f"cache_peer 127.0.0.1 parent {p} 0 no-query no-digest originserver round-robin"
+        f" name=b{i}"
+        for i, p in enumerate(backends)
+    )
+    user = unprivileged_user()
+    return f"""# Written by benches/bench.py for one bench run.
+http_port 127.0.0.1:{port} accel defaultsite=backends no-vhost
+{peers}
+never_direct allow all
+http_access allow all
+cache deny all
+cache_mem 8 MB
+server_persistent_connections on
+client_persistent_connections on
+pid_filename {tmp}/squid/squid.pid
+cache_log {tmp}/squid/cache.log
+access_log none
+cache_store_log none
+coredump_dir {tmp}/squid
+pinger_enable off
+digest_generation off
+shutdown_lifetime 0 seconds
+{f"cache_effective_user {user[0]}" if user else "# not root: no user switch"}
+"""
+
+
+def start_squid(procs: Processes, squid: str, tmp: Path, port: int, backends: list[int]):
+    """Runs squid in the foreground as one process (-N) under a service name of its own (-n),
+    since squid names its shared-memory segments after it and another squid may run here.
+
+    As root squid switches to `nobody`, so its directory (pid, cache log) must be nobody's.
+    """
+    workdir = tmp / "squid"
+    workdir.mkdir()
+    user = unprivileged_user()
+    if user:
+        shutil.chown(workdir, *user)
+    conf = tmp / "squid.conf"
+    conf.write_text(squid_config(tmp, port, backends))
+    argv = [squid, "-N", "-n", f"tinylbbench{os.getpid()}", "-f", str(conf)]
+    return launch(procs, "squid", argv, port, tmp / "squid.out", workdir / "squid.pid")
+
+
+def haproxy_maxconn(backends: int) -> int:
+    """HAProxy's maxconn: nginx's worker_connections, or less if the file limit is lower.
+
+    HAProxy needs two descriptors per proxied connection and refuses to start when the hard
+    limit cannot hold them.
+    """
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    wanted = nginx_limits(backends)[0]
+    if hard == resource.RLIM_INFINITY:
+        return wanted
+    return max(256, min(wanted, (hard - backends - 100) // 2))
+
+
+def haproxy_config(port: int, backends: list[int]) -> str:
+    """HAProxy with one thread, round robin over `backends`, idle server connections shared
+    between clients (http-reuse always), keep-alive with clients, no logging."""
+    servers = "\n".join(f"    server b{i} 127.0.0.1:{p}" for i, p in enumerate(backends))
+    return f"""# Written by benches/bench.py for one bench run.
+global
+    nbthread 1
+    maxconn {haproxy_maxconn(len(backends))}
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    timeout http-keep-alive 5s
+frontend balancer
+    bind 127.0.0.1:{port}
+    default_backend backends
+backend backends
+    balance roundrobin
+{servers}
+"""
+
+
+def start_haproxy(procs: Processes, haproxy: str, tmp: Path, port: int, backends: list[int]):
+    """Runs HAProxy in the foreground (-db); it writes no pid file there."""
+    conf = tmp / "haproxy.cfg"
+    conf.write_text(haproxy_config(port, backends))
+    return launch(procs, "haproxy", [haproxy, "-db", "-f", str(conf)], port, tmp / "haproxy.out")
+
+
+# How each peer starts: (procs, its server's path, tmp, port, backend ports) -> process.
+PEER_STARTERS = {
+    "apache": start_apache,
+    "varnish": start_varnish,
+    "squid": start_squid,
+    "haproxy": start_haproxy,
+}
 
 
 def tail(path: Path, lines: int = 15) -> str:
@@ -608,15 +907,33 @@ def wait_ready(
     raise BenchError(f"{name} did not listen on 127.0.0.1:{port} within 15 s:\n{tail(log_path)}")
 
 
+def launch(
+    procs: Processes,
+    name: str,
+    argv: list[str],
+    port: int,
+    log_path: Path,
+    pid_file: Path | None = None,
+    env: dict | None = None,
+) -> subprocess.Popen:
+    """Starts a server under the bench's process management and waits until it listens.
+
+    Its output goes to `log_path`, which is also where a failed start is read from.
+    """
+    proc = procs.start(name, argv, log_path, env)
+    wait_ready(name, proc, port, log_path, pid_file)
+    return proc
+
+
 def start_nginx(procs: Processes, nginx: str, tmp: Path, name: str, config: str, port: int):
     """Writes `config` and runs nginx in the foreground with prefix, pid and logs in `tmp`."""
     conf = tmp / f"{name}.conf"
     conf.write_text(config)
-    log_path = tmp / f"{name}.out"
-    argv = [nginx, "-p", f"{tmp}/", "-e", str(tmp / f"{name}-error.log"), "-c", str(conf)]
+    error_log = tmp / f"{name}-error.log"
+    argv = [nginx, "-p", f"{tmp}/", "-e", str(error_log), "-c", str(conf)]
     argv += ["-g", "daemon off;"]
-    proc = procs.start(name, argv, log_path)
-    wait_ready(name, proc, port, tmp / f"{name}-error.log", tmp / f"{name}.pid")
+    proc = procs.start(name, argv, tmp / f"{name}.out")
+    wait_ready(name, proc, port, error_log, tmp / f"{name}.pid")
     return proc
 
 
@@ -642,9 +959,9 @@ class Target:
         return self.key.startswith("tinylb")
 
     def pids(self) -> list[int]:
-        """The process started and its children: tinylb's master and its server process,
-        nginx's master and its workers (a tinylb run with --no-master is one process)."""
-        return [self.proc.pid, *children(self.proc.pid)]
+        """The process started and everything below it: tinylb's master and its server
+        process, nginx's master and its workers, Apache's parent and its child."""
+        return [self.proc.pid, *descendants(self.proc.pid)]
 
     def check_alive(self) -> None:
         """Fails the bench with a clear message if the process has died."""
@@ -1332,8 +1649,8 @@ def write_report(out: Path, report: str) -> None:
 
 def target_count(args) -> int:
     """How many targets this run measures (each tinylb config and candidate is one)."""
-    tinylbs = len(args.tinylb_runs) if "tinylb" in args.targets else 0
-    return len([t for t in args.targets if t != "tinylb"]) + tinylbs
+    others = [t for t in args.targets if not t.startswith("tinylb")]
+    return len(others) + len(tinylb_specs(args))
 
 
 def estimate_seconds(args, targets: int = 4) -> float:
@@ -1356,65 +1673,94 @@ def tinylb_label(index: int, extra: dict, count: int, binary: Path = TINYLB) -> 
     return f"tinylb {json.dumps(extra, separators=(',', ':'))}" if extra else tinylb_key(index)
 
 
-def start_tinylb(
-    procs: Processes, tmp: Path, index: int, config: dict, port: int, binary: Path = TINYLB
-):
+def tinylb_specs(args) -> list[tuple[str, str, dict, Path]]:
+    """Every tinylb this run starts, as (key, label, extra config keys, binary).
+
+    With tinylb in --targets, one per --tinylb-config and --candidate; with tinylb-untimed,
+    the first config again with the stage timers off.
+    """
+    specs = []
+    if "tinylb" in args.targets:
+        count = len(args.tinylb_runs)
+        specs += [
+            (tinylb_key(i), tinylb_label(i, extra, count, binary), extra, binary)
+            for i, (extra, binary) in enumerate(args.tinylb_runs)
+        ]
+    if "tinylb-untimed" in args.targets:
+        untimed = {**args.tinylb_extras[0], **UNTIMED_KEYS}
+        specs.append(("tinylb-untimed", UNTIMED_LABEL, untimed, TINYLB))
+    return specs
+
+
+def start_tinylb(procs: Processes, tmp: Path, key: str, config: dict, binary: Path = TINYLB):
     """Writes tinylb's config and starts it with RUST_LOG=warn; returns (process, log path)."""
-    name = tinylb_key(index).replace("#", "-")
+    name = key.replace("#", "-")
     (tmp / f"{name}.json").write_text(json.dumps(config, indent=2))
     env = dict(os.environ, RUST_LOG="warn")
     log_path = tmp / f"{name}.log"
-    proc = procs.start(name, [str(binary), "--config", str(tmp / f"{name}.json")], log_path, env)
-    wait_ready(name, proc, port, log_path)
-    return proc, log_path
+    argv = [str(binary), "--config", str(tmp / f"{name}.json")]
+    port = int(config["port"].rsplit(":", 1)[1])
+    return launch(procs, name, argv, port, log_path, env=env), log_path
+
+
+def start_backend(procs: Processes, nginx: str, tmp: Path, ports: list[int]) -> Target:
+    """The one nginx behind every load balancer, serving all backend ports; as a target it is
+    `direct` (wrk straight at its first port)."""
+    shown = ports if len(ports) <= 10 else f"{ports[:3]} ... ({len(ports)} ports)"
+    log(f"backend: one nginx (1 worker) on 127.0.0.1 ports {shown}")
+    backend = start_nginx(procs, nginx, tmp, "backend", backend_config(tmp, ports), ports[0])
+    for port in ports[1:]:
+        wait_ready("backend", backend, port, tmp / "backend-error.log")
+    return Target("direct", "backend direct", ports[0], backend, True)
+
+
+def start_balancers(procs, tools: dict, tmp: Path, args, backends: list[int]) -> list[Target]:
+    """Every load balancer and yardstick `--targets` asks for, each on free ports of its own
+    (tinylb also on one for its admin listener), in front of `backends`."""
+    specs = tinylb_specs(args)
+    nginxes = [(k, w) for k, w in (("nginx1", 1), ("nginx2", 2)) if k in args.targets]
+    peers = [key for key in PEER_STARTERS if key in args.targets]
+    shapes = [key for key in SHAPES if key in args.targets]
+    ports = iter(free_ports(2 * len(specs) + len(nginxes) + len(peers) + len(shapes)))
+    targets = []
+    for key, label, extra, binary in specs:
+        config = tinylb_config(next(ports), backends, extra, next(ports))
+        proc, log_path = start_tinylb(procs, tmp, key, config, binary)
+        port = int(config["port"].rsplit(":", 1)[1])
+        targets.append(Target(key, label, port, proc, False, config, log_path))
+    for key, workers in nginxes:
+        port = next(ports)
+        config = lb_config(tmp, key, workers, port, backends)
+        proc = start_nginx(procs, tools["nginx"], tmp, key, config, port)
+        label = "nginx 1 worker" if workers == 1 else f"nginx {workers} workers"
+        targets.append(Target(key, label, port, proc, True))
+    for key in peers:
+        port = next(ports)
+        proc = PEER_STARTERS[key](procs, tools[PEER_TOOLS[key]], tmp, port, backends)
+        targets.append(Target(key, PEERS[key], port, proc, False))
+    for key in shapes:
+        port, (mode, label) = next(ports), SHAPES[key]
+        argv = [str(BARE_SHAPE), mode, str(port), *map(str, backends)]
+        proc = launch(procs, key, argv, port, tmp / f"{key}.log")
+        targets.append(Target(key, label, port, proc, False))
+    return targets
 
 
 def start_everything(procs: Processes, tools: dict, tmp: Path, args) -> list[Target]:
-    """The backend, then the load balancers `--targets` asks for; returns the targets.
+    """The backend, then the load balancers `--targets` asks for; returns the targets in the
+    report's order, each checked to answer GET / correctly.
 
     The backend always runs (every load balancer needs it); `direct` only decides whether wrk
     is also pointed at it.
     """
-    count = args.backends
-    tinylbs = len(args.tinylb_runs) if "tinylb" in args.targets else 0
-    shapes = [key for key in SHAPES if key in args.targets]
-    ports = free_ports(count + 2 + len(shapes) + tinylbs)
-    backend_ports, lb1_port, lb2_port = ports[:count], ports[count], ports[count + 1]
-    shape_ports = ports[count + 2 : count + 2 + len(shapes)]
-    tinylb_ports = ports[count + 2 + len(shapes) :]
+    backend_ports = free_ports(args.backends)
     if not args.only_small:
         make_big_file(tmp / "big.bin")
-    nginx = tools["nginx"]
-    shown = backend_ports if count <= 10 else f"{backend_ports[:3]} ... ({count} ports)"
-    log(f"backend: one nginx (1 worker) on 127.0.0.1 ports {shown}")
-    backend = start_nginx(
-        procs, nginx, tmp, "backend", backend_config(tmp, backend_ports), backend_ports[0]
+    direct = start_backend(procs, tools["nginx"], tmp, backend_ports)
+    targets = ([direct] if "direct" in args.targets else []) + start_balancers(
+        procs, tools, tmp, args, backend_ports
     )
-    for port in backend_ports[1:]:
-        wait_ready("backend", backend, port, tmp / "backend-error.log")
-    targets = []
-    if "direct" in args.targets:
-        targets.append(Target("direct", "backend direct", backend_ports[0], backend, True))
-    for index, ((extra, binary), port) in enumerate(zip(args.tinylb_runs, tinylb_ports)):
-        config = tinylb_config(port, backend_ports, extra)
-        proc, log_path = start_tinylb(procs, tmp, index, config, port, binary)
-        label = tinylb_label(index, extra, tinylbs, binary)
-        targets.append(
-            Target(tinylb_key(index), label, port, proc, False, config, log_path)
-        )
-    for key, workers, port in (("nginx1", 1, lb1_port), ("nginx2", 2, lb2_port)):
-        if key in args.targets:
-            config = lb_config(tmp, key, workers, port, backend_ports)
-            proc = start_nginx(procs, nginx, tmp, key, config, port)
-            label = "nginx 1 worker" if workers == 1 else f"nginx {workers} workers"
-            targets.append(Target(key, label, port, proc, True))
-    for key, port in zip(shapes, shape_ports):
-        mode, label = SHAPES[key]
-        argv = [str(BARE_SHAPE), mode, str(port), *map(str, backend_ports)]
-        log_path = tmp / f"{key}.log"
-        proc = procs.start(key, argv, log_path)
-        wait_ready(key, proc, port, log_path)
-        targets.append(Target(key, label, port, proc, False))
+    targets.sort(key=lambda t: TARGET_KEYS.index(t.key.split("#")[0]))
     log(", ".join(f"{t.label} on {t.port}" for t in targets))
     for t in targets:
         check_small_body(t)
@@ -1441,7 +1787,7 @@ def run(args: argparse.Namespace, argv: list[str], procs: Processes, tmp: Path) 
         f"({len(args.connections)} connection counts × {args.rounds} rounds × {count} targets"
         f" × {args.duration} s{'' if args.only_small else ', plus downloads'})"
     )
-    tools = ensure_tools()
+    tools = ensure_tools(args.targets)
     build_tinylb()
     load_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
     targets = start_everything(procs, tools, tmp, args)
