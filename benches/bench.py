@@ -190,11 +190,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="Benchmark tinylb against nginx as a load balancer, side by side.",
     )
     parser.add_argument("--duration", type=int, default=4, help="seconds per wrk run (4)")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds per connection count (2)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per connection count (3)")
     parser.add_argument(
         "--connections",
         default="1,16,64,256",
         help="comma-separated connection counts (1,16,64,256)",
+    )
+    parser.add_argument(
+        "--close-connections",
+        default="16,64",
+        help="connection counts of the `Connection: close` workload, a new connection per"
+        " request (16,64); empty to skip it",
     )
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s: a smoke run")
     parser.add_argument(
@@ -259,12 +265,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if unknown or not args.targets:
         wanted = ",".join(unknown) or "none"
         parser.error(f"--targets: {wanted}: choose from {','.join(TARGET_KEYS)}")
-    try:
-        args.connections = [int(c) for c in args.connections.split(",") if c.strip()]
-    except ValueError:
-        parser.error(f"--connections: {args.connections!r} is not a list of numbers")
-    if not args.connections or min(args.connections) < 1:
-        parser.error("--connections: give at least one count, each 1 or more")
+    args.connections = connection_counts(parser, "--connections", args.connections)
+    if not args.connections:
+        parser.error("--connections: give at least one count")
+    args.close_connections = connection_counts(
+        parser, "--close-connections", args.close_connections
+    )
     if args.duration < 1 or args.rounds < 1:
         parser.error("--duration and --rounds must be 1 or more")
     args.tinylb_extras = []
@@ -289,6 +295,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         (args.tinylb_extras[0], path.resolve()) for path in args.candidate
     ]
     return args
+
+
+def connection_counts(parser: argparse.ArgumentParser, flag: str, text: str) -> list[int]:
+    """A comma-separated list of connection counts, each 1 or more (empty is an empty list)."""
+    try:
+        counts = [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        parser.error(f"{flag}: {text!r} is not a list of numbers")
+    if counts and min(counts) < 1:
+        parser.error(f"{flag}: each count must be 1 or more")
+    return counts
 
 
 def exact_command(argv: list[str]) -> str:
@@ -989,6 +1006,12 @@ class WrkRun:
     # wrk's socket errors by kind: connect, read, write, timeout (a response later than
     # wrk's 2 s timeout is counted here and left out of the latencies).
     socket_kinds: tuple[int, int, int, int] = (0, 0, 0, 0)
+    # What the run added to tinylb's stage timers, {stage: (seconds, requests)}; None for
+    # other targets, or when tinylb's /metrics has no stage timers.
+    stages: dict | None = None
+    # TCP sockets in TIME_WAIT on the machine when the run ended (the close workload leaves
+    # one per request for a minute).
+    timewait: int | None = None
 
 
 @dataclass
@@ -1011,8 +1034,28 @@ class Cell:
         cpu = sum(r.cpu for r in self.runs)
         return sum(r.requests for r in self.runs) / cpu if cpu > 0 else None
 
+    def stage_means(self) -> dict[str, float | None] | None:
+        """Mean seconds per request of each of tinylb's stages over the rounds (seconds
+        summed ÷ requests counted; None for a stage that counted none), or None when no
+        round read any stage timer."""
+        deltas = [r.stages for r in self.runs if r.stages]
+        if not any(count for d in deltas for _, count in d.values()):
+            return None
+        means: dict[str, float | None] = {}
+        for stage in STAGES:
+            seconds = sum(d.get(stage, (0.0, 0))[0] for d in deltas)
+            count = sum(d.get(stage, (0.0, 0))[1] for d in deltas)
+            means[stage] = seconds / count if count else None
+        return means
+
 
 UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+# tinylb's stage timers: a Prometheus histogram on its admin listener's /metrics, one series
+# per stage, in the order a request meets them.
+STAGE_METRIC = "tinylb_request_stage_seconds"
+STAGES = ("client", "queue", "connect", "response", "relay", "total")
+METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+METRIC_LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*,?')
 
 
 def parse_wrk(output: str) -> tuple[float, int, float, float, int, int, tuple]:
@@ -1046,11 +1089,18 @@ def parse_wrk(output: str) -> tuple[float, int, float, float, int, int, tuple]:
     )
 
 
-def run_wrk(wrk: str, target: Target, connections: int, duration: int) -> WrkRun:
-    """One `wrk -t2 -cN -dDs --latency` run, with the target's CPU use during it."""
+def run_wrk(
+    wrk: str, target: Target, connections: int, duration: int, close: bool = False
+) -> WrkRun:
+    """One `wrk -t2 -cN -dDs --latency` run (with `-H "Connection: close"`: a new connection
+    per request), with the target's CPU use during it and what it added to tinylb's stage
+    timers (read before the CPU count starts and after it ends)."""
     threads = min(2, connections)
     argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency"]
+    if close:
+        argv += ["-H", "Connection: close"]
     argv.append(f"http://127.0.0.1:{target.port}/")
+    stages_before = scrape_stages(target)
     pids = target.pids()
     before = cpu_seconds(pids)
     try:
@@ -1062,10 +1112,96 @@ def run_wrk(wrk: str, target: Target, connections: int, duration: int) -> WrkRun
             f"wrk against {target.label} did not end within {duration + 30} s"
         ) from None
     used = cpu_seconds(pids) - before
+    timewait = sockets_in_timewait()
+    stages = stage_delta(stages_before, scrape_stages(target))
     if out.returncode != 0:
         raise BenchError(f"wrk failed against {target.label}: {out.stderr.strip()}")
     rps, requests, p50, p99, sock, bad, kinds = parse_wrk(out.stdout)
-    return WrkRun(rps, requests, p50, p99, sock, bad, used, kinds)
+    return WrkRun(rps, requests, p50, p99, sock, bad, used, kinds, stages, timewait)
+
+
+def sockets_in_timewait() -> int | None:
+    """TCP sockets in TIME_WAIT now, from /proc/net/sockstat (`TCP: inuse 5 ... tw 3 ...`)."""
+    try:
+        for line in Path("/proc/net/sockstat").read_text().splitlines():
+            if line.startswith("TCP:"):
+                fields = line.split()
+                return int(fields[fields.index("tw") + 1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def unescape_label(value: str) -> str:
+    """A label value of Prometheus's text format with its escapes (\\\\, \\", \\n) undone."""
+    return re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), value)
+
+
+def parse_sample(line: str) -> tuple[str, dict[str, str], float] | None:
+    """One sample line of Prometheus's text format, `name{label="value",...} value [time]`,
+    as (name, labels, value); labels in any order. None for a line it cannot read."""
+    name = METRIC_NAME.match(line)
+    if not name:
+        return None
+    labels, pos = {}, name.end()
+    if line.startswith("{", pos):
+        pos += 1
+        while label := METRIC_LABEL.match(line, pos):
+            labels[label.group(1)] = unescape_label(label.group(2))
+            pos = label.end()
+        if not line.startswith("}", pos):
+            return None
+        pos += 1
+    try:
+        return name.group(0), labels, float(line[pos:].split()[0])
+    except (IndexError, ValueError):
+        return None
+
+
+def stage_totals(text: str) -> dict[str, tuple[float, float]] | None:
+    """{stage: (seconds summed, requests counted)} from tinylb's /metrics text, summed over
+    any other labels; None when it has no stage timers (a build before them)."""
+    parts = {f"{STAGE_METRIC}_sum": 0, f"{STAGE_METRIC}_count": 1}
+    totals: dict[str, list[float]] = {}
+    for line in text.splitlines():
+        sample = None if line.startswith("#") else parse_sample(line.strip())
+        if sample and sample[0] in parts and "stage" in sample[1]:
+            name, labels, value = sample
+            totals.setdefault(labels["stage"], [0.0, 0.0])[parts[name]] += value
+    return {stage: (pair[0], pair[1]) for stage, pair in totals.items()} or None
+
+
+def scrape_stages(target: Target) -> dict[str, tuple[float, float]] | None:
+    """tinylb's stage totals now, from its admin listener's /metrics; None for a target
+    without an admin listener or stage timers, or when the listener does not answer."""
+    address = (target.config or {}).get("adminAddress")
+    if not address:
+        return None
+    host, port = address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host.strip("[]") or "127.0.0.1", int(port), timeout=2)
+    try:
+        conn.request("GET", "/metrics")
+        response = conn.getresponse()
+        text = response.read().decode(errors="replace")
+    except OSError:
+        return None
+    finally:
+        conn.close()
+    return stage_totals(text) if response.status == 200 else None
+
+
+def stage_delta(before: dict | None, after: dict | None) -> dict | None:
+    """What one run added to each stage, {stage: (seconds, requests)}; None if a scrape
+    failed or a counter went back (tinylb's server process was replaced meanwhile)."""
+    if before is None or after is None:
+        return None
+    delta = {}
+    for stage, (seconds, count) in after.items():
+        old_seconds, old_count = before.get(stage, (0.0, 0.0))
+        if seconds < old_seconds or count < old_count:
+            return None
+        delta[stage] = (seconds - old_seconds, count - old_count)
+    return delta
 
 
 def check_small_body(target: Target) -> None:
@@ -1095,27 +1231,35 @@ def rotated(items: list, by: int) -> list:
     return items[by:] + items[:by]
 
 
-def measure_small(wrk: str, targets: list[Target], args) -> tuple[dict, bool]:
-    """The interleaved wrk rounds.
+def warm_up(wrk: str, targets: list[Target]) -> None:
+    """One short unmeasured run per target, to fill connection pools and caches."""
+    for t in targets:
+        run_wrk(wrk, t, 16, WARMUP_SECONDS)
+
+
+def measure_small(
+    wrk: str, targets: list[Target], args, levels: list[int], close: bool = False
+) -> tuple[dict, bool]:
+    """The interleaved wrk rounds at each connection count of `levels`, with keep-alive or
+    (`close`) a new connection per request.
 
     Returns {(target key, connections): Cell} and whether peak RSS could be reset per level.
     """
     cells: dict[tuple[str, int], Cell] = {}
-    total = len(args.connections) * args.rounds * len(targets)
+    total = len(levels) * args.rounds * len(targets)
     done = 0
     per_level = True
-    for t in targets:  # warm up connection pools and caches; not measured
-        run_wrk(wrk, t, 16, WARMUP_SECONDS)
-    for level, conns in enumerate(args.connections):
+    workload = "close" if close else "conns"
+    for level, conns in enumerate(levels):
         per_level &= reset_peak_rss([pid for t in targets for pid in t.pids()])
         for rnd in range(args.rounds):
             for t in rotated(targets, level + rnd):
                 t.check_alive()
-                run = run_wrk(wrk, t, conns, args.duration)
+                run = run_wrk(wrk, t, conns, args.duration, close)
                 cells.setdefault((t.key, conns), Cell()).runs.append(run)
                 done += 1
                 log(
-                    f"[{done:>2}/{total}] {conns:>3} conns, round {rnd + 1}/{args.rounds}, "
+                    f"[{done:>2}/{total}] {conns:>3} {workload}, round {rnd + 1}/{args.rounds}, "
                     f"{t.label:<16} {run.rps:>9,.0f} req/s  p99 {fmt_latency(run.p99):>8}  "
                     f"errors {run.socket_errors + run.bad_status}  cpu {run.cpu:.2f} s"
                 )
@@ -1655,7 +1799,7 @@ def target_count(args) -> int:
 
 def estimate_seconds(args, targets: int = 4) -> float:
     """Roughly how long the load takes: wrk runs, warm-up, downloads, start-up."""
-    wrk_runs = len(args.connections) * args.rounds * targets
+    wrk_runs = (len(args.connections) + len(args.close_connections)) * args.rounds * targets
     return wrk_runs * (args.duration + 0.3) + targets * (WARMUP_SECONDS + 0.3) + 15
 
 
@@ -1791,7 +1935,9 @@ def run(args: argparse.Namespace, argv: list[str], procs: Processes, tmp: Path) 
     build_tinylb()
     load_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
     targets = start_everything(procs, tools, tmp, args)
-    cells, rss_per_level = measure_small(tools["wrk"], targets, args)
+    warm_up(tools["wrk"], targets)
+    cells, rss_per_level = measure_small(tools["wrk"], targets, args, args.connections)
+    close_cells, _ = measure_small(tools["wrk"], targets, args, args.close_connections, True)
     downloads, hwm = None, None
     if not args.only_small:
         # The yardsticks read a body whole and cannot stream 64 MiB; they are for small requests.
@@ -1802,6 +1948,7 @@ def run(args: argparse.Namespace, argv: list[str], procs: Processes, tmp: Path) 
         "args": args,
         "targets": targets,
         "cells": cells,
+        "close_cells": close_cells,
         "downloads": downloads,
         "hwm": hwm,
         "rss_per_level": rss_per_level,
