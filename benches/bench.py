@@ -1,39 +1,53 @@
 #!/usr/bin/env python3
-"""`make bench`: tinylb side by side with nginx, in one run, on this machine.
+"""`make bench`: tinylb side by side with its class of threaded proxies and with the event
+loops, in one run, on this machine.
 
 What it measures
 ----------------
 One nginx process is the backend: it listens on five ports of 127.0.0.1 (`--backends N` for
 another number) and answers a small body on `/` and a 64 MiB file on `/big`. In front of those
-backends it starts three load balancers: tinylb (the release build of this repository), nginx
-with one worker, and nginx with one worker per core (both with upstream keep-alive). Then, with
-wrk, at 1, 16, 64 and 256 connections it measures these targets:
+backends it starts the load balancers, each round robin over the same ports with pooled backend
+connections, no cache and no access log, from configs written into the temp dir:
 
-- `backend direct`: wrk straight at one backend port, the ceiling no load balancer can reach;
-- `tinylb`, `nginx 1 worker`, `nginx 2 workers` (the load balancers);
+- `tinylb` (the release build of this repository) and `tinylb-untimed`, the same with
+  `"stageTimers": false`, which shows what timing each request's stages costs;
+- tinylb's own class, threaded proxies: `apache` (Apache httpd 2.4, worker MPM, one child of
+  300 threads, mod_proxy_balancer), `varnish` (Varnish in pass mode, a round-robin director)
+  and `squid` (Squid as a reverse proxy, one origin-server parent per backend);
+- the event loops: `nginx1` (nginx with one worker, upstream keep-alive) and `haproxy`
+  (HAProxy with one thread, `http-reuse always`); `nginx2` (two workers) on request;
 - two yardsticks from examples/bare_shape.rs, the design card's shape with nothing of tinylb
-  in it: `bare shape, proxying` (tiny_http, intake thread, crossbeam channel, 8 workers, a
-  plain ureq GET to the next backend) and `bare shape, no backend` (the same, answering a fixed
-  body). They show how fast the shape itself can go, so a gap between tinylb and nginx can be
+  in it: `shape-proxy` (tiny_http, intake thread, crossbeam channel, 8 workers, a plain ureq
+  GET to the next backend) and, on request, `shape-front` (the same, answering a fixed body).
+  They show how fast the shape itself can go, so a gap between tinylb and the others can be
   split into what tinylb's code costs and what the shape costs. `--targets` can add a third,
-  `shape-direct`, whose workers call tiny_http's `recv()` without the channel.
+  `shape-direct`, whose workers call tiny_http's `recv()` without the channel;
+- `direct`: wrk straight at one backend port, the ceiling no load balancer can reach.
 
-For each target and connection count it reports requests/s, p50 and p99 latency (wrk's
-`--latency` distribution), errors (socket errors plus responses with status >= 400), the
-CPU-seconds the load balancer's processes used during the runs (utime + stime from
-/proc/PID/stat), requests per CPU-second, and peak RSS (VmHWM from /proc/PID/status). Then it
-downloads the 64 MiB file through each target with curl (MiB/s, and tinylb's VmHWM before and
-after: streaming must keep memory flat), and records the stripped size of the tinylb binary.
+The peers' servers (apache2-bin, varnish, squid, haproxy), wrk and nginx are installed with
+apt-get when missing; a service such a package starts on its own is stopped again.
+
+With wrk it measures two workloads: keep-alive at 1, 16, 64 and 256 connections, and
+`Connection: close` (a new connection per request) at 16 and 64. For each target, workload and
+connection count it reports requests/s, p50 and p99 latency (wrk's `--latency` distribution),
+errors (socket errors plus responses with status >= 400), the CPU-seconds the load balancer's
+whole process tree used during the runs (utime + stime from /proc/PID/stat), requests per
+CPU-second, and peak RSS (VmHWM from /proc/PID/status). Right before and after each run it reads
+tinylb's stage timers (`tinylb_request_stage_seconds` on its admin listener's /metrics) and
+reports the mean of each stage. Then it downloads the 64 MiB file through each target with curl
+(MiB/s, and tinylb's VmHWM before and after: streaming must keep memory flat), and records the
+stripped size of the tinylb binary. The report leads with tinylb's class.
 
 Sweeps
 ------
 The same harness runs the sweeps behind the defaults (docs/benchmarks.md, "Sweeps"):
 
-- `--targets tinylb,nginx1` runs only those targets (of direct, tinylb, nginx1, nginx2,
-  shape-proxy, shape-front, shape-direct);
+- `--targets tinylb,apache` runs only those targets (of the keys above);
+- `--connections` and `--close-connections` choose the connection counts of the two workloads
+  (`--close-connections ""` skips the second);
 - `--tinylb-config JSON`, given several times, runs one tinylb per config as separate targets,
   interleaved in the same run (`tinylb`, `tinylb#2`, ...), so a sweep's variants share the
-  machine's noise just as tinylb and nginx do; ratios to nginx are given for the first;
+  machine's noise just as tinylb and its peers do; the report's ratios are the first's;
 - `--candidate PATH`, given once or more, runs another tinylb binary (an earlier build, a
   musl build) with the first config as one more target in the same rounds (`tinylb#2`, ...),
   so two builds are compared side by side;
@@ -48,7 +62,7 @@ The machines this runs on are shared and noisy: two runs of the same thing diffe
 more. Absolute numbers from different runs cannot be compared, but two targets measured in the
 same minute on the same cores suffer the same noise. So the rounds are interleaved (for each
 connection count and each round every target runs once, in a rotated order) and the report
-gives tinylb's ratio to nginx from this run. Those ratios are the numbers to quote.
+gives tinylb's ratios to the others from this run. Those ratios are the numbers to quote.
 
 Everything it starts runs in its own process group and is killed when the bench ends, fails or
 is interrupted (Ctrl-C); the temporary directory (configs, logs, the 64 MiB file) is removed.
@@ -109,6 +123,8 @@ DEFAULT_TARGETS = tuple(
 # tinylb's own class, threaded proxies (the report leads with them), and the event loops.
 THREADED_CLASS = ("tinylb", "apache", "varnish", "squid")
 EVENT_LOOPS = ("nginx1", "haproxy")
+# The event loops' names in the headers of ratio tables.
+EVENT_LOOP_SHORT_NAMES = {"nginx1": "nginx 1w", "nginx2": "nginx 2w", "haproxy": "HAProxy"}
 # tinylb-untimed: the first tinylb config with these keys, to show what the stage timers cost.
 UNTIMED_KEYS = {"stageTimers": False}
 UNTIMED_LABEL = "tinylb, stage timers off"
@@ -187,7 +203,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     """The flags; `--quick` overrides rounds and duration."""
     parser = argparse.ArgumentParser(
         prog="bench.py",
-        description="Benchmark tinylb against nginx as a load balancer, side by side.",
+        description="Benchmark tinylb against other load balancers, side by side.",
     )
     parser.add_argument("--duration", type=int, default=4, help="seconds per wrk run (4)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per connection count (3)")
@@ -387,7 +403,9 @@ def stop_package_services(packages: list[str]) -> None:
 
 
 def tool_versions(tools: dict[str, str]) -> dict[str, str]:
-    """First line of `nginx -v`, `wrk -v`, `curl --version` and `tinylb --version`."""
+    """The versions the report's header lists: first lines of `tinylb --version`, `nginx -v`,
+    the peers' (`apache2 -v`, `varnishd -V`, `squid -v`, `haproxy -v`), `wrk -v`, `curl
+    --version`."""
 
     def first_line(argv: list[str]) -> str:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
@@ -395,12 +413,24 @@ def tool_versions(tools: dict[str, str]) -> dict[str, str]:
         return text.splitlines()[0] if text else "unknown"
 
     wrk = first_line([tools["wrk"], "-v"])
-    return {
-        "nginx": first_line([tools["nginx"], "-v"]).removeprefix("nginx version: "),
-        "wrk": wrk.split(" Copyright")[0],
-        "curl": " ".join(first_line([tools["curl"], "--version"]).split()[:2]),
+    versions = {
         "tinylb": first_line([str(TINYLB), "--version"]),
+        "nginx": first_line([tools["nginx"], "-v"]).removeprefix("nginx version: "),
     }
+    # The peers' first lines, trimmed of build dates and addresses: `Apache/2.4.71 (Debian)`,
+    # `varnish-7.1.1`, `Squid 5.7`, `HAProxy 2.6.12-1+deb12u4`.
+    peers = {
+        "apache2": ("-v", lambda line: line.removeprefix("Server version: ")),
+        "varnishd": ("-V", lambda line: line.split()[1].strip("(")),
+        "squid": ("-v", lambda line: line.replace("Cache: Version ", "")),
+        "haproxy": ("-v", lambda line: " ".join(line.replace(" version", "").split()[:2])),
+    }
+    for tool, (flag, trim) in peers.items():
+        if tool in tools:
+            versions[tool] = trim(first_line([tools[tool], flag]))
+    versions["wrk"] = wrk.split(" Copyright")[0]
+    versions["curl"] = " ".join(first_line([tools["curl"], "--version"]).split()[:2])
+    return versions
 
 
 def build_tinylb() -> None:
@@ -701,7 +731,11 @@ def unprivileged_user() -> tuple[str, str] | None:
 def apache_config(tmp: Path, port: int, backends: list[int]) -> str:
     """Apache httpd 2.4 as a balancer: the worker MPM with one child of 300 threads (its
     limits leave it no room to fork a second), mod_proxy_balancer by requests over
-    `backends` with pooled connections, HTTP keep-alive to clients, no access log."""
+    `backends`, HTTP keep-alive to clients, no access log.
+
+    mod_proxy reuses backend connections by default (each member pools up to one per
+    thread); keepalive=On adds TCP keep-alive probes so idle pooled connections stay open.
+    """
     modules = "\n".join(
         f"LoadModule {name}_module {APACHE_MODULES}/mod_{name}.so"
         for name in (
@@ -1376,27 +1410,43 @@ def machine_description() -> str:
     return f"{os.cpu_count()} cores (nproc {nproc}), {model}, Linux {platform.release()}"
 
 
-def small_tables(cells: dict, targets: list[Target], args, rss_per_level: bool) -> list[str]:
-    """One table per connection count: every target's numbers side by side."""
-    rss_note = "peak RSS" if rss_per_level else "peak RSS since start"
+def fmt_count(value: float | None) -> str:
+    """A count such as req/CPU-s, `12,345`, or n/a."""
+    return "n/a" if value is None else f"{value:,.0f}"
+
+
+def workloads(ctx: dict) -> list[tuple[str, dict, list[int]]]:
+    """The workloads this run measured, as (name, cells, connection counts): keep-alive, then
+    Connection: close unless --close-connections was empty."""
+    args = ctx["args"]
+    found = [("keep-alive", ctx["cells"], args.connections)]
+    if args.close_connections:
+        found.append(("Connection: close", ctx["close_cells"], args.close_connections))
+    return found
+
+
+def small_tables(ctx: dict) -> list[str]:
+    """One table per workload and connection count: every target's numbers side by side."""
+    rss_note = "peak RSS" if ctx["rss_per_level"] else "peak RSS since start"
     lines = []
-    for conns in args.connections:
-        lines += [
-            f"### {plural(conns, 'connection')}",
-            "",
-            f"| target | req/s | p50 | p99 | errors | CPU-s per run | req/CPU-s | {rss_note} |",
-            "|---|--:|--:|--:|--:|--:|--:|--:|",
-        ]
-        for t in targets:
-            cell = cells[(t.key, conns)]
-            per_cpu = cell.req_per_cpu()
-            lines.append(
-                f"| {t.label} | {cell.median('rps'):,.0f} | {fmt_latency(cell.median('p50'))} "
-                f"| {fmt_latency(cell.median('p99'))} | {cell.errors()} "
-                f"| {cell.median('cpu'):.2f} | {'n/a' if per_cpu is None else f'{per_cpu:,.0f}'} "
-                f"| {fmt_mib(cell.peak_rss_kib)} |"
-            )
-        lines.append("")
+    for name, cells, levels in workloads(ctx):
+        for conns in levels:
+            suffix = "" if name == "keep-alive" else f", {name}"
+            lines += [
+                f"### {plural(conns, 'connection')}{suffix}",
+                "",
+                f"| target | req/s | p50 | p99 | errors | CPU-s per run | req/CPU-s | {rss_note} |",
+                "|---|--:|--:|--:|--:|--:|--:|--:|",
+            ]
+            for t in ctx["targets"]:
+                cell = cells[(t.key, conns)]
+                lines.append(
+                    f"| {t.label} | {cell.median('rps'):,.0f} | {fmt_latency(cell.median('p50'))}"
+                    f" | {fmt_latency(cell.median('p99'))} | {cell.errors()}"
+                    f" | {cell.median('cpu'):.2f} | {fmt_count(cell.req_per_cpu())}"
+                    f" | {fmt_mib(cell.peak_rss_kib)} |"
+                )
+            lines.append("")
     return lines
 
 
@@ -1408,25 +1458,76 @@ def median_of(cells: dict, key: str, conns: int, attr: str) -> float | None:
     return cell.req_per_cpu() if attr == "req_per_cpu" else cell.median(attr)
 
 
-def ratio_table(cells: dict, args) -> list[str]:
-    """tinylb divided by nginx (1 worker, and 2 workers) per connection count; n/a for a
-    target that did not run."""
-
-    def r(attr: str, other: str, conns: int) -> str:
-        mine, theirs = median_of(cells, "tinylb", conns, attr), median_of(cells, other, conns, attr)
-        return fmt_ratio(ratio(mine, theirs))
-
-    lines = [
-        "| connections | req/s ÷ nginx 1w | req/CPU-s ÷ nginx 1w | p99 ÷ nginx 1w "
-        "| req/s ÷ nginx 2w | req/s ÷ backend direct |",
-        "|--:|--:|--:|--:|--:|--:|",
-    ]
+def class_table(ctx: dict, keys: tuple[str, ...]) -> list[str]:
+    """One row per target of `keys` that ran: req/s (p99) and req/CPU-s at each connection
+    count with keep-alive, then req/s at each count of the Connection: close workload."""
+    args = ctx["args"]
+    header = ["target"]
     for conns in args.connections:
-        lines.append(
-            f"| {conns} | {r('rps', 'nginx1', conns)} | {r('req_per_cpu', 'nginx1', conns)} "
-            f"| {r('p99', 'nginx1', conns)} | {r('rps', 'nginx2', conns)} "
-            f"| {r('rps', 'direct', conns)} |"
-        )
+        header += [f"{conns}: req/s (p99)", f"{conns}: req/CPU-s"]
+    header += [f"close {conns}: req/s" for conns in args.close_connections]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "--:|" * (len(header) - 1)]
+    for t in (t for t in ctx["targets"] if t.key in keys):
+        row = [t.label]
+        for conns in args.connections:
+            cell = ctx["cells"][(t.key, conns)]
+            p99 = fmt_latency(cell.median("p99"))
+            row += [f"{cell.median('rps'):,.0f} ({p99})", fmt_count(cell.req_per_cpu())]
+        for conns in args.close_connections:
+            row.append(f"{ctx['close_cells'][(t.key, conns)].median('rps'):,.0f}")
+        lines.append("| " + " | ".join(row) + " |")
+    return lines + [""]
+
+
+def fmt_p99_pair(cells: dict, mine: str, theirs: str, conns: int) -> str:
+    """Two targets' p99 side by side in ms, `1.20 vs 3.40 ms` (n/a if either did not run)."""
+    a, b = median_of(cells, mine, conns, "p99"), median_of(cells, theirs, conns, "p99")
+    return "n/a" if a is None or b is None else f"{a * 1e3:.2f} vs {b * 1e3:.2f} ms"
+
+
+def versus_table(ctx: dict, mine: str, theirs: str, with_p99: bool = True) -> list[str]:
+    """`mine` ÷ `theirs` for each workload and connection count: req/s and req/CPU-s, and
+    (with_p99) both p99s side by side; n/a where either did not run."""
+    labels = {t.key: t.label for t in ctx["targets"]}
+    them = labels.get(theirs, theirs)
+    header = f"| workload | connections | req/s ÷ {them} | req/CPU-s ÷ {them} |"
+    rule = "|---|--:|--:|--:|"
+    if with_p99:
+        header += f" p99: {labels.get(mine, mine)} vs {them} |"
+        rule += "--:|"
+    lines = [header, rule]
+    for name, cells, levels in workloads(ctx):
+        for conns in levels:
+            r = [
+                fmt_ratio(ratio_of(cells, mine, theirs, conns, attr))
+                for attr in ("rps", "req_per_cpu")
+            ]
+            p99 = f" {fmt_p99_pair(cells, mine, theirs, conns)} |" if with_p99 else ""
+            lines.append(f"| {name} | {conns} | {r[0]} | {r[1]} |{p99}")
+    return lines + [""]
+
+
+def ratio_of(cells: dict, mine: str, theirs: str, conns: int, attr: str) -> float | None:
+    """`mine` ÷ `theirs` of one attribute at one connection count (None if either is missing)."""
+    return ratio(median_of(cells, mine, conns, attr), median_of(cells, theirs, conns, attr))
+
+
+def event_loop_ratios(ctx: dict) -> list[str]:
+    """tinylb divided by each event loop that ran (nginx 1 worker, nginx 2 workers, HAProxy)
+    and by the backend itself, per connection count with keep-alive."""
+    cells, keys = ctx["cells"], {t.key for t in ctx["targets"]}
+    loops = [(k, name) for k, name in EVENT_LOOP_SHORT_NAMES.items() if k in keys]
+    measures = (("req/s", "rps"), ("req/CPU-s", "req_per_cpu"), ("p99", "p99"))
+    columns = [(f"{what} ÷ {name}", key, attr) for key, name in loops for what, attr in measures]
+    if "direct" in keys:
+        columns.append(("req/s ÷ backend direct", "direct", "rps"))
+    lines = [
+        "| connections | " + " | ".join(title for title, _, _ in columns) + " |",
+        "|--:|" + "--:|" * len(columns),
+    ]
+    for conns in ctx["args"].connections:
+        shown = [fmt_ratio(ratio_of(cells, "tinylb", o, conns, a)) for _, o, a in columns]
+        lines.append(f"| {conns} | " + " | ".join(shown) + " |")
     return lines + [""]
 
 
@@ -1434,9 +1535,7 @@ def shape_table(cells: dict, args) -> list[str]:
     """The yardsticks against nginx and tinylb against the yardstick, per connection count."""
 
     def r(mine: str, theirs: str, conns: int, attr: str = "rps") -> str:
-        return fmt_ratio(
-            ratio(median_of(cells, mine, conns, attr), median_of(cells, theirs, conns, attr))
-        )
+        return fmt_ratio(ratio_of(cells, mine, theirs, conns, attr))
 
     direct = any(key == "shape-direct" for key, _ in cells)
     lines = [
@@ -1494,18 +1593,15 @@ def median_speed(downloads: dict | None, key: str) -> float | None:
 def targets_table(
     cells: dict, downloads: dict | None, hwm: tuple | None, size: int | None
 ) -> list[str]:
-    """Issue 4's targets, each with this run's value and whether it is met ("not measured"
-    for what this run skipped: a target, a connection count, the downloads)."""
-    rows = []
+    """Issue 4's targets (against nginx), each with this run's value and whether it is met
+    ("not measured" for what this run skipped: a target, a connection count, the downloads)."""
+    rows: list[str] = []
 
     def row(what: str, goal: str, value: float | None, ok, shown: str | None = None) -> None:
-        text = shown if shown is not None else fmt_ratio(value)
-        verdict = "not measured" if value is None else ("met" if ok(value) else "**not met**")
-        rows.append(f"| {what} | {goal} | {text} | {verdict} |")
+        rows.append(goal_row(what, goal, value, ok, shown))
 
     def cell_ratio(conns: int, attr: str) -> float | None:
-        mine = median_of(cells, "tinylb", conns, attr)
-        return ratio(mine, median_of(cells, "nginx1", conns, attr))
+        return ratio_of(cells, "tinylb", "nginx1", conns, attr)
 
     for conns, goal in ((16, 0.6), (64, 1.0), (256, 1.0)):
         row(
@@ -1547,6 +1643,19 @@ def targets_table(
         lambda v: v < 1.5,
         "n/a" if size is None else f"{size:,} bytes ({size_mib:.2f} MiB)",
     )
+    return goal_table(rows)
+
+
+def goal_row(what: str, goal: str, value: float | None, ok, shown: str | None = None) -> str:
+    """One row of a table of targets: this run's value (a ratio unless `shown` says
+    otherwise) and met, **not met** or not measured."""
+    text = shown if shown is not None else fmt_ratio(value)
+    verdict = "not measured" if value is None else ("met" if ok(value) else "**not met**")
+    return f"| {what} | {goal} | {text} | {verdict} |"
+
+
+def goal_table(rows: list[str]) -> list[str]:
+    """A table of targets under the warning every verdict needs on a shared machine."""
     return [
         "A verdict that rests on a run listed under *Anything odd* as starved or noisy is not to"
         " be trusted: run the bench again on a quieter machine.",
@@ -1558,13 +1667,124 @@ def targets_table(
     ]
 
 
-def oddities(cells: dict, duration: int, targets: list[Target], shutdown: list[str]) -> list[str]:
+def issue12_table(ctx: dict) -> list[str]:
+    """Issue 12's targets: tinylb against Apache worker (the reference of its class) and
+    against the bare shape, at every connection count."""
+    cells, close_cells, args = ctx["cells"], ctx["close_cells"], ctx["args"]
+    rows = []
+    for conns in args.connections:
+        value = ratio_of(cells, "tinylb", "apache", conns, "req_per_cpu")
+        stretch = " (stretch met)" if value is not None and value >= 1.2 else ""
+        rows.append(
+            goal_row(
+                f"req/CPU-s at {conns}",
+                "≥ 1.0× Apache worker (stretch 1.2×)",
+                value,
+                lambda v: v >= 1.0,
+                fmt_ratio(value) + stretch,
+            )
+        )
+    for conns in args.connections:
+        rows.append(
+            goal_row(
+                f"p99 at {conns}",
+                "≤ Apache worker's",
+                ratio_of(cells, "tinylb", "apache", conns, "p99"),
+                lambda v: v <= 1.0,
+                fmt_p99_pair(cells, "tinylb", "apache", conns),
+            )
+        )
+    for conns in args.close_connections:
+        rows.append(
+            goal_row(
+                f"Connection: close req/s at {conns}",
+                "≥ 1.0× Apache worker",
+                ratio_of(close_cells, "tinylb", "apache", conns, "rps"),
+                lambda v: v >= 1.0,
+            )
+        )
+    for what, attr in (("req/s", "rps"), ("req/CPU-s", "req_per_cpu")):
+        for conns in args.connections:
+            rows.append(
+                goal_row(
+                    f"{what} at {conns}, against the bare shape",
+                    "≥ 0.9× bare shape, proxying",
+                    ratio_of(cells, "tinylb", "shape-proxy", conns, attr),
+                    lambda v: v >= 0.9,
+                )
+            )
+    return goal_table(rows)
+
+
+def fmt_stage(mean: float | None, total: float | None) -> str:
+    """A stage's mean in µs with its share of `total`'s mean: `12.3 µs (8 %)`."""
+    if mean is None:
+        return "n/a"
+    share = f" ({100 * mean / total:.0f} %)" if total else ""
+    return f"{mean * 1e6:,.1f} µs{share}"
+
+
+def stage_table(ctx: dict) -> list[str]:
+    """Where each timed tinylb's time goes: the mean of each stage per workload and
+    connection count, and its share of `total`; a note instead when no stage was read."""
+    timed = [t for t in ctx["targets"] if t.is_tinylb() and stages_read(ctx, t)]
+    if not timed:
+        return [
+            f"Not measured: no tinylb's /metrics had `{STAGE_METRIC}` (a build before the stage"
+            " timers, or one with them off).",
+            "",
+        ]
+    lines = []
+    for t in timed:
+        if len(timed) > 1:
+            lines += [f"**{t.label}**", ""]
+        lines += [
+            "| workload | connections | " + " | ".join(STAGES) + " |",
+            "|---|--:|" + "--:|" * len(STAGES),
+        ]
+        for name, cells, levels in workloads(ctx):
+            for conns in levels:
+                means = cells[(t.key, conns)].stage_means() or {}
+                shown = [
+                    fmt_stage(means.get(stage), None if stage == "total" else means.get("total"))
+                    for stage in STAGES
+                ]
+                lines.append(f"| {name} | {conns} | " + " | ".join(shown) + " |")
+        lines.append("")
+    return lines
+
+
+def stages_read(ctx: dict, target: Target) -> bool:
+    """Whether any run of `target` read its stage timers (tinylb-untimed's count nothing)."""
+    return any(
+        cells[(target.key, conns)].stage_means()
+        for _, cells, levels in workloads(ctx)
+        for conns in levels
+    )
+
+
+def oddities(ctx: dict) -> list[str]:
     """What looked wrong: errors, stalled or noisy runs, tinylb's long tails and warnings, and
     how tinylb shut down."""
     lines = []
-    labels = {t.key: t.label for t in targets}
+    for name, cells, _ in workloads(ctx):
+        lines += cell_oddities(ctx, name, cells)
+    for t in ctx["targets"]:
+        if t.is_tinylb() and t.log_path is not None:
+            lines += log_warnings(t.label, t.log_path)
+    lines += [f"- {line}" for line in ctx["shutdown"]]
+    return lines
+
+
+def cell_oddities(ctx: dict, workload: str, cells: dict) -> list[str]:
+    """The oddities of one workload's cells: errors (with what connect errors mean under
+    Connection: close), stalled runs, long tails, noisy rounds."""
+    lines = []
+    duration = ctx["args"].duration
+    labels = {t.key: t.label for t in ctx["targets"]}
+    suffix = "" if workload == "keep-alive" else f", {workload}"
     for (key, conns), cell in sorted(cells.items()):
-        where = f"{labels.get(key, key)} at {plural(conns, 'connection')}"
+        where = f"{labels.get(key, key)} at {plural(conns, 'connection')}{suffix}"
         sock = sum(r.socket_errors for r in cell.runs)
         bad = sum(r.bad_status for r in cell.runs)
         if sock or bad:
@@ -1572,8 +1792,15 @@ def oddities(cells: dict, duration: int, targets: list[Target], shutdown: list[s
             detail = ", ".join(
                 f"{name} {n}" for name, n in zip(("connect", "read", "write", "timeout"), kinds)
             )
+            hint = (
+                " (connect errors under Connection: close usually mean wrk ran out of local"
+                " ports, held in TIME_WAIT: the load generator's limit, not the target's)"
+                if kinds[0] and suffix
+                else ""
+            )
             lines.append(
                 f"- {where}: {sock} socket errors ({detail}), {bad} responses with status ≥ 400"
+                + hint
             )
         for i, r in enumerate(cell.runs):
             if r.cpu < STALL_CPU_SHARE * duration:
@@ -1593,10 +1820,6 @@ def oddities(cells: dict, duration: int, targets: list[Target], shutdown: list[s
                 f"- {where}: rounds ranged from {min(rates):,.0f} to {max(rates):,.0f} req/s"
                 " (noisy: was the machine busy?)"
             )
-    for t in targets:
-        if t.is_tinylb() and t.log_path is not None:
-            lines += log_warnings(t.label, t.log_path)
-    lines += [f"- {line}" for line in shutdown]
     return lines
 
 
@@ -1616,33 +1839,105 @@ def log_warnings(label: str, log_path: Path) -> list[str]:
     return lines
 
 
-def how_to_read(args) -> list[str]:
+def how_to_read(ctx: dict) -> list[str]:
     """The short guide under the header of the report."""
+    args = ctx["args"]
     return [
         "## How to read this",
         "",
-        "- Every target ran in the same run, interleaved: for each connection count and round,"
-        " each target ran once, in a rotated order. Compare **ratios within this report**; an"
-        " absolute number from another run (or another machine) differs by 15 % or more.",
+        "- Every target ran in the same run, interleaved: for each workload, connection count and"
+        " round, each target ran once, in a rotated order. Compare **ratios within this report**;"
+        " an absolute number from another run (or another machine) differs by 15 % or more.",
         f"- Each cell is the median over {args.rounds} run(s) of `wrk -t2 -cN -d{args.duration}s"
         " --latency` (1 thread at 1 connection) against `/`, a 19-byte body."
         " p50/p99 come from wrk's latency distribution.",
+        "- *keep-alive*: wrk's connections stay open. *Connection: close*: the same with"
+        ' `-H "Connection: close"`, so every request opens a new TCP connection to the load'
+        " balancer and pays its accept and set-up (the balancers' backend connections stay"
+        f" pooled). {close_ports_note(ctx)}",
         "- wrk, the backend nginx and the load balancer share the same cores, so a load balancer"
         " that uses less CPU leaves more for the others: *req/CPU-s* (requests ÷ CPU-seconds the"
-        " load balancer's processes used during the runs, from /proc/PID/stat) is the efficiency"
-        " number, req/s the speed.",
+        " load balancer used during the runs, summed over its whole process tree from"
+        " /proc/PID/stat) is the efficiency number, req/s the speed.",
         "- *errors* = wrk's socket errors (connect, read, write, timeout) + responses with status"
         " ≥ 400, summed over the rounds.",
-        "- *peak RSS* is VmHWM, reset (clear_refs) at the start of each connection count. For nginx"
-        " it is the **sum** over the master and its workers (shared pages counted in each), so it"
-        " overstates nginx a little.",
+        "- *peak RSS* is VmHWM, reset (clear_refs) at the start of each connection count, summed"
+        " over the process tree: for nginx, Apache and Varnish the **sum** over parent and"
+        " children (shared pages counted in each), which overstates them a little.",
         "- *backend direct* is wrk straight at one backend port (the ceiling); in that row CPU and"
         " RSS are the backend nginx's own. The backend is one nginx process with"
         f" **worker_processes 1** serving all {args.backends} ports.",
-        "- Ratios are tinylb ÷ nginx: above 1 is better for req/s and req/CPU-s, below 1 is"
+        "- Ratios are tinylb ÷ the other: above 1 is better for req/s and req/CPU-s, below 1 is"
         " better for p99.",
+        "- tinylb's stage timers are read from its admin listener's `/metrics`"
+        f" (`{STAGE_METRIC}`) right before and after each wrk run: a stage's mean is the"
+        " growth of its `_sum` ÷ the growth of its `_count` over the rounds. *client* is the wait"
+        " from the end of the previous answer on a connection until intake took the next"
+        " request (not counted on a connection's first request, so nothing under Connection:"
+        " close), *queue* the wait for a worker, *connect* getting a backend connection (pooled"
+        " or new), *response* sending the request and waiting for the response head, *relay*"
+        " the body to the client, *total* intake to last byte. Shares are of *total*'s mean"
+        " (*client* lies outside it).",
         "",
     ]
+
+
+def close_ports_note(ctx: dict) -> str:
+    """What the close workload did to the load generator's ports: the kernel's port range and
+    TIME_WAIT reuse, and the most sockets in TIME_WAIT after a run."""
+    if not ctx["args"].close_connections:
+        return "(Not run: --close-connections was empty.)"
+    try:
+        reuse = Path("/proc/sys/net/ipv4/tcp_tw_reuse").read_text().strip()
+        ports = " to ".join(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except OSError:
+        reuse, ports = "unknown", "unknown"
+    counts = [r.timewait for c in ctx["close_cells"].values() for r in c.runs if r.timewait]
+    peak = f"{max(counts):,}" if counts else "unknown"
+    return (
+        f"Each closed connection sits in TIME_WAIT for a minute: at most {peak} sockets were"
+        f" in TIME_WAIT after a run (local ports {ports}, tcp_tw_reuse={reuse}; with reuse off,"
+        " wrk runs out of local ports and shows connect errors, listed under *Anything odd*)."
+    )
+
+
+def peer_config_lines(ctx: dict) -> list[str]:
+    """One header line per other load balancer that ran, with its exact configuration."""
+    args, keys = ctx["args"], {t.key for t in ctx["targets"]}
+    n = args.backends
+    user = "; as root it switches to user nobody" if unprivileged_user() else ""
+    lines = {
+        "apache": "- **Apache worker:** `apache2 -DFOREGROUND` with its own config (no Debian"
+        " /etc/apache2): **worker MPM, one child process of 300 threads** (ServerLimit 1,"
+        " StartServers 1, ThreadsPerChild 300, MaxRequestWorkers 300, MaxSpareThreads 325),"
+        f" mod_proxy_balancer `lbmethod=byrequests` over {n} `BalancerMember ... keepalive=On`"
+        " (TCP keep-alive probes on idle backend connections; reusing them is mod_proxy's"
+        " default: each member pools up to 300 backend connections, one per thread at most),"
+        " `ProxyPass / balancer://backends/`, KeepAlive On, MaxKeepAliveRequests 0"
+        f" (unlimited), KeepAliveTimeout 5, no access log{user}",
+        "varnish": "- **Varnish pass:** `varnishd -F -s malloc,32m -T none`, VCL 4.1 with a"
+        f" `directors.round_robin()` over {n} backends and `vcl_recv {{ return (pass); }}`"
+        " (nothing cached); backend connections pooled (Varnish's default), default thread"
+        " pools (2 pools of 100 to 5000 threads: a worker thread per request in progress, idle"
+        " client connections wait in its waiter), manager and child process, no varnishncsa",
+        "squid": "- **Squid accel:** `squid -N` (one process), `http_port ... accel"
+        f" defaultsite=backends no-vhost`, {n} `cache_peer ... parent ... originserver"
+        " round-robin`, `never_direct allow all`, `cache deny all` (nothing cached, no"
+        " cache_dir, cache_mem 8 MB), server and client persistent connections on, access_log"
+        f" none{user}",
+        "nginx1": "- **nginx load balancers:** `worker_processes 1` (and 2 for nginx2), upstream"
+        f" of the same {n} backends with `keepalive {upstream_keepalive(n)}`,"
+        ' `proxy_http_version 1.1`, `proxy_set_header Connection ""`,'
+        " `keepalive_requests 100000`, `proxy_max_temp_file_size 0` (large bodies stream"
+        " through memory, no temp file), no access log",
+        "haproxy": f"- **HAProxy 1 thread:** `haproxy -db`, `nbthread 1`, `mode http`,"
+        f" `balance roundrobin` over {n} servers, `http-reuse always` (idle backend connections"
+        " shared between clients), `option http-keep-alive`, maxconn"
+        f" {haproxy_maxconn(n)}, no logging",
+    }
+    if "nginx2" in keys:
+        keys.add("nginx1")
+    return [line for key, line in lines.items() if key in keys]
 
 
 def tinylb_config_lines(targets: list[Target]) -> list[str]:
@@ -1657,13 +1952,50 @@ def tinylb_config_lines(targets: list[Target]) -> list[str]:
 
 
 def build_report(ctx: dict) -> str:
-    """The generated part of docs/benchmarks.md (sections for what this run measured)."""
-    args, targets, cells = ctx["args"], ctx["targets"], ctx["cells"]
-    v = ctx["versions"]
+    """The generated part of docs/benchmarks.md: the threaded class first, then tinylb
+    against Apache worker, issue 12's targets, the stage timers, the event loops and the
+    details (sections for what this run measured)."""
+    lines = [*report_header(ctx), *how_to_read(ctx)]
+    keys = {t.key for t in ctx["targets"]}
+    if keys & set(THREADED_CLASS):
+        lines += [
+            "## tinylb's class: threaded proxies",
+            "",
+            "req/s (p99) and req/CPU-s with keep-alive, then req/s with Connection: close, per"
+            " connection count.",
+            "",
+            *class_table(ctx, THREADED_CLASS),
+        ]
+    if {"tinylb", "apache"} <= keys:
+        lines += [
+            "## tinylb ÷ Apache worker (same run)",
+            "",
+            *versus_table(ctx, "tinylb", "apache"),
+            "## Issue 12's targets",
+            "",
+            *issue12_table(ctx),
+        ]
+    if {"tinylb", "tinylb-untimed"} <= keys:
+        lines += [
+            "## What measuring costs",
+            "",
+            "tinylb ÷ the same tinylb with `\"stageTimers\": false`: what timing every request's"
+            " stages costs.",
+            "",
+            *versus_table(ctx, "tinylb", "tinylb-untimed", with_p99=False),
+        ]
+    if any(t.is_tinylb() for t in ctx["targets"]):
+        lines += ["## Where tinylb's time goes", "", *stage_table(ctx)]
+    lines += event_loop_sections(ctx, keys)
+    lines += detail_sections(ctx)
+    return "\n".join(lines)
+
+
+def report_header(ctx: dict) -> list[str]:
+    """The title, the run's circumstances, versions and every target's configuration."""
+    args, targets, v = ctx["args"], ctx["targets"], ctx["versions"]
     size = ctx["stripped_size"]
-    keys = {t.key for t in targets}
-    keepalive = upstream_keepalive(args.backends)
-    lines = [
+    return [
         "# Benchmarks",
         "",
         "<!-- Generated by benches/bench.py (`make bench`). Everything above the end marker is"
@@ -1674,29 +2006,28 @@ def build_report(ctx: dict) -> str:
         f" {ctx['load_end']} at the end",
         f"- **Command:** `{ctx['command']}` ({args.rounds} round(s) × {args.duration} s per wrk"
         f" run, {ctx['elapsed']:.0f} s in all)",
-        f"- **Versions:** {v['tinylb']}; {v['nginx']}; {v['wrk']}; {v['curl']}",
+        f"- **Versions:** {'; '.join(v.values())}",
         f"- **Targets:** {', '.join(t.label for t in targets)}; {args.backends} backend ports",
         *tinylb_config_lines(targets),
-        "- **nginx load balancers:** `worker_processes 1` and `worker_processes 2`, upstream of"
-        f" the same {args.backends} backends with `keepalive {keepalive}`,"
-        ' `proxy_http_version 1.1`, `proxy_set_header Connection ""`,'
-        " `keepalive_requests 100000`,"
-        " `proxy_max_temp_file_size 0` (large bodies stream through memory, no temp file),"
-        " no access log",
+        *peer_config_lines(ctx),
         f"- **tinylb binary:** {size:,} bytes stripped"
         if size
         else "- **tinylb binary:** strip not found",
         "",
-        *how_to_read(args),
     ]
-    if "tinylb" in keys:
+
+
+def event_loop_sections(ctx: dict, keys: set[str]) -> list[str]:
+    """The event loops (nginx 1 worker, HAProxy 1 thread), tinylb against them, and the bare
+    shape's yardsticks."""
+    lines = []
+    if keys & set(EVENT_LOOPS):
+        lines += ["## The event loops", "", *class_table(ctx, EVENT_LOOPS)]
+    if "tinylb" in keys and keys & {"nginx1", "nginx2", "haproxy", "direct"}:
         lines += [
-            "## tinylb ÷ nginx (same run)",
+            "## tinylb ÷ the event loops (same run, keep-alive)",
             "",
-            *ratio_table(cells, args),
-            "## Issue 4's targets",
-            "",
-            *targets_table(cells, ctx["downloads"], ctx["hwm"], size),
+            *event_loop_ratios(ctx),
         ]
     if {"shape-front", "shape-proxy"} & keys:
         lines += [
@@ -1709,29 +2040,36 @@ def build_report(ctx: dict) -> str:
                if "shape-direct" in keys else "")
             + ". What the bare shape cannot reach, tinylb cannot either.",
             "",
-            *shape_table(cells, args),
+            *shape_table(ctx["cells"], ctx["args"]),
         ]
-    lines += ["## Small requests", "", *small_tables(cells, targets, args, ctx["rss_per_level"])]
+    return lines
+
+
+def detail_sections(ctx: dict) -> list[str]:
+    """Every target's numbers per workload and connection count, the downloads, issue 4's
+    targets and anything odd."""
+    lines = ["## Every target, per connection count", "", *small_tables(ctx)]
     if ctx["downloads"] is not None:
         lines += [
             f"## One {BIG_MIB} MiB download through each",
             "",
             f"`curl -s -o /dev/null` of `/big`, {DOWNLOAD_REPEATS} times per target, interleaved.",
             "",
-            *download_table(ctx["downloads"], targets, ctx["hwm"]),
+            *download_table(ctx["downloads"], ctx["targets"], ctx["hwm"]),
         ]
-    lines += [
-        "## Anything odd",
-        "",
-        *oddities(cells, args.duration, targets, ctx["shutdown"]),
-        "",
-    ]
-    return "\n".join(lines)
+    if "tinylb" in {t.key for t in ctx["targets"]}:
+        lines += [
+            "## Issue 4's targets (against nginx)",
+            "",
+            *targets_table(ctx["cells"], ctx["downloads"], ctx["hwm"], ctx["stripped_size"]),
+        ]
+    return lines + ["## Anything odd", "", *oddities(ctx), ""]
 
 
 def cells_json(ctx: dict) -> dict:
-    """What `--json` saves: the run's context and every cell, medians and each round."""
-    args, cells = ctx["args"], ctx["cells"]
+    """What `--json` saves: the run's context and every cell of each workload, medians, each
+    round and the mean of each of tinylb's stages."""
+    args = ctx["args"]
     labels = {t.key: t.label for t in ctx["targets"]}
     return {
         "date": ctx["date"],
@@ -1750,6 +2088,7 @@ def cells_json(ctx: dict) -> dict:
             {
                 "target": key,
                 "label": labels[key],
+                "workload": workload,
                 "connections": conns,
                 "rps": cell.median("rps"),
                 "p50": cell.median("p50"),
@@ -1759,8 +2098,10 @@ def cells_json(ctx: dict) -> dict:
                 "requests": sum(r.requests for r in cell.runs),
                 "req_per_cpu": cell.req_per_cpu(),
                 "peak_rss_kib": cell.peak_rss_kib,
+                "stage_means": cell.stage_means(),
                 "runs": [vars(r) for r in cell.runs],
             }
+            for workload, cells, _ in workloads(ctx)
             for (key, conns), cell in cells.items()
         ],
         "downloads": None
