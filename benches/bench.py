@@ -1336,13 +1336,14 @@ def curl_big(curl: str, target: Target) -> tuple[float | None, float, str]:
 
 
 def measure_downloads(curl: str, targets: list[Target]) -> tuple[dict, tuple | None]:
-    """Interleaved 64 MiB downloads; also tinylb's VmHWM before and after them (hwm is None
-    when tinylb is not among the targets)."""
+    """Interleaved 64 MiB downloads; also tinylb's VmHWM before and after them, summed over
+    its process tree, since the master is off the request path (hwm is None when tinylb is
+    not among the targets)."""
     results = {t.key: Download() for t in targets}
     all_pids = [pid for t in targets for pid in t.pids()]
     reset_ok = reset_peak_rss(all_pids)
     tinylb = next((t for t in targets if t.key == "tinylb"), None)
-    before = status_kib(tinylb.proc.pid, "VmHWM") if tinylb else 0
+    before = tinylb.peak_rss_kib() if tinylb else 0
     for rep in range(DOWNLOAD_REPEATS):
         for t in rotated(targets, rep):
             t.check_alive()
@@ -1358,7 +1359,7 @@ def measure_downloads(curl: str, targets: list[Target]) -> tuple[dict, tuple | N
         results[t.key].peak_rss_kib = t.peak_rss_kib()
     if tinylb is None:
         return results, None
-    after = status_kib(tinylb.proc.pid, "VmHWM")
+    after = tinylb.peak_rss_kib()
     return results, (before, after, reset_ok)
 
 
