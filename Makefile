@@ -44,9 +44,12 @@ mutants:
 	$(CARGO) mutants --version >/dev/null 2>&1 || $(CARGO) install cargo-mutants --locked
 	$(CARGO) mutants --jobs 1 --cargo-arg=--lib
 
-# tinylb side by side with nginx as a load balancer, interleaved in one run (a few minutes);
-# prints a markdown report and writes docs/benchmarks.md. Installs wrk and nginx with apt-get
-# if they are missing. Options: make bench BENCH_ARGS="--quick" (see benches/bench.py --help).
+# tinylb side by side with its class of threaded proxies (Apache worker, Varnish, Squid) and
+# the event loops (nginx, HAProxy), keep-alive and Connection: close, interleaved in one run
+# (about 15 minutes); prints a markdown report led by the class table and writes
+# docs/benchmarks.md. Installs wrk, nginx, apache2-bin, varnish, squid and haproxy with apt-get
+# if they are missing (and stops the services those packages start on their own).
+# Options: make bench BENCH_ARGS="--quick" (see benches/bench.py --help).
 BENCH_ARGS ?=
 bench:
 	python3 benches/bench.py $(BENCH_ARGS)

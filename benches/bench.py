@@ -1,39 +1,53 @@
 #!/usr/bin/env python3
-"""`make bench`: tinylb side by side with nginx, in one run, on this machine.
+"""`make bench`: tinylb side by side with its class of threaded proxies and with the event
+loops, in one run, on this machine.
 
 What it measures
 ----------------
 One nginx process is the backend: it listens on five ports of 127.0.0.1 (`--backends N` for
 another number) and answers a small body on `/` and a 64 MiB file on `/big`. In front of those
-backends it starts three load balancers: tinylb (the release build of this repository), nginx
-with one worker, and nginx with one worker per core (both with upstream keep-alive). Then, with
-wrk, at 1, 16, 64 and 256 connections it measures these targets:
+backends it starts the load balancers, each round robin over the same ports with pooled backend
+connections, no cache and no access log, from configs written into the temp dir:
 
-- `backend direct`: wrk straight at one backend port, the ceiling no load balancer can reach;
-- `tinylb`, `nginx 1 worker`, `nginx 2 workers` (the load balancers);
+- `tinylb` (the release build of this repository) and `tinylb-untimed`, the same with
+  `"stageTimers": false`, which shows what timing each request's stages costs;
+- tinylb's own class, threaded proxies: `apache` (Apache httpd 2.4, worker MPM, one child of
+  300 threads, mod_proxy_balancer), `varnish` (Varnish in pass mode, a round-robin director)
+  and `squid` (Squid as a reverse proxy, one origin-server parent per backend);
+- the event loops: `nginx1` (nginx with one worker, upstream keep-alive) and `haproxy`
+  (HAProxy with one thread, `http-reuse always`); `nginx2` (two workers) on request;
 - two yardsticks from examples/bare_shape.rs, the design card's shape with nothing of tinylb
-  in it: `bare shape, proxying` (tiny_http, intake thread, crossbeam channel, 8 workers, a
-  plain ureq GET to the next backend) and `bare shape, no backend` (the same, answering a fixed
-  body). They show how fast the shape itself can go, so a gap between tinylb and nginx can be
+  in it: `shape-proxy` (tiny_http, intake thread, crossbeam channel, 8 workers, a plain ureq
+  GET to the next backend) and, on request, `shape-front` (the same, answering a fixed body).
+  They show how fast the shape itself can go, so a gap between tinylb and the others can be
   split into what tinylb's code costs and what the shape costs. `--targets` can add a third,
-  `shape-direct`, whose workers call tiny_http's `recv()` without the channel.
+  `shape-direct`, whose workers call tiny_http's `recv()` without the channel;
+- `direct`: wrk straight at one backend port, the ceiling no load balancer can reach.
 
-For each target and connection count it reports requests/s, p50 and p99 latency (wrk's
-`--latency` distribution), errors (socket errors plus responses with status >= 400), the
-CPU-seconds the load balancer's processes used during the runs (utime + stime from
-/proc/PID/stat), requests per CPU-second, and peak RSS (VmHWM from /proc/PID/status). Then it
-downloads the 64 MiB file through each target with curl (MiB/s, and tinylb's VmHWM before and
-after: streaming must keep memory flat), and records the stripped size of the tinylb binary.
+The peers' servers (apache2-bin, varnish, squid, haproxy), wrk and nginx are installed with
+apt-get when missing; a service such a package starts on its own is stopped again.
+
+With wrk it measures two workloads: keep-alive at 1, 16, 64 and 256 connections, and
+`Connection: close` (a new connection per request) at 16 and 64. For each target, workload and
+connection count it reports requests/s, p50 and p99 latency (wrk's `--latency` distribution),
+errors (socket errors plus responses with status >= 400), the CPU-seconds the load balancer's
+whole process tree used during the runs (utime + stime from /proc/PID/stat), requests per
+CPU-second, and peak RSS (VmHWM from /proc/PID/status). Right before and after each run it reads
+tinylb's stage timers (`tinylb_request_stage_seconds` on its admin listener's /metrics) and
+reports the mean of each stage. Then it downloads the 64 MiB file through each target with curl
+(MiB/s, and tinylb's VmHWM before and after: streaming must keep memory flat), and records the
+stripped size of the tinylb binary. The report leads with tinylb's class.
 
 Sweeps
 ------
 The same harness runs the sweeps behind the defaults (docs/benchmarks.md, "Sweeps"):
 
-- `--targets tinylb,nginx1` runs only those targets (of direct, tinylb, nginx1, nginx2,
-  shape-proxy, shape-front, shape-direct);
+- `--targets tinylb,apache` runs only those targets (of the keys above);
+- `--connections` and `--close-connections` choose the connection counts of the two workloads
+  (`--close-connections ""` skips the second);
 - `--tinylb-config JSON`, given several times, runs one tinylb per config as separate targets,
   interleaved in the same run (`tinylb`, `tinylb#2`, ...), so a sweep's variants share the
-  machine's noise just as tinylb and nginx do; ratios to nginx are given for the first;
+  machine's noise just as tinylb and its peers do; the report's ratios are the first's;
 - `--candidate PATH`, given once or more, runs another tinylb binary (an earlier build, a
   musl build) with the first config as one more target in the same rounds (`tinylb#2`, ...),
   so two builds are compared side by side;
@@ -48,7 +62,7 @@ The machines this runs on are shared and noisy: two runs of the same thing diffe
 more. Absolute numbers from different runs cannot be compared, but two targets measured in the
 same minute on the same cores suffer the same noise. So the rounds are interleaved (for each
 connection count and each round every target runs once, in a rotated order) and the report
-gives tinylb's ratio to nginx from this run. Those ratios are the numbers to quote.
+gives tinylb's ratios to the others from this run. Those ratios are the numbers to quote.
 
 Everything it starts runs in its own process group and is killed when the bench ends, fails or
 is interrupted (Ctrl-C); the temporary directory (configs, logs, the 64 MiB file) is removed.
@@ -59,10 +73,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import grp
 import http.client
 import json
 import os
 import platform
+import pwd
 import random
 import re
 import resource
@@ -85,9 +101,33 @@ DEFAULT_OUT = ROOT / "docs" / "benchmarks.md"
 END_MARKER = "<!-- end of generated report -->"
 DEFAULT_BACKENDS = 5
 # What `--targets` can name, in the order they are started and reported.
-TARGET_KEYS = ("direct", "tinylb", "nginx1", "nginx2", "shape-proxy", "shape-front", "shape-direct")
-# Run unless `--targets` says otherwise: shape-direct only answers a side question.
-DEFAULT_TARGETS = TARGET_KEYS[:-1]
+TARGET_KEYS = (
+    "direct",
+    "tinylb",
+    "tinylb-untimed",
+    "apache",
+    "varnish",
+    "squid",
+    "nginx1",
+    "nginx2",
+    "haproxy",
+    "shape-proxy",
+    "shape-front",
+    "shape-direct",
+)
+# Run unless `--targets` says otherwise: nginx with 2 workers and the yardsticks without a
+# backend only answer side questions.
+DEFAULT_TARGETS = tuple(
+    k for k in TARGET_KEYS if k not in ("nginx2", "shape-front", "shape-direct")
+)
+# tinylb's own class, threaded proxies (the report leads with them), and the event loops.
+THREADED_CLASS = ("tinylb", "apache", "varnish", "squid")
+EVENT_LOOPS = ("nginx1", "haproxy")
+# The event loops' names in the headers of ratio tables.
+EVENT_LOOP_SHORT_NAMES = {"nginx1": "nginx 1w", "nginx2": "nginx 2w", "haproxy": "HAProxy"}
+# tinylb-untimed: the first tinylb config with these keys, to show what the stage timers cost.
+UNTIMED_KEYS = {"stageTimers": False}
+UNTIMED_LABEL = "tinylb, stage timers off"
 # The yardsticks (examples/bare_shape.rs): the design card's shape with nothing of tinylb in
 # it. Key -> (bare_shape's mode, label).
 SHAPES = {
@@ -95,6 +135,35 @@ SHAPES = {
     "shape-front": ("front", "bare shape, no backend"),
     "shape-direct": ("direct", "bare shape, no channel"),
 }
+# The peers: tinylb's class of threaded proxies and the event loops beside nginx. Key -> the
+# label the report gives it.
+PEERS = {
+    "apache": "Apache worker",
+    "varnish": "Varnish pass",
+    "squid": "Squid accel",
+    "haproxy": "HAProxy 1 thread",
+}
+# The server binary each peer runs.
+PEER_TOOLS = {"apache": "apache2", "varnish": "varnishd", "squid": "squid", "haproxy": "haproxy"}
+# The Debian package behind each tool, and the services a package starts on its own when it
+# is installed (the bench stops them again: only its own instances may run).
+PACKAGES = {
+    "wrk": "wrk",
+    "nginx": "nginx",
+    "curl": "curl",
+    "apache2": "apache2-bin",
+    "varnishd": "varnish",
+    "squid": "squid",
+    "haproxy": "haproxy",
+}
+PACKAGE_SERVICES = {
+    "nginx": ("nginx",),
+    "varnish": ("varnish", "varnishncsa"),
+    "squid": ("squid",),
+    "haproxy": ("haproxy",),
+}
+APACHE_MODULES = "/usr/lib/apache2/modules"
+APACHE_THREADS = 300
 SMALL_BODY = "hello from backend\n"
 BIG_MIB = 64
 DOWNLOAD_REPEATS = 3
@@ -134,14 +203,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     """The flags; `--quick` overrides rounds and duration."""
     parser = argparse.ArgumentParser(
         prog="bench.py",
-        description="Benchmark tinylb against nginx as a load balancer, side by side.",
+        description="Benchmark tinylb against other load balancers, side by side.",
     )
     parser.add_argument("--duration", type=int, default=4, help="seconds per wrk run (4)")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds per connection count (2)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per connection count (3)")
     parser.add_argument(
         "--connections",
         default="1,16,64,256",
         help="comma-separated connection counts (1,16,64,256)",
+    )
+    parser.add_argument(
+        "--close-connections",
+        default="16,64",
+        help="connection counts of the `Connection: close` workload, a new connection per"
+        " request (16,64); empty to skip it",
     )
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s: a smoke run")
     parser.add_argument(
@@ -206,12 +281,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if unknown or not args.targets:
         wanted = ",".join(unknown) or "none"
         parser.error(f"--targets: {wanted}: choose from {','.join(TARGET_KEYS)}")
-    try:
-        args.connections = [int(c) for c in args.connections.split(",") if c.strip()]
-    except ValueError:
-        parser.error(f"--connections: {args.connections!r} is not a list of numbers")
-    if not args.connections or min(args.connections) < 1:
-        parser.error("--connections: give at least one count, each 1 or more")
+    args.connections = connection_counts(parser, "--connections", args.connections)
+    if not args.connections:
+        parser.error("--connections: give at least one count")
+    args.close_connections = connection_counts(
+        parser, "--close-connections", args.close_connections
+    )
     if args.duration < 1 or args.rounds < 1:
         parser.error("--duration and --rounds must be 1 or more")
     args.tinylb_extras = []
@@ -238,6 +313,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def connection_counts(parser: argparse.ArgumentParser, flag: str, text: str) -> list[int]:
+    """A comma-separated list of connection counts, each 1 or more (empty is an empty list)."""
+    try:
+        counts = [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        parser.error(f"{flag}: {text!r} is not a list of numbers")
+    if counts and min(counts) < 1:
+        parser.error(f"{flag}: each count must be 1 or more")
+    return counts
+
+
 def exact_command(argv: list[str]) -> str:
     """The command line as the user typed it (through make, if that is how it ran)."""
     if os.environ.get("MAKELEVEL"):
@@ -256,32 +342,70 @@ def find_tool(name: str) -> str | None:
     return shutil.which(name, path=os.environ.get("PATH", "") + os.pathsep + extra)
 
 
-def ensure_tools() -> dict[str, str]:
-    """Paths of wrk, nginx and curl, installing missing ones with apt-get (said on stderr)."""
-    wanted = ["wrk", "nginx", "curl"]
+def ensure_tools(targets: list[str]) -> dict[str, str]:
+    """Paths of wrk, nginx, curl and the servers of the peers in `targets`, installing missing
+    ones with apt-get (said on stderr)."""
+    wanted = ["wrk", "nginx", "curl", *(PEER_TOOLS[t] for t in targets if t in PEER_TOOLS)]
     missing = [t for t in wanted if find_tool(t) is None]
     if missing:
-        command = f"apt-get update && apt-get install -y {' '.join(missing)}"
-        if os.geteuid() != 0 and shutil.which("sudo"):
-            command = f"sudo apt-get update && sudo apt-get install -y {' '.join(missing)}"
-        log(f"{', '.join(missing)} not found; installing them with: {command}")
-        if shutil.which("apt-get") is None:
-            raise BenchError(f"apt-get is not available; install {' '.join(missing)} yourself")
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        result = subprocess.run(["sh", "-c", command], env=env, stdout=sys.stderr)
+        status = install_packages(sorted({PACKAGES[t] for t in missing}))
         still = [t for t in wanted if find_tool(t) is None]
         if still:
             raise BenchError(
-                f"could not install {' '.join(still)} (apt-get exit status {result.returncode});"
+                f"could not install {' '.join(still)} (apt-get exit status {status});"
                 f" install them yourself, then run make bench again"
             )
-        if result.returncode != 0:
-            log(f"apt-get exited with {result.returncode}, but the tools are there; going on")
+        if status != 0:
+            log(f"apt-get exited with {status}, but the tools are there; going on")
     return {t: find_tool(t) for t in wanted}  # type: ignore[misc]
 
 
+def root_prefix() -> list[str]:
+    """`sudo` before a command that changes the system, when we are not root and sudo is
+    there."""
+    return ["sudo"] if os.geteuid() != 0 and shutil.which("sudo") else []
+
+
+def install_packages(packages: list[str]) -> int:
+    """`apt-get update && apt-get install -y packages`; returns apt-get's exit status.
+
+    A package's install may start its own service (squid on :3128, varnish on :6081): the
+    bench runs its own instances in the foreground, so those are stopped again at once.
+    """
+    sudo = shlex.join(root_prefix())
+    names = " ".join(packages)
+    command = f"{sudo} apt-get update && {sudo} apt-get install -y {names}".strip()
+    log(f"{names} not installed; installing with: {command}")
+    if shutil.which("apt-get") is None:
+        raise BenchError(f"apt-get is not available; install {names} yourself")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    result = subprocess.run(["sh", "-c", command], env=env, stdout=sys.stderr)
+    stop_package_services(packages)
+    return result.returncode
+
+
+def stop_package_services(packages: list[str]) -> None:
+    """Stops the services these freshly installed packages may have started, through the
+    system's service manager (invoke-rc.d), which stops only the package's own daemon.
+
+    Only packages the bench itself just installed get here, so nobody else's running server
+    is touched. Where policy-rc.d forbade the start (containers), it forbids the stop too.
+    """
+    invoke = find_tool("invoke-rc.d")
+    for service in (s for p in packages for s in PACKAGE_SERVICES.get(p, ())):
+        if invoke is None:
+            log(f"invoke-rc.d not found: if the {service} service started, stop it yourself")
+            continue
+        log(f"stopping the {service} service the package may have started")
+        subprocess.run(
+            [*root_prefix(), invoke, service, "stop"], stdout=sys.stderr, stderr=sys.stderr
+        )
+
+
 def tool_versions(tools: dict[str, str]) -> dict[str, str]:
-    """First line of `nginx -v`, `wrk -v`, `curl --version` and `tinylb --version`."""
+    """The versions the report's header lists: first lines of `tinylb --version`, `nginx -v`,
+    the peers' (`apache2 -v`, `varnishd -V`, `squid -v`, `haproxy -v`), `wrk -v`, `curl
+    --version`."""
 
     def first_line(argv: list[str]) -> str:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
@@ -289,12 +413,24 @@ def tool_versions(tools: dict[str, str]) -> dict[str, str]:
         return text.splitlines()[0] if text else "unknown"
 
     wrk = first_line([tools["wrk"], "-v"])
-    return {
-        "nginx": first_line([tools["nginx"], "-v"]).removeprefix("nginx version: "),
-        "wrk": wrk.split(" Copyright")[0],
-        "curl": " ".join(first_line([tools["curl"], "--version"]).split()[:2]),
+    versions = {
         "tinylb": first_line([str(TINYLB), "--version"]),
+        "nginx": first_line([tools["nginx"], "-v"]).removeprefix("nginx version: "),
     }
+    # The peers' first lines, trimmed of build dates and addresses: `Apache/2.4.71 (Debian)`,
+    # `varnish-7.1.1`, `Squid 5.7`, `HAProxy 2.6.12-1+deb12u4`.
+    peers = {
+        "apache2": ("-v", lambda line: line.removeprefix("Server version: ")),
+        "varnishd": ("-V", lambda line: line.split()[1].strip("(")),
+        "squid": ("-v", lambda line: line.replace("Cache: Version ", "")),
+        "haproxy": ("-v", lambda line: " ".join(line.replace(" version", "").split()[:2])),
+    }
+    for tool, (flag, trim) in peers.items():
+        if tool in tools:
+            versions[tool] = trim(first_line([tools[tool], flag]))
+    versions["wrk"] = wrk.split(" Copyright")[0]
+    versions["curl"] = " ".join(first_line([tools["curl"], "--version"]).split()[:2])
+    return versions
 
 
 def build_tinylb() -> None:
@@ -401,16 +537,21 @@ def read_stat(pid: int) -> ProcStat:
     return ProcStat(ppid=int(rest[1]), cpu_seconds=(int(rest[11]) + int(rest[12])) / CLK_TCK)
 
 
-def children(ppid: int) -> list[int]:
-    """The pids whose parent is `ppid` (nginx's workers), from a scan of /proc."""
-    found = []
+def descendants(root: int) -> list[int]:
+    """Every pid below `root` (nginx's workers, Varnish's child, Apache's child), from one scan
+    of /proc: a server's cost is its whole process tree, however deep it forks."""
+    kids: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                if read_stat(int(entry.name)).ppid == ppid:
-                    found.append(int(entry.name))
+                kids.setdefault(read_stat(int(entry.name)).ppid, []).append(int(entry.name))
             except (OSError, ValueError, IndexError):
                 continue  # the process ended during the scan
+    found, waiting = [], list(kids.get(root, []))
+    while waiting:
+        pid = waiting.pop()
+        found.append(pid)
+        waiting += kids.get(pid, [])
     return found
 
 
@@ -565,15 +706,224 @@ http {{
 """
 
 
-def tinylb_config(port: int, backends: list[int], extra: dict) -> dict:
-    """tinylb's config.json: the same backends as nginx, defaults for everything else."""
+def tinylb_config(port: int, backends: list[int], extra: dict, admin_port: int) -> dict:
+    """tinylb's config.json: the same backends as nginx, the admin listener (for /metrics) on
+    `admin_port`, defaults for everything else."""
     config = {
         "port": f"127.0.0.1:{port}",
         "servers": [f"http://127.0.0.1:{p}" for p in backends],
         "shutdownGracePeriod": "2s",
+        "adminAddress": f"127.0.0.1:{admin_port}",
     }
     config.update(extra)
     return config
+
+
+def unprivileged_user() -> tuple[str, str] | None:
+    """(user, group) a peer started as root switches to: `nobody` and its group, as nginx's
+    workers use. None when we are not root (then nothing switches)."""
+    if os.geteuid() != 0:
+        return None
+    nobody = pwd.getpwnam("nobody")
+    return nobody.pw_name, grp.getgrgid(nobody.pw_gid).gr_name
+
+
+def apache_config(tmp: Path, port: int, backends: list[int]) -> str:
+    """Apache httpd 2.4 as a balancer: the worker MPM with one child of 300 threads (its
+    limits leave it no room to fork a second), mod_proxy_balancer by requests over
+    `backends`, HTTP keep-alive to clients, no access log.
+
+    mod_proxy reuses backend connections by default (each member pools up to one per
+    thread); keepalive=On adds TCP keep-alive probes so idle pooled connections stay open.
+    """
+    modules = "\n".join(
+        f"LoadModule {name}_module {APACHE_MODULES}/mod_{name}.so"
+        for name in (
+            "mpm_worker",
+            "authz_core",  # without it every request fails with "couldn't check user"
+            "slotmem_shm",
+            "proxy",
+            "proxy_http",
+            "proxy_balancer",
+            "lbmethod_byrequests",
+        )
+    )
+    user = unprivileged_user()
+    members = "\n".join(
+        f"    BalancerMember http://127.0.0.1:{p} keepalive=On" for p in backends
+    )
+    return f"""# Written by benches/bench.py for one bench run; no Debian /etc/apache2 include.
+ServerRoot {tmp}/apache
+ServerName 127.0.0.1
+Listen 127.0.0.1:{port}
+PidFile {tmp}/apache.pid
+ErrorLog {tmp}/apache-error.log
+LogLevel warn
+DefaultRuntimeDir {tmp}/apache
+Mutex file:{tmp}/apache default
+{f"User {user[0]}{chr(10)}Group {user[1]}" if user else "# not root: no User/Group switch"}
+{modules}
+# One child process with 300 threads: ServerLimit 1 forbids a second child, and with
+# MaxSpareThreads above ThreadsPerChild the child is never stopped for being idle.
+ServerLimit 1
+StartServers 1
+ThreadLimit {APACHE_THREADS}
+ThreadsPerChild {APACHE_THREADS}
+MaxRequestWorkers {APACHE_THREADS}
+MinSpareThreads 25
+MaxSpareThreads {APACHE_THREADS + 25}
+MaxConnectionsPerChild 0
+KeepAlive On
+MaxKeepAliveRequests 0
+KeepAliveTimeout 5
+<Proxy balancer://backends>
+{members}
+    ProxySet lbmethod=byrequests
+</Proxy>
+ProxyPass / balancer://backends/
+"""
+
+
+def start_apache(procs: Processes, apache: str, tmp: Path, port: int, backends: list[int]):
+    """Runs Apache in the foreground (-DFOREGROUND: the parent stays, its child serves)."""
+    (tmp / "apache").mkdir()
+    conf = tmp / "apache.conf"
+    conf.write_text(apache_config(tmp, port, backends))
+    argv = [apache, "-DFOREGROUND", "-f", str(conf)]
+    return launch(procs, "apache", argv, port, tmp / "apache.out", tmp / "apache.pid")
+
+
+def varnish_vcl(backends: list[int]) -> str:
+    """VCL 4.1: a round-robin director over `backends`, and every request passed (never
+    cached), so Varnish works as a plain balancer. Backend connections pool by default."""
+    declared = "\n".join(
+        f'backend b{i} {{ .host = "127.0.0.1"; .port = "{p}"; }}' for i, p in enumerate(backends)
+    )
+    added = "\n".join(f"    backends.add_backend(b{i});" for i in range(len(backends)))
+    return f"""vcl 4.1;
+# Written by benches/bench.py for one bench run.
+import directors;
+{declared}
+sub vcl_init {{
+    new backends = directors.round_robin();
+{added}
+}}
+sub vcl_recv {{
+    set req.backend_hint = backends.backend();
+    return (pass);
+}}
+"""
+
+
+def start_varnish(procs: Processes, varnishd: str, tmp: Path, port: int, backends: list[int]):
+    """Runs varnishd in the foreground (-F) with its work dir in `tmp`, 32 MiB of malloc
+    storage and no management port (-T none); no varnishncsa, so no access log."""
+    vcl = tmp / "varnish.vcl"
+    vcl.write_text(varnish_vcl(backends))
+    argv = [varnishd, "-F", "-n", str(tmp / "varnish"), "-a", f"127.0.0.1:{port}"]
+    argv += ["-f", str(vcl), "-s", "malloc,32m", "-T", "none", "-P", str(tmp / "varnish.pid")]
+    return launch(procs, "varnish", argv, port, tmp / "varnish.out", tmp / "varnish.pid")
+
+
+def squid_config(tmp: Path, port: int, backends: list[int]) -> str:
+    """Squid as a reverse proxy (accel) with one origin-server parent per backend, picked
+    round robin; nothing cached, persistent connections both ways, no access log."""
+    peers = "\n".join(
+        f"cache_peer 127.0.0.1 parent {p} 0 no-query no-digest originserver round-robin"
+        f" name=b{i}"
+        for i, p in enumerate(backends)
+    )
+    user = unprivileged_user()
+    return f"""# Written by benches/bench.py for one bench run.
+http_port 127.0.0.1:{port} accel defaultsite=backends no-vhost
+{peers}
+never_direct allow all
+http_access allow all
+cache deny all
+cache_mem 8 MB
+server_persistent_connections on
+client_persistent_connections on
+pid_filename {tmp}/squid/squid.pid
+cache_log {tmp}/squid/cache.log
+access_log none
+cache_store_log none
+coredump_dir {tmp}/squid
+pinger_enable off
+digest_generation off
+shutdown_lifetime 0 seconds
+{f"cache_effective_user {user[0]}" if user else "# not root: no user switch"}
+"""
+
+
+def start_squid(procs: Processes, squid: str, tmp: Path, port: int, backends: list[int]):
+    """Runs squid in the foreground as one process (-N) under a service name of its own (-n),
+    since squid names its shared-memory segments after it and another squid may run here.
+
+    As root squid switches to `nobody`, so its directory (pid, cache log) must be nobody's.
+    """
+    workdir = tmp / "squid"
+    workdir.mkdir()
+    user = unprivileged_user()
+    if user:
+        shutil.chown(workdir, *user)
+    conf = tmp / "squid.conf"
+    conf.write_text(squid_config(tmp, port, backends))
+    argv = [squid, "-N", "-n", f"tinylbbench{os.getpid()}", "-f", str(conf)]
+    return launch(procs, "squid", argv, port, tmp / "squid.out", workdir / "squid.pid")
+
+
+def haproxy_maxconn(backends: int) -> int:
+    """HAProxy's maxconn: nginx's worker_connections, or less if the file limit is lower.
+
+    HAProxy needs two descriptors per proxied connection and refuses to start when the hard
+    limit cannot hold them.
+    """
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    wanted = nginx_limits(backends)[0]
+    if hard == resource.RLIM_INFINITY:
+        return wanted
+    return max(256, min(wanted, (hard - backends - 100) // 2))
+
+
+def haproxy_config(port: int, backends: list[int]) -> str:
+    """HAProxy with one thread, round robin over `backends`, idle server connections shared
+    between clients (http-reuse always), keep-alive with clients, no logging."""
+    servers = "\n".join(f"    server b{i} 127.0.0.1:{p}" for i, p in enumerate(backends))
+    return f"""# Written by benches/bench.py for one bench run.
+global
+    nbthread 1
+    maxconn {haproxy_maxconn(len(backends))}
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    timeout http-keep-alive 5s
+frontend balancer
+    bind 127.0.0.1:{port}
+    default_backend backends
+backend backends
+    balance roundrobin
+{servers}
+"""
+
+
+def start_haproxy(procs: Processes, haproxy: str, tmp: Path, port: int, backends: list[int]):
+    """Runs HAProxy in the foreground (-db); it writes no pid file there."""
+    conf = tmp / "haproxy.cfg"
+    conf.write_text(haproxy_config(port, backends))
+    return launch(procs, "haproxy", [haproxy, "-db", "-f", str(conf)], port, tmp / "haproxy.out")
+
+
+# How each peer starts: (procs, its server's path, tmp, port, backend ports) -> process.
+PEER_STARTERS = {
+    "apache": start_apache,
+    "varnish": start_varnish,
+    "squid": start_squid,
+    "haproxy": start_haproxy,
+}
 
 
 def tail(path: Path, lines: int = 15) -> str:
@@ -608,15 +958,33 @@ def wait_ready(
     raise BenchError(f"{name} did not listen on 127.0.0.1:{port} within 15 s:\n{tail(log_path)}")
 
 
+def launch(
+    procs: Processes,
+    name: str,
+    argv: list[str],
+    port: int,
+    log_path: Path,
+    pid_file: Path | None = None,
+    env: dict | None = None,
+) -> subprocess.Popen:
+    """Starts a server under the bench's process management and waits until it listens.
+
+    Its output goes to `log_path`, which is also where a failed start is read from.
+    """
+    proc = procs.start(name, argv, log_path, env)
+    wait_ready(name, proc, port, log_path, pid_file)
+    return proc
+
+
 def start_nginx(procs: Processes, nginx: str, tmp: Path, name: str, config: str, port: int):
     """Writes `config` and runs nginx in the foreground with prefix, pid and logs in `tmp`."""
     conf = tmp / f"{name}.conf"
     conf.write_text(config)
-    log_path = tmp / f"{name}.out"
-    argv = [nginx, "-p", f"{tmp}/", "-e", str(tmp / f"{name}-error.log"), "-c", str(conf)]
+    error_log = tmp / f"{name}-error.log"
+    argv = [nginx, "-p", f"{tmp}/", "-e", str(error_log), "-c", str(conf)]
     argv += ["-g", "daemon off;"]
-    proc = procs.start(name, argv, log_path)
-    wait_ready(name, proc, port, tmp / f"{name}-error.log", tmp / f"{name}.pid")
+    proc = procs.start(name, argv, tmp / f"{name}.out")
+    wait_ready(name, proc, port, error_log, tmp / f"{name}.pid")
     return proc
 
 
@@ -642,9 +1010,9 @@ class Target:
         return self.key.startswith("tinylb")
 
     def pids(self) -> list[int]:
-        """The process started and its children: tinylb's master and its server process,
-        nginx's master and its workers (a tinylb run with --no-master is one process)."""
-        return [self.proc.pid, *children(self.proc.pid)]
+        """The process started and everything below it: tinylb's master and its server
+        process, nginx's master and its workers, Apache's parent and its child."""
+        return [self.proc.pid, *descendants(self.proc.pid)]
 
     def check_alive(self) -> None:
         """Fails the bench with a clear message if the process has died."""
@@ -672,6 +1040,12 @@ class WrkRun:
     # wrk's socket errors by kind: connect, read, write, timeout (a response later than
     # wrk's 2 s timeout is counted here and left out of the latencies).
     socket_kinds: tuple[int, int, int, int] = (0, 0, 0, 0)
+    # What the run added to tinylb's stage timers, {stage: (seconds, requests)}; None for
+    # other targets, or when tinylb's /metrics has no stage timers.
+    stages: dict | None = None
+    # TCP sockets in TIME_WAIT on the machine when the run ended (the close workload leaves
+    # one per request for a minute).
+    timewait: int | None = None
 
 
 @dataclass
@@ -694,8 +1068,28 @@ class Cell:
         cpu = sum(r.cpu for r in self.runs)
         return sum(r.requests for r in self.runs) / cpu if cpu > 0 else None
 
+    def stage_means(self) -> dict[str, float | None] | None:
+        """Mean seconds per request of each of tinylb's stages over the rounds (seconds
+        summed ÷ requests counted; None for a stage that counted none), or None when no
+        round read any stage timer."""
+        deltas = [r.stages for r in self.runs if r.stages]
+        if not any(count for d in deltas for _, count in d.values()):
+            return None
+        means: dict[str, float | None] = {}
+        for stage in STAGES:
+            seconds = sum(d.get(stage, (0.0, 0))[0] for d in deltas)
+            count = sum(d.get(stage, (0.0, 0))[1] for d in deltas)
+            means[stage] = seconds / count if count else None
+        return means
+
 
 UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+# tinylb's stage timers: a Prometheus histogram on its admin listener's /metrics, one series
+# per stage, in the order a request meets them.
+STAGE_METRIC = "tinylb_request_stage_seconds"
+STAGES = ("client", "queue", "connect", "response", "relay", "total")
+METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+METRIC_LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*,?')
 
 
 def parse_wrk(output: str) -> tuple[float, int, float, float, int, int, tuple]:
@@ -729,11 +1123,18 @@ def parse_wrk(output: str) -> tuple[float, int, float, float, int, int, tuple]:
     )
 
 
-def run_wrk(wrk: str, target: Target, connections: int, duration: int) -> WrkRun:
-    """One `wrk -t2 -cN -dDs --latency` run, with the target's CPU use during it."""
+def run_wrk(
+    wrk: str, target: Target, connections: int, duration: int, close: bool = False
+) -> WrkRun:
+    """One `wrk -t2 -cN -dDs --latency` run (with `-H "Connection: close"`: a new connection
+    per request), with the target's CPU use during it and what it added to tinylb's stage
+    timers (read before the CPU count starts and after it ends)."""
     threads = min(2, connections)
     argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency"]
+    if close:
+        argv += ["-H", "Connection: close"]
     argv.append(f"http://127.0.0.1:{target.port}/")
+    stages_before = scrape_stages(target)
     pids = target.pids()
     before = cpu_seconds(pids)
     try:
@@ -745,10 +1146,96 @@ def run_wrk(wrk: str, target: Target, connections: int, duration: int) -> WrkRun
             f"wrk against {target.label} did not end within {duration + 30} s"
         ) from None
     used = cpu_seconds(pids) - before
+    timewait = sockets_in_timewait()
+    stages = stage_delta(stages_before, scrape_stages(target))
     if out.returncode != 0:
         raise BenchError(f"wrk failed against {target.label}: {out.stderr.strip()}")
     rps, requests, p50, p99, sock, bad, kinds = parse_wrk(out.stdout)
-    return WrkRun(rps, requests, p50, p99, sock, bad, used, kinds)
+    return WrkRun(rps, requests, p50, p99, sock, bad, used, kinds, stages, timewait)
+
+
+def sockets_in_timewait() -> int | None:
+    """TCP sockets in TIME_WAIT now, from /proc/net/sockstat (`TCP: inuse 5 ... tw 3 ...`)."""
+    try:
+        for line in Path("/proc/net/sockstat").read_text().splitlines():
+            if line.startswith("TCP:"):
+                fields = line.split()
+                return int(fields[fields.index("tw") + 1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def unescape_label(value: str) -> str:
+    """A label value of Prometheus's text format with its escapes (\\\\, \\", \\n) undone."""
+    return re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), value)
+
+
+def parse_sample(line: str) -> tuple[str, dict[str, str], float] | None:
+    """One sample line of Prometheus's text format, `name{label="value",...} value [time]`,
+    as (name, labels, value); labels in any order. None for a line it cannot read."""
+    name = METRIC_NAME.match(line)
+    if not name:
+        return None
+    labels, pos = {}, name.end()
+    if line.startswith("{", pos):
+        pos += 1
+        while label := METRIC_LABEL.match(line, pos):
+            labels[label.group(1)] = unescape_label(label.group(2))
+            pos = label.end()
+        if not line.startswith("}", pos):
+            return None
+        pos += 1
+    try:
+        return name.group(0), labels, float(line[pos:].split()[0])
+    except (IndexError, ValueError):
+        return None
+
+
+def stage_totals(text: str) -> dict[str, tuple[float, float]] | None:
+    """{stage: (seconds summed, requests counted)} from tinylb's /metrics text, summed over
+    any other labels; None when it has no stage timers (a build before them)."""
+    parts = {f"{STAGE_METRIC}_sum": 0, f"{STAGE_METRIC}_count": 1}
+    totals: dict[str, list[float]] = {}
+    for line in text.splitlines():
+        sample = None if line.startswith("#") else parse_sample(line.strip())
+        if sample and sample[0] in parts and "stage" in sample[1]:
+            name, labels, value = sample
+            totals.setdefault(labels["stage"], [0.0, 0.0])[parts[name]] += value
+    return {stage: (pair[0], pair[1]) for stage, pair in totals.items()} or None
+
+
+def scrape_stages(target: Target) -> dict[str, tuple[float, float]] | None:
+    """tinylb's stage totals now, from its admin listener's /metrics; None for a target
+    without an admin listener or stage timers, or when the listener does not answer."""
+    address = (target.config or {}).get("adminAddress")
+    if not address:
+        return None
+    host, port = address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host.strip("[]") or "127.0.0.1", int(port), timeout=2)
+    try:
+        conn.request("GET", "/metrics")
+        response = conn.getresponse()
+        text = response.read().decode(errors="replace")
+    except OSError:
+        return None
+    finally:
+        conn.close()
+    return stage_totals(text) if response.status == 200 else None
+
+
+def stage_delta(before: dict | None, after: dict | None) -> dict | None:
+    """What one run added to each stage, {stage: (seconds, requests)}; None if a scrape
+    failed or a counter went back (tinylb's server process was replaced meanwhile)."""
+    if before is None or after is None:
+        return None
+    delta = {}
+    for stage, (seconds, count) in after.items():
+        old_seconds, old_count = before.get(stage, (0.0, 0.0))
+        if seconds < old_seconds or count < old_count:
+            return None
+        delta[stage] = (seconds - old_seconds, count - old_count)
+    return delta
 
 
 def check_small_body(target: Target) -> None:
@@ -778,27 +1265,35 @@ def rotated(items: list, by: int) -> list:
     return items[by:] + items[:by]
 
 
-def measure_small(wrk: str, targets: list[Target], args) -> tuple[dict, bool]:
-    """The interleaved wrk rounds.
+def warm_up(wrk: str, targets: list[Target]) -> None:
+    """One short unmeasured run per target, to fill connection pools and caches."""
+    for t in targets:
+        run_wrk(wrk, t, 16, WARMUP_SECONDS)
+
+
+def measure_small(
+    wrk: str, targets: list[Target], args, levels: list[int], close: bool = False
+) -> tuple[dict, bool]:
+    """The interleaved wrk rounds at each connection count of `levels`, with keep-alive or
+    (`close`) a new connection per request.
 
     Returns {(target key, connections): Cell} and whether peak RSS could be reset per level.
     """
     cells: dict[tuple[str, int], Cell] = {}
-    total = len(args.connections) * args.rounds * len(targets)
+    total = len(levels) * args.rounds * len(targets)
     done = 0
     per_level = True
-    for t in targets:  # warm up connection pools and caches; not measured
-        run_wrk(wrk, t, 16, WARMUP_SECONDS)
-    for level, conns in enumerate(args.connections):
+    workload = "close" if close else "conns"
+    for level, conns in enumerate(levels):
         per_level &= reset_peak_rss([pid for t in targets for pid in t.pids()])
         for rnd in range(args.rounds):
             for t in rotated(targets, level + rnd):
                 t.check_alive()
-                run = run_wrk(wrk, t, conns, args.duration)
+                run = run_wrk(wrk, t, conns, args.duration, close)
                 cells.setdefault((t.key, conns), Cell()).runs.append(run)
                 done += 1
                 log(
-                    f"[{done:>2}/{total}] {conns:>3} conns, round {rnd + 1}/{args.rounds}, "
+                    f"[{done:>2}/{total}] {conns:>3} {workload}, round {rnd + 1}/{args.rounds}, "
                     f"{t.label:<16} {run.rps:>9,.0f} req/s  p99 {fmt_latency(run.p99):>8}  "
                     f"errors {run.socket_errors + run.bad_status}  cpu {run.cpu:.2f} s"
                 )
@@ -841,13 +1336,14 @@ def curl_big(curl: str, target: Target) -> tuple[float | None, float, str]:
 
 
 def measure_downloads(curl: str, targets: list[Target]) -> tuple[dict, tuple | None]:
-    """Interleaved 64 MiB downloads; also tinylb's VmHWM before and after them (hwm is None
-    when tinylb is not among the targets)."""
+    """Interleaved 64 MiB downloads; also tinylb's VmHWM before and after them, summed over
+    its process tree, since the master is off the request path (hwm is None when tinylb is
+    not among the targets)."""
     results = {t.key: Download() for t in targets}
     all_pids = [pid for t in targets for pid in t.pids()]
     reset_ok = reset_peak_rss(all_pids)
     tinylb = next((t for t in targets if t.key == "tinylb"), None)
-    before = status_kib(tinylb.proc.pid, "VmHWM") if tinylb else 0
+    before = tinylb.peak_rss_kib() if tinylb else 0
     for rep in range(DOWNLOAD_REPEATS):
         for t in rotated(targets, rep):
             t.check_alive()
@@ -863,7 +1359,7 @@ def measure_downloads(curl: str, targets: list[Target]) -> tuple[dict, tuple | N
         results[t.key].peak_rss_kib = t.peak_rss_kib()
     if tinylb is None:
         return results, None
-    after = status_kib(tinylb.proc.pid, "VmHWM")
+    after = tinylb.peak_rss_kib()
     return results, (before, after, reset_ok)
 
 
@@ -915,27 +1411,43 @@ def machine_description() -> str:
     return f"{os.cpu_count()} cores (nproc {nproc}), {model}, Linux {platform.release()}"
 
 
-def small_tables(cells: dict, targets: list[Target], args, rss_per_level: bool) -> list[str]:
-    """One table per connection count: every target's numbers side by side."""
-    rss_note = "peak RSS" if rss_per_level else "peak RSS since start"
+def fmt_count(value: float | None) -> str:
+    """A count such as req/CPU-s, `12,345`, or n/a."""
+    return "n/a" if value is None else f"{value:,.0f}"
+
+
+def workloads(ctx: dict) -> list[tuple[str, dict, list[int]]]:
+    """The workloads this run measured, as (name, cells, connection counts): keep-alive, then
+    Connection: close unless --close-connections was empty."""
+    args = ctx["args"]
+    found = [("keep-alive", ctx["cells"], args.connections)]
+    if args.close_connections:
+        found.append(("Connection: close", ctx["close_cells"], args.close_connections))
+    return found
+
+
+def small_tables(ctx: dict) -> list[str]:
+    """One table per workload and connection count: every target's numbers side by side."""
+    rss_note = "peak RSS" if ctx["rss_per_level"] else "peak RSS since start"
     lines = []
-    for conns in args.connections:
-        lines += [
-            f"### {plural(conns, 'connection')}",
-            "",
-            f"| target | req/s | p50 | p99 | errors | CPU-s per run | req/CPU-s | {rss_note} |",
-            "|---|--:|--:|--:|--:|--:|--:|--:|",
-        ]
-        for t in targets:
-            cell = cells[(t.key, conns)]
-            per_cpu = cell.req_per_cpu()
-            lines.append(
-                f"| {t.label} | {cell.median('rps'):,.0f} | {fmt_latency(cell.median('p50'))} "
-                f"| {fmt_latency(cell.median('p99'))} | {cell.errors()} "
-                f"| {cell.median('cpu'):.2f} | {'n/a' if per_cpu is None else f'{per_cpu:,.0f}'} "
-                f"| {fmt_mib(cell.peak_rss_kib)} |"
-            )
-        lines.append("")
+    for name, cells, levels in workloads(ctx):
+        for conns in levels:
+            suffix = "" if name == "keep-alive" else f", {name}"
+            lines += [
+                f"### {plural(conns, 'connection')}{suffix}",
+                "",
+                f"| target | req/s | p50 | p99 | errors | CPU-s per run | req/CPU-s | {rss_note} |",
+                "|---|--:|--:|--:|--:|--:|--:|--:|",
+            ]
+            for t in ctx["targets"]:
+                cell = cells[(t.key, conns)]
+                lines.append(
+                    f"| {t.label} | {cell.median('rps'):,.0f} | {fmt_latency(cell.median('p50'))}"
+                    f" | {fmt_latency(cell.median('p99'))} | {cell.errors()}"
+                    f" | {cell.median('cpu'):.2f} | {fmt_count(cell.req_per_cpu())}"
+                    f" | {fmt_mib(cell.peak_rss_kib)} |"
+                )
+            lines.append("")
     return lines
 
 
@@ -947,25 +1459,76 @@ def median_of(cells: dict, key: str, conns: int, attr: str) -> float | None:
     return cell.req_per_cpu() if attr == "req_per_cpu" else cell.median(attr)
 
 
-def ratio_table(cells: dict, args) -> list[str]:
-    """tinylb divided by nginx (1 worker, and 2 workers) per connection count; n/a for a
-    target that did not run."""
-
-    def r(attr: str, other: str, conns: int) -> str:
-        mine, theirs = median_of(cells, "tinylb", conns, attr), median_of(cells, other, conns, attr)
-        return fmt_ratio(ratio(mine, theirs))
-
-    lines = [
-        "| connections | req/s ÷ nginx 1w | req/CPU-s ÷ nginx 1w | p99 ÷ nginx 1w "
-        "| req/s ÷ nginx 2w | req/s ÷ backend direct |",
-        "|--:|--:|--:|--:|--:|--:|",
-    ]
+def class_table(ctx: dict, keys: tuple[str, ...]) -> list[str]:
+    """One row per target of `keys` that ran: req/s (p99) and req/CPU-s at each connection
+    count with keep-alive, then req/s at each count of the Connection: close workload."""
+    args = ctx["args"]
+    header = ["target"]
     for conns in args.connections:
-        lines.append(
-            f"| {conns} | {r('rps', 'nginx1', conns)} | {r('req_per_cpu', 'nginx1', conns)} "
-            f"| {r('p99', 'nginx1', conns)} | {r('rps', 'nginx2', conns)} "
-            f"| {r('rps', 'direct', conns)} |"
-        )
+        header += [f"{conns}: req/s (p99)", f"{conns}: req/CPU-s"]
+    header += [f"close {conns}: req/s" for conns in args.close_connections]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "--:|" * (len(header) - 1)]
+    for t in (t for t in ctx["targets"] if t.key in keys):
+        row = [t.label]
+        for conns in args.connections:
+            cell = ctx["cells"][(t.key, conns)]
+            p99 = fmt_latency(cell.median("p99"))
+            row += [f"{cell.median('rps'):,.0f} ({p99})", fmt_count(cell.req_per_cpu())]
+        for conns in args.close_connections:
+            row.append(f"{ctx['close_cells'][(t.key, conns)].median('rps'):,.0f}")
+        lines.append("| " + " | ".join(row) + " |")
+    return lines + [""]
+
+
+def fmt_p99_pair(cells: dict, mine: str, theirs: str, conns: int) -> str:
+    """Two targets' p99 side by side in ms, `1.20 vs 3.40 ms` (n/a if either did not run)."""
+    a, b = median_of(cells, mine, conns, "p99"), median_of(cells, theirs, conns, "p99")
+    return "n/a" if a is None or b is None else f"{a * 1e3:.2f} vs {b * 1e3:.2f} ms"
+
+
+def versus_table(ctx: dict, mine: str, theirs: str, with_p99: bool = True) -> list[str]:
+    """`mine` ÷ `theirs` for each workload and connection count: req/s and req/CPU-s, and
+    (with_p99) both p99s side by side; n/a where either did not run."""
+    labels = {t.key: t.label for t in ctx["targets"]}
+    them = labels.get(theirs, theirs)
+    header = f"| workload | connections | req/s ÷ {them} | req/CPU-s ÷ {them} |"
+    rule = "|---|--:|--:|--:|"
+    if with_p99:
+        header += f" p99: {labels.get(mine, mine)} vs {them} |"
+        rule += "--:|"
+    lines = [header, rule]
+    for name, cells, levels in workloads(ctx):
+        for conns in levels:
+            r = [
+                fmt_ratio(ratio_of(cells, mine, theirs, conns, attr))
+                for attr in ("rps", "req_per_cpu")
+            ]
+            p99 = f" {fmt_p99_pair(cells, mine, theirs, conns)} |" if with_p99 else ""
+            lines.append(f"| {name} | {conns} | {r[0]} | {r[1]} |{p99}")
+    return lines + [""]
+
+
+def ratio_of(cells: dict, mine: str, theirs: str, conns: int, attr: str) -> float | None:
+    """`mine` ÷ `theirs` of one attribute at one connection count (None if either is missing)."""
+    return ratio(median_of(cells, mine, conns, attr), median_of(cells, theirs, conns, attr))
+
+
+def event_loop_ratios(ctx: dict) -> list[str]:
+    """tinylb divided by each event loop that ran (nginx 1 worker, nginx 2 workers, HAProxy)
+    and by the backend itself, per connection count with keep-alive."""
+    cells, keys = ctx["cells"], {t.key for t in ctx["targets"]}
+    loops = [(k, name) for k, name in EVENT_LOOP_SHORT_NAMES.items() if k in keys]
+    measures = (("req/s", "rps"), ("req/CPU-s", "req_per_cpu"), ("p99", "p99"))
+    columns = [(f"{what} ÷ {name}", key, attr) for key, name in loops for what, attr in measures]
+    if "direct" in keys:
+        columns.append(("req/s ÷ backend direct", "direct", "rps"))
+    lines = [
+        "| connections | " + " | ".join(title for title, _, _ in columns) + " |",
+        "|--:|" + "--:|" * len(columns),
+    ]
+    for conns in ctx["args"].connections:
+        shown = [fmt_ratio(ratio_of(cells, "tinylb", o, conns, a)) for _, o, a in columns]
+        lines.append(f"| {conns} | " + " | ".join(shown) + " |")
     return lines + [""]
 
 
@@ -973,9 +1536,7 @@ def shape_table(cells: dict, args) -> list[str]:
     """The yardsticks against nginx and tinylb against the yardstick, per connection count."""
 
     def r(mine: str, theirs: str, conns: int, attr: str = "rps") -> str:
-        return fmt_ratio(
-            ratio(median_of(cells, mine, conns, attr), median_of(cells, theirs, conns, attr))
-        )
+        return fmt_ratio(ratio_of(cells, mine, theirs, conns, attr))
 
     direct = any(key == "shape-direct" for key, _ in cells)
     lines = [
@@ -1033,18 +1594,15 @@ def median_speed(downloads: dict | None, key: str) -> float | None:
 def targets_table(
     cells: dict, downloads: dict | None, hwm: tuple | None, size: int | None
 ) -> list[str]:
-    """Issue 4's targets, each with this run's value and whether it is met ("not measured"
-    for what this run skipped: a target, a connection count, the downloads)."""
-    rows = []
+    """Issue 4's targets (against nginx), each with this run's value and whether it is met
+    ("not measured" for what this run skipped: a target, a connection count, the downloads)."""
+    rows: list[str] = []
 
     def row(what: str, goal: str, value: float | None, ok, shown: str | None = None) -> None:
-        text = shown if shown is not None else fmt_ratio(value)
-        verdict = "not measured" if value is None else ("met" if ok(value) else "**not met**")
-        rows.append(f"| {what} | {goal} | {text} | {verdict} |")
+        rows.append(goal_row(what, goal, value, ok, shown))
 
     def cell_ratio(conns: int, attr: str) -> float | None:
-        mine = median_of(cells, "tinylb", conns, attr)
-        return ratio(mine, median_of(cells, "nginx1", conns, attr))
+        return ratio_of(cells, "tinylb", "nginx1", conns, attr)
 
     for conns, goal in ((16, 0.6), (64, 1.0), (256, 1.0)):
         row(
@@ -1086,6 +1644,19 @@ def targets_table(
         lambda v: v < 1.5,
         "n/a" if size is None else f"{size:,} bytes ({size_mib:.2f} MiB)",
     )
+    return goal_table(rows)
+
+
+def goal_row(what: str, goal: str, value: float | None, ok, shown: str | None = None) -> str:
+    """One row of a table of targets: this run's value (a ratio unless `shown` says
+    otherwise) and met, **not met** or not measured."""
+    text = shown if shown is not None else fmt_ratio(value)
+    verdict = "not measured" if value is None else ("met" if ok(value) else "**not met**")
+    return f"| {what} | {goal} | {text} | {verdict} |"
+
+
+def goal_table(rows: list[str]) -> list[str]:
+    """A table of targets under the warning every verdict needs on a shared machine."""
     return [
         "A verdict that rests on a run listed under *Anything odd* as starved or noisy is not to"
         " be trusted: run the bench again on a quieter machine.",
@@ -1097,13 +1668,124 @@ def targets_table(
     ]
 
 
-def oddities(cells: dict, duration: int, targets: list[Target], shutdown: list[str]) -> list[str]:
+def issue12_table(ctx: dict) -> list[str]:
+    """Issue 12's targets: tinylb against Apache worker (the reference of its class) and
+    against the bare shape, at every connection count."""
+    cells, close_cells, args = ctx["cells"], ctx["close_cells"], ctx["args"]
+    rows = []
+    for conns in args.connections:
+        value = ratio_of(cells, "tinylb", "apache", conns, "req_per_cpu")
+        stretch = " (stretch met)" if value is not None and value >= 1.2 else ""
+        rows.append(
+            goal_row(
+                f"req/CPU-s at {conns}",
+                "≥ 1.0× Apache worker (stretch 1.2×)",
+                value,
+                lambda v: v >= 1.0,
+                fmt_ratio(value) + stretch,
+            )
+        )
+    for conns in args.connections:
+        rows.append(
+            goal_row(
+                f"p99 at {conns}",
+                "≤ Apache worker's",
+                ratio_of(cells, "tinylb", "apache", conns, "p99"),
+                lambda v: v <= 1.0,
+                fmt_p99_pair(cells, "tinylb", "apache", conns),
+            )
+        )
+    for conns in args.close_connections:
+        rows.append(
+            goal_row(
+                f"Connection: close req/s at {conns}",
+                "≥ 1.0× Apache worker",
+                ratio_of(close_cells, "tinylb", "apache", conns, "rps"),
+                lambda v: v >= 1.0,
+            )
+        )
+    for what, attr in (("req/s", "rps"), ("req/CPU-s", "req_per_cpu")):
+        for conns in args.connections:
+            rows.append(
+                goal_row(
+                    f"{what} at {conns}, against the bare shape",
+                    "≥ 0.9× bare shape, proxying",
+                    ratio_of(cells, "tinylb", "shape-proxy", conns, attr),
+                    lambda v: v >= 0.9,
+                )
+            )
+    return goal_table(rows)
+
+
+def fmt_stage(mean: float | None, total: float | None) -> str:
+    """A stage's mean in µs with its share of `total`'s mean: `12.3 µs (8 %)`."""
+    if mean is None:
+        return "n/a"
+    share = f" ({100 * mean / total:.0f} %)" if total else ""
+    return f"{mean * 1e6:,.1f} µs{share}"
+
+
+def stage_table(ctx: dict) -> list[str]:
+    """Where each timed tinylb's time goes: the mean of each stage per workload and
+    connection count, and its share of `total`; a note instead when no stage was read."""
+    timed = [t for t in ctx["targets"] if t.is_tinylb() and stages_read(ctx, t)]
+    if not timed:
+        return [
+            f"Not measured: no tinylb's /metrics had `{STAGE_METRIC}` (a build before the stage"
+            " timers, or one with them off).",
+            "",
+        ]
+    lines = []
+    for t in timed:
+        if len(timed) > 1:
+            lines += [f"**{t.label}**", ""]
+        lines += [
+            "| workload | connections | " + " | ".join(STAGES) + " |",
+            "|---|--:|" + "--:|" * len(STAGES),
+        ]
+        for name, cells, levels in workloads(ctx):
+            for conns in levels:
+                means = cells[(t.key, conns)].stage_means() or {}
+                shown = [
+                    fmt_stage(means.get(stage), None if stage == "total" else means.get("total"))
+                    for stage in STAGES
+                ]
+                lines.append(f"| {name} | {conns} | " + " | ".join(shown) + " |")
+        lines.append("")
+    return lines
+
+
+def stages_read(ctx: dict, target: Target) -> bool:
+    """Whether any run of `target` read its stage timers (tinylb-untimed's count nothing)."""
+    return any(
+        cells[(target.key, conns)].stage_means()
+        for _, cells, levels in workloads(ctx)
+        for conns in levels
+    )
+
+
+def oddities(ctx: dict) -> list[str]:
     """What looked wrong: errors, stalled or noisy runs, tinylb's long tails and warnings, and
     how tinylb shut down."""
     lines = []
-    labels = {t.key: t.label for t in targets}
+    for name, cells, _ in workloads(ctx):
+        lines += cell_oddities(ctx, name, cells)
+    for t in ctx["targets"]:
+        if t.is_tinylb() and t.log_path is not None:
+            lines += log_warnings(t.label, t.log_path)
+    lines += [f"- {line}" for line in ctx["shutdown"]]
+    return lines
+
+
+def cell_oddities(ctx: dict, workload: str, cells: dict) -> list[str]:
+    """The oddities of one workload's cells: errors (with what connect errors mean under
+    Connection: close), stalled runs, long tails, noisy rounds."""
+    lines = []
+    duration = ctx["args"].duration
+    labels = {t.key: t.label for t in ctx["targets"]}
+    suffix = "" if workload == "keep-alive" else f", {workload}"
     for (key, conns), cell in sorted(cells.items()):
-        where = f"{labels.get(key, key)} at {plural(conns, 'connection')}"
+        where = f"{labels.get(key, key)} at {plural(conns, 'connection')}{suffix}"
         sock = sum(r.socket_errors for r in cell.runs)
         bad = sum(r.bad_status for r in cell.runs)
         if sock or bad:
@@ -1111,8 +1793,15 @@ def oddities(cells: dict, duration: int, targets: list[Target], shutdown: list[s
             detail = ", ".join(
                 f"{name} {n}" for name, n in zip(("connect", "read", "write", "timeout"), kinds)
             )
+            hint = (
+                " (connect errors under Connection: close usually mean wrk ran out of local"
+                " ports, held in TIME_WAIT: the load generator's limit, not the target's)"
+                if kinds[0] and suffix
+                else ""
+            )
             lines.append(
                 f"- {where}: {sock} socket errors ({detail}), {bad} responses with status ≥ 400"
+                + hint
             )
         for i, r in enumerate(cell.runs):
             if r.cpu < STALL_CPU_SHARE * duration:
@@ -1132,10 +1821,6 @@ def oddities(cells: dict, duration: int, targets: list[Target], shutdown: list[s
                 f"- {where}: rounds ranged from {min(rates):,.0f} to {max(rates):,.0f} req/s"
                 " (noisy: was the machine busy?)"
             )
-    for t in targets:
-        if t.is_tinylb() and t.log_path is not None:
-            lines += log_warnings(t.label, t.log_path)
-    lines += [f"- {line}" for line in shutdown]
     return lines
 
 
@@ -1155,33 +1840,105 @@ def log_warnings(label: str, log_path: Path) -> list[str]:
     return lines
 
 
-def how_to_read(args) -> list[str]:
+def how_to_read(ctx: dict) -> list[str]:
     """The short guide under the header of the report."""
+    args = ctx["args"]
     return [
         "## How to read this",
         "",
-        "- Every target ran in the same run, interleaved: for each connection count and round,"
-        " each target ran once, in a rotated order. Compare **ratios within this report**; an"
-        " absolute number from another run (or another machine) differs by 15 % or more.",
+        "- Every target ran in the same run, interleaved: for each workload, connection count and"
+        " round, each target ran once, in a rotated order. Compare **ratios within this report**;"
+        " an absolute number from another run (or another machine) differs by 15 % or more.",
         f"- Each cell is the median over {args.rounds} run(s) of `wrk -t2 -cN -d{args.duration}s"
         " --latency` (1 thread at 1 connection) against `/`, a 19-byte body."
         " p50/p99 come from wrk's latency distribution.",
+        "- *keep-alive*: wrk's connections stay open. *Connection: close*: the same with"
+        ' `-H "Connection: close"`, so every request opens a new TCP connection to the load'
+        " balancer and pays its accept and set-up (the balancers' backend connections stay"
+        f" pooled). {close_ports_note(ctx)}",
         "- wrk, the backend nginx and the load balancer share the same cores, so a load balancer"
         " that uses less CPU leaves more for the others: *req/CPU-s* (requests ÷ CPU-seconds the"
-        " load balancer's processes used during the runs, from /proc/PID/stat) is the efficiency"
-        " number, req/s the speed.",
+        " load balancer used during the runs, summed over its whole process tree from"
+        " /proc/PID/stat) is the efficiency number, req/s the speed.",
         "- *errors* = wrk's socket errors (connect, read, write, timeout) + responses with status"
         " ≥ 400, summed over the rounds.",
-        "- *peak RSS* is VmHWM, reset (clear_refs) at the start of each connection count. For nginx"
-        " it is the **sum** over the master and its workers (shared pages counted in each), so it"
-        " overstates nginx a little.",
+        "- *peak RSS* is VmHWM, reset (clear_refs) at the start of each connection count, summed"
+        " over the process tree: for nginx, Apache and Varnish the **sum** over parent and"
+        " children (shared pages counted in each), which overstates them a little.",
         "- *backend direct* is wrk straight at one backend port (the ceiling); in that row CPU and"
         " RSS are the backend nginx's own. The backend is one nginx process with"
         f" **worker_processes 1** serving all {args.backends} ports.",
-        "- Ratios are tinylb ÷ nginx: above 1 is better for req/s and req/CPU-s, below 1 is"
+        "- Ratios are tinylb ÷ the other: above 1 is better for req/s and req/CPU-s, below 1 is"
         " better for p99.",
+        "- tinylb's stage timers are read from its admin listener's `/metrics`"
+        f" (`{STAGE_METRIC}`) right before and after each wrk run: a stage's mean is the"
+        " growth of its `_sum` ÷ the growth of its `_count` over the rounds. *client* is the wait"
+        " from the end of the previous answer on a connection until intake took the next"
+        " request (not counted on a connection's first request, so nothing under Connection:"
+        " close), *queue* the wait for a worker, *connect* getting a backend connection (pooled"
+        " or new), *response* sending the request and waiting for the response head, *relay*"
+        " the body to the client, *total* intake to last byte. Shares are of *total*'s mean"
+        " (*client* lies outside it).",
         "",
     ]
+
+
+def close_ports_note(ctx: dict) -> str:
+    """What the close workload did to the load generator's ports: the kernel's port range and
+    TIME_WAIT reuse, and the most sockets in TIME_WAIT after a run."""
+    if not ctx["args"].close_connections:
+        return "(Not run: --close-connections was empty.)"
+    try:
+        reuse = Path("/proc/sys/net/ipv4/tcp_tw_reuse").read_text().strip()
+        ports = " to ".join(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except OSError:
+        reuse, ports = "unknown", "unknown"
+    counts = [r.timewait for c in ctx["close_cells"].values() for r in c.runs if r.timewait]
+    peak = f"{max(counts):,}" if counts else "unknown"
+    return (
+        f"Each closed connection sits in TIME_WAIT for a minute: at most {peak} sockets were"
+        f" in TIME_WAIT after a run (local ports {ports}, tcp_tw_reuse={reuse}; with reuse off,"
+        " wrk runs out of local ports and shows connect errors, listed under *Anything odd*)."
+    )
+
+
+def peer_config_lines(ctx: dict) -> list[str]:
+    """One header line per other load balancer that ran, with its exact configuration."""
+    args, keys = ctx["args"], {t.key for t in ctx["targets"]}
+    n = args.backends
+    user = "; as root it switches to user nobody" if unprivileged_user() else ""
+    lines = {
+        "apache": "- **Apache worker:** `apache2 -DFOREGROUND` with its own config (no Debian"
+        " /etc/apache2): **worker MPM, one child process of 300 threads** (ServerLimit 1,"
+        " StartServers 1, ThreadsPerChild 300, MaxRequestWorkers 300, MaxSpareThreads 325),"
+        f" mod_proxy_balancer `lbmethod=byrequests` over {n} `BalancerMember ... keepalive=On`"
+        " (TCP keep-alive probes on idle backend connections; reusing them is mod_proxy's"
+        " default: each member pools up to 300 backend connections, one per thread at most),"
+        " `ProxyPass / balancer://backends/`, KeepAlive On, MaxKeepAliveRequests 0"
+        f" (unlimited), KeepAliveTimeout 5, no access log{user}",
+        "varnish": "- **Varnish pass:** `varnishd -F -s malloc,32m -T none`, VCL 4.1 with a"
+        f" `directors.round_robin()` over {n} backends and `vcl_recv {{ return (pass); }}`"
+        " (nothing cached); backend connections pooled (Varnish's default), default thread"
+        " pools (2 pools of 100 to 5000 threads: a worker thread per request in progress, idle"
+        " client connections wait in its waiter), manager and child process, no varnishncsa",
+        "squid": "- **Squid accel:** `squid -N` (one process), `http_port ... accel"
+        f" defaultsite=backends no-vhost`, {n} `cache_peer ... parent ... originserver"
+        " round-robin`, `never_direct allow all`, `cache deny all` (nothing cached, no"
+        " cache_dir, cache_mem 8 MB), server and client persistent connections on, access_log"
+        f" none{user}",
+        "nginx1": "- **nginx load balancers:** `worker_processes 1` (and 2 for nginx2), upstream"
+        f" of the same {n} backends with `keepalive {upstream_keepalive(n)}`,"
+        ' `proxy_http_version 1.1`, `proxy_set_header Connection ""`,'
+        " `keepalive_requests 100000`, `proxy_max_temp_file_size 0` (large bodies stream"
+        " through memory, no temp file), no access log",
+        "haproxy": f"- **HAProxy 1 thread:** `haproxy -db`, `nbthread 1`, `mode http`,"
+        f" `balance roundrobin` over {n} servers, `http-reuse always` (idle backend connections"
+        " shared between clients), `option http-keep-alive`, maxconn"
+        f" {haproxy_maxconn(n)}, no logging",
+    }
+    if "nginx2" in keys:
+        keys.add("nginx1")
+    return [line for key, line in lines.items() if key in keys]
 
 
 def tinylb_config_lines(targets: list[Target]) -> list[str]:
@@ -1196,13 +1953,50 @@ def tinylb_config_lines(targets: list[Target]) -> list[str]:
 
 
 def build_report(ctx: dict) -> str:
-    """The generated part of docs/benchmarks.md (sections for what this run measured)."""
-    args, targets, cells = ctx["args"], ctx["targets"], ctx["cells"]
-    v = ctx["versions"]
+    """The generated part of docs/benchmarks.md: the threaded class first, then tinylb
+    against Apache worker, issue 12's targets, the stage timers, the event loops and the
+    details (sections for what this run measured)."""
+    lines = [*report_header(ctx), *how_to_read(ctx)]
+    keys = {t.key for t in ctx["targets"]}
+    if keys & set(THREADED_CLASS):
+        lines += [
+            "## tinylb's class: threaded proxies",
+            "",
+            "req/s (p99) and req/CPU-s with keep-alive, then req/s with Connection: close, per"
+            " connection count.",
+            "",
+            *class_table(ctx, THREADED_CLASS),
+        ]
+    if {"tinylb", "apache"} <= keys:
+        lines += [
+            "## tinylb ÷ Apache worker (same run)",
+            "",
+            *versus_table(ctx, "tinylb", "apache"),
+            "## Issue 12's targets",
+            "",
+            *issue12_table(ctx),
+        ]
+    if {"tinylb", "tinylb-untimed"} <= keys:
+        lines += [
+            "## What measuring costs",
+            "",
+            "tinylb ÷ the same tinylb with `\"stageTimers\": false`: what timing every request's"
+            " stages costs.",
+            "",
+            *versus_table(ctx, "tinylb", "tinylb-untimed", with_p99=False),
+        ]
+    if any(t.is_tinylb() for t in ctx["targets"]):
+        lines += ["## Where tinylb's time goes", "", *stage_table(ctx)]
+    lines += event_loop_sections(ctx, keys)
+    lines += detail_sections(ctx)
+    return "\n".join(lines)
+
+
+def report_header(ctx: dict) -> list[str]:
+    """The title, the run's circumstances, versions and every target's configuration."""
+    args, targets, v = ctx["args"], ctx["targets"], ctx["versions"]
     size = ctx["stripped_size"]
-    keys = {t.key for t in targets}
-    keepalive = upstream_keepalive(args.backends)
-    lines = [
+    return [
         "# Benchmarks",
         "",
         "<!-- Generated by benches/bench.py (`make bench`). Everything above the end marker is"
@@ -1213,29 +2007,28 @@ def build_report(ctx: dict) -> str:
         f" {ctx['load_end']} at the end",
         f"- **Command:** `{ctx['command']}` ({args.rounds} round(s) × {args.duration} s per wrk"
         f" run, {ctx['elapsed']:.0f} s in all)",
-        f"- **Versions:** {v['tinylb']}; {v['nginx']}; {v['wrk']}; {v['curl']}",
+        f"- **Versions:** {'; '.join(v.values())}",
         f"- **Targets:** {', '.join(t.label for t in targets)}; {args.backends} backend ports",
         *tinylb_config_lines(targets),
-        "- **nginx load balancers:** `worker_processes 1` and `worker_processes 2`, upstream of"
-        f" the same {args.backends} backends with `keepalive {keepalive}`,"
-        ' `proxy_http_version 1.1`, `proxy_set_header Connection ""`,'
-        " `keepalive_requests 100000`,"
-        " `proxy_max_temp_file_size 0` (large bodies stream through memory, no temp file),"
-        " no access log",
+        *peer_config_lines(ctx),
         f"- **tinylb binary:** {size:,} bytes stripped"
         if size
         else "- **tinylb binary:** strip not found",
         "",
-        *how_to_read(args),
     ]
-    if "tinylb" in keys:
+
+
+def event_loop_sections(ctx: dict, keys: set[str]) -> list[str]:
+    """The event loops (nginx 1 worker, HAProxy 1 thread), tinylb against them, and the bare
+    shape's yardsticks."""
+    lines = []
+    if keys & set(EVENT_LOOPS):
+        lines += ["## The event loops", "", *class_table(ctx, EVENT_LOOPS)]
+    if "tinylb" in keys and keys & {"nginx1", "nginx2", "haproxy", "direct"}:
         lines += [
-            "## tinylb ÷ nginx (same run)",
+            "## tinylb ÷ the event loops (same run, keep-alive)",
             "",
-            *ratio_table(cells, args),
-            "## Issue 4's targets",
-            "",
-            *targets_table(cells, ctx["downloads"], ctx["hwm"], size),
+            *event_loop_ratios(ctx),
         ]
     if {"shape-front", "shape-proxy"} & keys:
         lines += [
@@ -1248,29 +2041,36 @@ def build_report(ctx: dict) -> str:
                if "shape-direct" in keys else "")
             + ". What the bare shape cannot reach, tinylb cannot either.",
             "",
-            *shape_table(cells, args),
+            *shape_table(ctx["cells"], ctx["args"]),
         ]
-    lines += ["## Small requests", "", *small_tables(cells, targets, args, ctx["rss_per_level"])]
+    return lines
+
+
+def detail_sections(ctx: dict) -> list[str]:
+    """Every target's numbers per workload and connection count, the downloads, issue 4's
+    targets and anything odd."""
+    lines = ["## Every target, per connection count", "", *small_tables(ctx)]
     if ctx["downloads"] is not None:
         lines += [
             f"## One {BIG_MIB} MiB download through each",
             "",
             f"`curl -s -o /dev/null` of `/big`, {DOWNLOAD_REPEATS} times per target, interleaved.",
             "",
-            *download_table(ctx["downloads"], targets, ctx["hwm"]),
+            *download_table(ctx["downloads"], ctx["targets"], ctx["hwm"]),
         ]
-    lines += [
-        "## Anything odd",
-        "",
-        *oddities(cells, args.duration, targets, ctx["shutdown"]),
-        "",
-    ]
-    return "\n".join(lines)
+    if "tinylb" in {t.key for t in ctx["targets"]}:
+        lines += [
+            "## Issue 4's targets (against nginx)",
+            "",
+            *targets_table(ctx["cells"], ctx["downloads"], ctx["hwm"], ctx["stripped_size"]),
+        ]
+    return lines + ["## Anything odd", "", *oddities(ctx), ""]
 
 
 def cells_json(ctx: dict) -> dict:
-    """What `--json` saves: the run's context and every cell, medians and each round."""
-    args, cells = ctx["args"], ctx["cells"]
+    """What `--json` saves: the run's context and every cell of each workload, medians, each
+    round and the mean of each of tinylb's stages."""
+    args = ctx["args"]
     labels = {t.key: t.label for t in ctx["targets"]}
     return {
         "date": ctx["date"],
@@ -1289,6 +2089,7 @@ def cells_json(ctx: dict) -> dict:
             {
                 "target": key,
                 "label": labels[key],
+                "workload": workload,
                 "connections": conns,
                 "rps": cell.median("rps"),
                 "p50": cell.median("p50"),
@@ -1298,8 +2099,10 @@ def cells_json(ctx: dict) -> dict:
                 "requests": sum(r.requests for r in cell.runs),
                 "req_per_cpu": cell.req_per_cpu(),
                 "peak_rss_kib": cell.peak_rss_kib,
+                "stage_means": cell.stage_means(),
                 "runs": [vars(r) for r in cell.runs],
             }
+            for workload, cells, _ in workloads(ctx)
             for (key, conns), cell in cells.items()
         ],
         "downloads": None
@@ -1332,13 +2135,13 @@ def write_report(out: Path, report: str) -> None:
 
 def target_count(args) -> int:
     """How many targets this run measures (each tinylb config and candidate is one)."""
-    tinylbs = len(args.tinylb_runs) if "tinylb" in args.targets else 0
-    return len([t for t in args.targets if t != "tinylb"]) + tinylbs
+    others = [t for t in args.targets if not t.startswith("tinylb")]
+    return len(others) + len(tinylb_specs(args))
 
 
 def estimate_seconds(args, targets: int = 4) -> float:
     """Roughly how long the load takes: wrk runs, warm-up, downloads, start-up."""
-    wrk_runs = len(args.connections) * args.rounds * targets
+    wrk_runs = (len(args.connections) + len(args.close_connections)) * args.rounds * targets
     return wrk_runs * (args.duration + 0.3) + targets * (WARMUP_SECONDS + 0.3) + 15
 
 
@@ -1356,65 +2159,94 @@ def tinylb_label(index: int, extra: dict, count: int, binary: Path = TINYLB) -> 
     return f"tinylb {json.dumps(extra, separators=(',', ':'))}" if extra else tinylb_key(index)
 
 
-def start_tinylb(
-    procs: Processes, tmp: Path, index: int, config: dict, port: int, binary: Path = TINYLB
-):
+def tinylb_specs(args) -> list[tuple[str, str, dict, Path]]:
+    """Every tinylb this run starts, as (key, label, extra config keys, binary).
+
+    With tinylb in --targets, one per --tinylb-config and --candidate; with tinylb-untimed,
+    the first config again with the stage timers off.
+    """
+    specs = []
+    if "tinylb" in args.targets:
+        count = len(args.tinylb_runs)
+        specs += [
+            (tinylb_key(i), tinylb_label(i, extra, count, binary), extra, binary)
+            for i, (extra, binary) in enumerate(args.tinylb_runs)
+        ]
+    if "tinylb-untimed" in args.targets:
+        untimed = {**args.tinylb_extras[0], **UNTIMED_KEYS}
+        specs.append(("tinylb-untimed", UNTIMED_LABEL, untimed, TINYLB))
+    return specs
+
+
+def start_tinylb(procs: Processes, tmp: Path, key: str, config: dict, binary: Path = TINYLB):
     """Writes tinylb's config and starts it with RUST_LOG=warn; returns (process, log path)."""
-    name = tinylb_key(index).replace("#", "-")
+    name = key.replace("#", "-")
     (tmp / f"{name}.json").write_text(json.dumps(config, indent=2))
     env = dict(os.environ, RUST_LOG="warn")
     log_path = tmp / f"{name}.log"
-    proc = procs.start(name, [str(binary), "--config", str(tmp / f"{name}.json")], log_path, env)
-    wait_ready(name, proc, port, log_path)
-    return proc, log_path
+    argv = [str(binary), "--config", str(tmp / f"{name}.json")]
+    port = int(config["port"].rsplit(":", 1)[1])
+    return launch(procs, name, argv, port, log_path, env=env), log_path
+
+
+def start_backend(procs: Processes, nginx: str, tmp: Path, ports: list[int]) -> Target:
+    """The one nginx behind every load balancer, serving all backend ports; as a target it is
+    `direct` (wrk straight at its first port)."""
+    shown = ports if len(ports) <= 10 else f"{ports[:3]} ... ({len(ports)} ports)"
+    log(f"backend: one nginx (1 worker) on 127.0.0.1 ports {shown}")
+    backend = start_nginx(procs, nginx, tmp, "backend", backend_config(tmp, ports), ports[0])
+    for port in ports[1:]:
+        wait_ready("backend", backend, port, tmp / "backend-error.log")
+    return Target("direct", "backend direct", ports[0], backend, True)
+
+
+def start_balancers(procs, tools: dict, tmp: Path, args, backends: list[int]) -> list[Target]:
+    """Every load balancer and yardstick `--targets` asks for, each on free ports of its own
+    (tinylb also on one for its admin listener), in front of `backends`."""
+    specs = tinylb_specs(args)
+    nginxes = [(k, w) for k, w in (("nginx1", 1), ("nginx2", 2)) if k in args.targets]
+    peers = [key for key in PEER_STARTERS if key in args.targets]
+    shapes = [key for key in SHAPES if key in args.targets]
+    ports = iter(free_ports(2 * len(specs) + len(nginxes) + len(peers) + len(shapes)))
+    targets = []
+    for key, label, extra, binary in specs:
+        config = tinylb_config(next(ports), backends, extra, next(ports))
+        proc, log_path = start_tinylb(procs, tmp, key, config, binary)
+        port = int(config["port"].rsplit(":", 1)[1])
+        targets.append(Target(key, label, port, proc, False, config, log_path))
+    for key, workers in nginxes:
+        port = next(ports)
+        config = lb_config(tmp, key, workers, port, backends)
+        proc = start_nginx(procs, tools["nginx"], tmp, key, config, port)
+        label = "nginx 1 worker" if workers == 1 else f"nginx {workers} workers"
+        targets.append(Target(key, label, port, proc, True))
+    for key in peers:
+        port = next(ports)
+        proc = PEER_STARTERS[key](procs, tools[PEER_TOOLS[key]], tmp, port, backends)
+        targets.append(Target(key, PEERS[key], port, proc, False))
+    for key in shapes:
+        port, (mode, label) = next(ports), SHAPES[key]
+        argv = [str(BARE_SHAPE), mode, str(port), *map(str, backends)]
+        proc = launch(procs, key, argv, port, tmp / f"{key}.log")
+        targets.append(Target(key, label, port, proc, False))
+    return targets
 
 
 def start_everything(procs: Processes, tools: dict, tmp: Path, args) -> list[Target]:
-    """The backend, then the load balancers `--targets` asks for; returns the targets.
+    """The backend, then the load balancers `--targets` asks for; returns the targets in the
+    report's order, each checked to answer GET / correctly.
 
     The backend always runs (every load balancer needs it); `direct` only decides whether wrk
     is also pointed at it.
     """
-    count = args.backends
-    tinylbs = len(args.tinylb_runs) if "tinylb" in args.targets else 0
-    shapes = [key for key in SHAPES if key in args.targets]
-    ports = free_ports(count + 2 + len(shapes) + tinylbs)
-    backend_ports, lb1_port, lb2_port = ports[:count], ports[count], ports[count + 1]
-    shape_ports = ports[count + 2 : count + 2 + len(shapes)]
-    tinylb_ports = ports[count + 2 + len(shapes) :]
+    backend_ports = free_ports(args.backends)
     if not args.only_small:
         make_big_file(tmp / "big.bin")
-    nginx = tools["nginx"]
-    shown = backend_ports if count <= 10 else f"{backend_ports[:3]} ... ({count} ports)"
-    log(f"backend: one nginx (1 worker) on 127.0.0.1 ports {shown}")
-    backend = start_nginx(
-        procs, nginx, tmp, "backend", backend_config(tmp, backend_ports), backend_ports[0]
+    direct = start_backend(procs, tools["nginx"], tmp, backend_ports)
+    targets = ([direct] if "direct" in args.targets else []) + start_balancers(
+        procs, tools, tmp, args, backend_ports
     )
-    for port in backend_ports[1:]:
-        wait_ready("backend", backend, port, tmp / "backend-error.log")
-    targets = []
-    if "direct" in args.targets:
-        targets.append(Target("direct", "backend direct", backend_ports[0], backend, True))
-    for index, ((extra, binary), port) in enumerate(zip(args.tinylb_runs, tinylb_ports)):
-        config = tinylb_config(port, backend_ports, extra)
-        proc, log_path = start_tinylb(procs, tmp, index, config, port, binary)
-        label = tinylb_label(index, extra, tinylbs, binary)
-        targets.append(
-            Target(tinylb_key(index), label, port, proc, False, config, log_path)
-        )
-    for key, workers, port in (("nginx1", 1, lb1_port), ("nginx2", 2, lb2_port)):
-        if key in args.targets:
-            config = lb_config(tmp, key, workers, port, backend_ports)
-            proc = start_nginx(procs, nginx, tmp, key, config, port)
-            label = "nginx 1 worker" if workers == 1 else f"nginx {workers} workers"
-            targets.append(Target(key, label, port, proc, True))
-    for key, port in zip(shapes, shape_ports):
-        mode, label = SHAPES[key]
-        argv = [str(BARE_SHAPE), mode, str(port), *map(str, backend_ports)]
-        log_path = tmp / f"{key}.log"
-        proc = procs.start(key, argv, log_path)
-        wait_ready(key, proc, port, log_path)
-        targets.append(Target(key, label, port, proc, False))
+    targets.sort(key=lambda t: TARGET_KEYS.index(t.key.split("#")[0]))
     log(", ".join(f"{t.label} on {t.port}" for t in targets))
     for t in targets:
         check_small_body(t)
@@ -1441,11 +2273,13 @@ def run(args: argparse.Namespace, argv: list[str], procs: Processes, tmp: Path) 
         f"({len(args.connections)} connection counts × {args.rounds} rounds × {count} targets"
         f" × {args.duration} s{'' if args.only_small else ', plus downloads'})"
     )
-    tools = ensure_tools()
+    tools = ensure_tools(args.targets)
     build_tinylb()
     load_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
     targets = start_everything(procs, tools, tmp, args)
-    cells, rss_per_level = measure_small(tools["wrk"], targets, args)
+    warm_up(tools["wrk"], targets)
+    cells, rss_per_level = measure_small(tools["wrk"], targets, args, args.connections)
+    close_cells, _ = measure_small(tools["wrk"], targets, args, args.close_connections, True)
     downloads, hwm = None, None
     if not args.only_small:
         # The yardsticks read a body whole and cannot stream 64 MiB; they are for small requests.
@@ -1456,6 +2290,7 @@ def run(args: argparse.Namespace, argv: list[str], procs: Processes, tmp: Path) 
         "args": args,
         "targets": targets,
         "cells": cells,
+        "close_cells": close_cells,
         "downloads": downloads,
         "hwm": hwm,
         "rss_per_level": rss_per_level,
