@@ -18,6 +18,7 @@ set -euo pipefail
 port=${1:?usage: per-request-costs.sh PORT [CONNECTIONS] [SECONDS]}
 conns=${2:-64}
 seconds=${3:-4}
+threads=$(( conns < 2 ? conns : 2 ))  # wrk needs a connection per thread
 libc=$(ldconfig -p | awk '/libc\.so\.6 .*x86-64/{print $NF; exit}')
 [ -n "$libc" ] || libc=/lib/x86_64-linux-gnu/libc.so.6
 
@@ -42,11 +43,11 @@ for probe in malloc realloc calloc; do
     perf probe -q -x "$libc" --add "$probe" 2>/dev/null || true
 done
 
-wrk -t2 -c"$conns" -d1s "http://127.0.0.1:$port/" >/dev/null
+wrk -t"$threads" -c"$conns" -d1s "http://127.0.0.1:$port/" >/dev/null
 
 # Pass 1: CPU and voluntary context switches from /proc, without perf's own overhead.
 ticks_before=$(cpu_ticks); switches_before=$(switches)
-output=$(wrk -t2 -c"$conns" -d"${seconds}s" "http://127.0.0.1:$port/")
+output=$(wrk -t"$threads" -c"$conns" -d"${seconds}s" "http://127.0.0.1:$port/")
 ticks_after=$(cpu_ticks); switches_after=$(switches)
 requests=$(requests_of <<<"$output")
 rps=$(awk '/Requests\/sec/{print $2}' <<<"$output")
@@ -55,13 +56,13 @@ hz=$(getconf CLK_TCK)
 # Pass 2: counts under perf (uprobes slow the process down; only the counts are used).
 stat_file=$(mktemp)
 trap 'rm -f "$stat_file"' EXIT
-wrk -t2 -c"$conns" -d1s "http://127.0.0.1:$port/" >/dev/null
+wrk -t"$threads" -c"$conns" -d1s "http://127.0.0.1:$port/" >/dev/null
 perf stat -x, -o "$stat_file" -p "$pid" \
     -e raw_syscalls:sys_enter,context-switches,probe_libc:malloc,probe_libc:realloc,probe_libc:calloc \
     -- sleep "$seconds" &
 perf_pid=$!
 sleep 0.3
-output2=$(wrk -t2 -c"$conns" -d"$((seconds + 1))s" "http://127.0.0.1:$port/")
+output2=$(wrk -t"$threads" -c"$conns" -d"$((seconds + 1))s" "http://127.0.0.1:$port/")
 wait "$perf_pid"
 # perf counted for `seconds` of the run's `seconds + 1`.
 counted=$(awk -v n="$(requests_of <<<"$output2")" -v s="$seconds" 'BEGIN {print n * s / (s + 1)}')

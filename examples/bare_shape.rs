@@ -171,7 +171,9 @@ fn through_channel(server: &Server, pinger: &Pinger, answer: Arc<dyn Answer>) {
         });
     }
     while let Ok(request) = server.recv() {
-        pinger.saw_request();
+        // Without tinylb's table of connections, no request counts as a new connection: one
+        // ping a round, what tinylb pings under kept-alive load.
+        pinger.saw_request(false);
         if sender.send(request).is_err() {
             return;
         }
@@ -188,7 +190,7 @@ fn straight_from_recv(server: &Arc<Server>, pinger: &Arc<Pinger>, answer: Arc<dy
             thread::spawn(move || {
                 let mut buffer = Vec::new();
                 while let Ok(request) = server.recv() {
-                    pinger.saw_request();
+                    pinger.saw_request(false);
                     answer.answer(request, &mut buffer);
                 }
             })

@@ -15,7 +15,7 @@ use tiny_http::{HTTPVersion, Method, Request};
 
 use super::body::ClientBody;
 use super::hangup::Hangups;
-use super::phases::Phases;
+use super::phases::{Phase, Phases};
 use super::relay::{self, Answer, Buffers, ClientSide, Relayed};
 use super::request_check::{self, Head, Rejection};
 use crate::access_log::AccessLine;
@@ -32,6 +32,8 @@ pub struct Exchange {
     phases: Arc<Phases>,
     /// The client side's stamps: the previous answer's end and the intake taking this one.
     stamps: Stamps,
+    /// Whether this is the first request tinylb took from its connection.
+    first_on_connection: bool,
 }
 
 /// What the client got, for the access log and the statistics.
@@ -69,7 +71,12 @@ impl Exchange {
             return None;
         }
         let taken = stages::stamp();
-        let previous_answer = phases.serving(peer.as_ref()).filter(|_| taken.is_some());
+        let previous = phases.serving(peer.as_ref());
+        let first_on_connection = matches!(previous, None | Some(Phase::New(_)));
+        let previous_answer = match previous {
+            Some(Phase::Waiting(since)) if taken.is_some() => Some(since),
+            _ => None,
+        };
         let verdict = request_check::check_request(&request);
         if verdict.is_err() {
             hangups.remember(peer.as_ref());
@@ -91,7 +98,13 @@ impl Exchange {
                 taken,
                 ..Stamps::default()
             },
+            first_on_connection,
         })
+    }
+
+    /// Whether this is the first request tinylb took from its connection: a new connection.
+    pub fn first_on_connection(&self) -> bool {
+        self.first_on_connection
     }
 
     /// The stage timers' stamps so far: when the previous answer on this connection ended and
@@ -180,7 +193,7 @@ impl Exchange {
         if answer.close {
             self.hangups.close_socket(peer.as_ref());
         }
-        self.phases.answered(peer.as_ref());
+        self.phases.answered(peer.as_ref(), self.side.keep_alive);
         drop(writer);
         let body_bytes = match written {
             Ok(()) if self.side.head_request => 0,
@@ -245,7 +258,7 @@ impl Exchange {
         if hang_up || draining {
             self.hangups.hang_up(peer.as_ref());
         }
-        self.phases.answered(peer.as_ref());
+        self.phases.answered(peer.as_ref(), self.side.keep_alive);
         drop(writer);
         Delivered { status, body_bytes }
     }

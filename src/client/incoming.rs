@@ -130,10 +130,11 @@ impl Incoming {
     }
 
     fn admit(&mut self, request: tiny_http::Request) -> Option<Exchange> {
+        let exchange = Exchange::admit(request, &self.hangups, &self.phases)?;
         if let Some(pinger) = &self.pinger {
-            pinger.saw_request();
+            pinger.saw_request(exchange.first_on_connection());
         }
-        Exchange::admit(request, &self.hangups, &self.phases)
+        Some(exchange)
     }
 
     /// Stops taking new connections, for good, without closing the listening socket (another

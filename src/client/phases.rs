@@ -95,19 +95,24 @@ pub fn judge(phase: Phase, heard: Heard, now: Instant, limits: Limits) -> Verdic
 pub struct Phases(Mutex<HashMap<SocketAddr, Phase>>);
 
 impl Phases {
-    /// A request from `peer` was admitted. Returns when the previous answer on the connection
-    /// ended, if this is not its first request (for the `client` stage timer).
-    pub fn serving(&self, peer: Option<&SocketAddr>) -> Option<Instant> {
-        match self.0.lock().insert(*peer?, Phase::Serving)? {
-            Phase::Waiting(since) => Some(since),
-            Phase::New(_) | Phase::Serving | Phase::Ended(_) => None,
-        }
+    /// A request from `peer` was admitted. Returns the phase its connection was in: `None` or
+    /// `New` for a connection's first request, `Waiting` since the previous answer.
+    pub fn serving(&self, peer: Option<&SocketAddr>) -> Option<Phase> {
+        self.0.lock().insert(*peer?, Phase::Serving)
     }
 
-    /// The answer to `peer` is written; its next head is due within the deadline.
-    pub fn answered(&self, peer: Option<&SocketAddr>) {
+    /// The answer to `peer` is written and the connection stays open: its next head is due
+    /// within the deadline. A connection that ends after its answer because the client asked
+    /// is forgotten instead (`keep_alive` false), so that a new connection from the same
+    /// address and port is not taken for it.
+    pub fn answered(&self, peer: Option<&SocketAddr>, keep_alive: bool) {
         if let Some(peer) = peer {
-            self.0.lock().insert(*peer, Phase::Waiting(Instant::now()));
+            let mut table = self.0.lock();
+            if keep_alive {
+                table.insert(*peer, Phase::Waiting(Instant::now()));
+            } else {
+                table.remove(peer);
+            }
         }
     }
 
@@ -219,17 +224,22 @@ mod tests {
         let at = Instant::now();
         phases.update(&[a, b], &[a, b], at);
         assert_eq!(phases.snapshot()[&a], Phase::New(at));
-        phases.serving(Some(&a));
+        assert_eq!(phases.serving(Some(&a)), Some(Phase::New(at)));
         // Judged waiting, but admitted meanwhile: left alone.
         assert!(!phases.end_if_still(a, Phase::New(at)));
         assert!(phases.end_if_still(b, Phase::New(at)));
         assert!(matches!(phases.snapshot()[&b], Phase::Ended(_)));
-        phases.answered(Some(&a));
+        phases.answered(Some(&a), true);
         assert!(matches!(phases.snapshot()[&a], Phase::Waiting(t) if t >= at));
         // A census that no longer sees b forgets it; a second first sighting keeps the clock.
         phases.update(&[a], &[a], Instant::now() + secs(5));
         let table = phases.snapshot();
         assert!(!table.contains_key(&b));
         assert!(matches!(table[&a], Phase::Waiting(t) if t < Instant::now() + secs(1)));
+        // The next request sees when the previous answer ended; a client that asked to close
+        // is forgotten with its answer, so its address and port start afresh.
+        assert!(matches!(phases.serving(Some(&a)), Some(Phase::Waiting(_))));
+        phases.answered(Some(&a), false);
+        assert_eq!(phases.serving(Some(&a)), None);
     }
 }

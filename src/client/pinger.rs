@@ -8,8 +8,9 @@
 //! - **Connections from a burst can wait in tiny_http's thread pool** behind a thread that is
 //!   already taken (its idle count is read stale), until some other connection ends. Every
 //!   ping either starts a fresh pool thread, which takes one waiting connection when the ping
-//!   ends, or wakes an idle one that does. So while requests arrive, it pings more often, and
-//!   more when there are more requests (a load test's opening burst).
+//!   ends, or wakes an idle one that does. So while requests arrive it pings once a round, and
+//!   more when new connections arrive (a load test's opening burst): kept-alive connections
+//!   already have their thread and need none.
 //!
 //! Pinging is a blocking connect, which takes microseconds on loopback but up to
 //! `PING_TIMEOUT` when the accept queue is full, so it runs on a thread of its own, where it
@@ -30,8 +31,8 @@ const BUSY_PING: Duration = Duration::from_millis(50);
 const IDLE_LOOK: Duration = Duration::from_millis(250);
 /// Longest wait for a ping's handshake.
 const PING_TIMEOUT: Duration = Duration::from_millis(20);
-/// One ping per this many requests since the last round...
-const REQUESTS_PER_PING: usize = 8;
+/// One ping per this many new connections since the last round...
+const CONNECTIONS_PER_PING: usize = 8;
 /// ...and at most this many a round: 320 a second free a burst of 64 new connections in about
 /// 0.2 s; under light traffic a round is one ping.
 const MAX_BUSY_PINGS: usize = 16;
@@ -46,6 +47,8 @@ const STRUGGLING_FOR: Duration = Duration::from_secs(10);
 struct Signals {
     /// Requests taken from tiny_http so far.
     requests: AtomicUsize,
+    /// Of them, the first requests of their connections.
+    connections: AtomicUsize,
     /// When accept() last failed. For [`STRUGGLING_FOR`] after it, file descriptors count as
     /// short: then no busy pings, since each one holds two until a pool thread reads it, and
     /// those are what the listener is waiting for.
@@ -81,12 +84,15 @@ impl Pinger {
                         Ok(()) | Err(RecvTimeoutError::Timeout) => {}
                         Err(RecvTimeoutError::Disconnected) => return,
                     }
-                    let requests = thread_signals.requests.load(Ordering::Relaxed);
+                    let seen = Seen {
+                        requests: thread_signals.requests.load(Ordering::Relaxed),
+                        connections: thread_signals.connections.load(Ordering::Relaxed),
+                    };
                     let struggling = thread_signals
                         .last_accept_failure
                         .lock()
                         .is_some_and(|at| at.elapsed() < STRUGGLING_FOR);
-                    for _ in 0..rounds.pings_now(requests, struggling) {
+                    for _ in 0..rounds.pings_now(seen, struggling) {
                         // Connecting is enough; the connection is closed at once, and tiny_http's
                         // thread for it reads end-of-file and ends.
                         let _ = TcpStream::connect_timeout(&addr, PING_TIMEOUT);
@@ -100,9 +106,13 @@ impl Pinger {
         })
     }
 
-    /// Called by the intake for each request it takes from tiny_http.
-    pub fn saw_request(&self) {
+    /// Called by the intake for each request it takes from tiny_http; `new_connection` when it
+    /// is the first of its connection.
+    pub fn saw_request(&self, new_connection: bool) {
         self.signals.requests.fetch_add(1, Ordering::Relaxed);
+        if new_connection {
+            self.signals.connections.fetch_add(1, Ordering::Relaxed);
+        }
         if self.signals.idle.load(Ordering::Relaxed)
             && self.signals.idle.swap(false, Ordering::Relaxed)
             && let Some(wake) = &self.wake
@@ -126,11 +136,18 @@ impl Drop for Pinger {
     }
 }
 
+/// The intake's counts so far.
+#[derive(Clone, Copy)]
+struct Seen {
+    requests: usize,
+    connections: usize,
+}
+
 /// When to ping and how many times: the policy, apart from the thread and the sockets.
 struct Rounds {
     idle_ping: Duration,
     last_ping: Instant,
-    requests_seen: usize,
+    seen: Seen,
     last_request: Option<Instant>,
 }
 
@@ -139,7 +156,10 @@ impl Rounds {
         Rounds {
             idle_ping,
             last_ping: Instant::now(),
-            requests_seen: 0,
+            seen: Seen {
+                requests: 0,
+                connections: 0,
+            },
             last_request: None,
         }
     }
@@ -157,15 +177,16 @@ impl Rounds {
         }
     }
 
-    /// Pings due now, given the intake's request count so far.
-    fn pings_now(&mut self, requests: usize, struggling: bool) -> usize {
-        let new_requests = requests.wrapping_sub(self.requests_seen);
-        self.requests_seen = requests;
+    /// Pings due now, given the intake's counts so far.
+    fn pings_now(&mut self, seen: Seen, struggling: bool) -> usize {
+        let new_requests = seen.requests.wrapping_sub(self.seen.requests);
+        let new_connections = seen.connections.wrapping_sub(self.seen.connections);
+        self.seen = seen;
         if new_requests > 0 {
             self.last_request = Some(Instant::now());
         }
         let pings = if self.busy() && !struggling {
-            (1 + new_requests / REQUESTS_PER_PING).min(MAX_BUSY_PINGS)
+            (1 + new_connections / CONNECTIONS_PER_PING).min(MAX_BUSY_PINGS)
         } else if self.last_ping.elapsed() >= self.idle_ping {
             1
         } else {
@@ -182,30 +203,50 @@ impl Rounds {
 mod tests {
     use super::*;
 
+    /// Counts of `requests` requests, `connections` of them new connections.
+    fn seen(requests: usize, connections: usize) -> Seen {
+        Seen {
+            requests,
+            connections,
+        }
+    }
+
     #[test]
     fn idle_means_one_ping_per_idle_period() {
         let mut rounds = Rounds::new(Duration::from_secs(3600));
-        assert_eq!(rounds.pings_now(0, false), 0);
+        assert_eq!(rounds.pings_now(seen(0, 0), false), 0);
         rounds.last_ping = Instant::now() - Duration::from_secs(3601);
-        assert_eq!(rounds.pings_now(0, false), 1);
-        assert_eq!(rounds.pings_now(0, false), 0);
+        assert_eq!(rounds.pings_now(seen(0, 0), false), 1);
+        assert_eq!(rounds.pings_now(seen(0, 0), false), 0);
         assert_eq!(rounds.wait(), IDLE_LOOK);
     }
 
     #[test]
-    fn traffic_scales_the_pings_up_to_the_cap() {
+    fn new_connections_scale_the_pings_up_to_the_cap() {
         let mut rounds = Rounds::new(Duration::from_secs(3600));
-        assert_eq!(rounds.pings_now(1, false), 1);
-        assert_eq!(rounds.pings_now(1 + 40, false), 6);
-        assert_eq!(rounds.pings_now(100_000, false), MAX_BUSY_PINGS);
+        assert_eq!(rounds.pings_now(seen(1, 1), false), 1);
+        assert_eq!(rounds.pings_now(seen(41, 41), false), 6);
+        assert_eq!(
+            rounds.pings_now(seen(100_000, 100_000), false),
+            MAX_BUSY_PINGS
+        );
         assert_eq!(rounds.wait(), BUSY_PING);
         // Still busy right after the traffic stops: one ping a round.
-        assert_eq!(rounds.pings_now(100_000, false), 1);
+        assert_eq!(rounds.pings_now(seen(100_000, 100_000), false), 1);
+    }
+
+    #[test]
+    fn kept_alive_traffic_gets_one_ping_a_round() {
+        let mut rounds = Rounds::new(Duration::from_secs(3600));
+        assert_eq!(rounds.pings_now(seen(16, 16), false), 3);
+        assert_eq!(rounds.pings_now(seen(10_016, 16), false), 1);
+        assert_eq!(rounds.pings_now(seen(20_016, 17), false), 1);
+        assert_eq!(rounds.pings_now(seen(20_016, 25), false), 2);
     }
 
     #[test]
     fn no_busy_pings_while_file_descriptors_run_short() {
         let mut rounds = Rounds::new(Duration::from_secs(3600));
-        assert_eq!(rounds.pings_now(1_000, true), 0);
+        assert_eq!(rounds.pings_now(seen(1_000, 1_000), true), 0);
     }
 }
