@@ -20,6 +20,7 @@
 //! tinylb's checks, headers, retries or statistics. It is not a load balancer: no health
 //! checks, no error handling beyond a 502, and only `GET`s of small bodies.
 
+use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::process::ExitCode;
@@ -170,10 +171,17 @@ fn through_channel(server: &Server, pinger: &Pinger, answer: Arc<dyn Answer>) {
             }
         });
     }
+    let mut peers = HashSet::new();
     while let Ok(request) = server.recv() {
-        // Without tinylb's table of connections, no request counts as a new connection: one
-        // ping a round, what tinylb pings under kept-alive load.
-        pinger.saw_request(false);
+        // As in tinylb, the first request from an address and port is a new connection. The
+        // set is emptied now and then rather than kept in step with closed connections.
+        if peers.len() > 65_536 {
+            peers.clear();
+        }
+        let new_connection = request
+            .remote_addr()
+            .is_some_and(|peer| peers.insert(*peer));
+        pinger.saw_request(new_connection);
         if sender.send(request).is_err() {
             return;
         }
@@ -190,7 +198,9 @@ fn straight_from_recv(server: &Arc<Server>, pinger: &Arc<Pinger>, answer: Arc<dy
             thread::spawn(move || {
                 let mut buffer = Vec::new();
                 while let Ok(request) = server.recv() {
-                    pinger.saw_request(false);
+                    // No shared table of peers here: every request may be a new connection,
+                    // so the pinger keeps its busiest rate under load.
+                    pinger.saw_request(true);
                     answer.answer(request, &mut buffer);
                 }
             })

@@ -31,10 +31,9 @@ const BUSY_PING: Duration = Duration::from_millis(50);
 const IDLE_LOOK: Duration = Duration::from_millis(250);
 /// Longest wait for a ping's handshake.
 const PING_TIMEOUT: Duration = Duration::from_millis(20);
-/// One ping per this many new connections since the last round...
-const CONNECTIONS_PER_PING: usize = 8;
-/// ...and at most this many a round: 320 a second free a burst of 64 new connections in about
-/// 0.2 s; under light traffic a round is one ping.
+/// While busy, a round is one ping plus one per new connection since the last round (each ping
+/// frees one connection waiting in the pool), and at most this many: 320 a second free a burst
+/// of 64 new connections in about 0.2 s; kept-alive traffic gets one ping a round.
 const MAX_BUSY_PINGS: usize = 16;
 /// How long after the last request the pinger keeps the busy rate.
 const BUSY_FOR: Duration = Duration::from_secs(2);
@@ -186,7 +185,7 @@ impl Rounds {
             self.last_request = Some(Instant::now());
         }
         let pings = if self.busy() && !struggling {
-            (1 + new_connections / CONNECTIONS_PER_PING).min(MAX_BUSY_PINGS)
+            (1 + new_connections).min(MAX_BUSY_PINGS)
         } else if self.last_ping.elapsed() >= self.idle_ping {
             1
         } else {
@@ -224,8 +223,8 @@ mod tests {
     #[test]
     fn new_connections_scale_the_pings_up_to_the_cap() {
         let mut rounds = Rounds::new(Duration::from_secs(3600));
-        assert_eq!(rounds.pings_now(seen(1, 1), false), 1);
-        assert_eq!(rounds.pings_now(seen(41, 41), false), 6);
+        assert_eq!(rounds.pings_now(seen(1, 1), false), 2);
+        assert_eq!(rounds.pings_now(seen(6, 6), false), 6);
         assert_eq!(
             rounds.pings_now(seen(100_000, 100_000), false),
             MAX_BUSY_PINGS
@@ -238,10 +237,9 @@ mod tests {
     #[test]
     fn kept_alive_traffic_gets_one_ping_a_round() {
         let mut rounds = Rounds::new(Duration::from_secs(3600));
-        assert_eq!(rounds.pings_now(seen(16, 16), false), 3);
-        assert_eq!(rounds.pings_now(seen(10_016, 16), false), 1);
-        assert_eq!(rounds.pings_now(seen(20_016, 17), false), 1);
-        assert_eq!(rounds.pings_now(seen(20_016, 25), false), 2);
+        assert_eq!(rounds.pings_now(seen(16, 10), false), 11);
+        assert_eq!(rounds.pings_now(seen(10_016, 10), false), 1);
+        assert_eq!(rounds.pings_now(seen(20_016, 12), false), 3);
     }
 
     #[test]
