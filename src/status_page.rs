@@ -107,8 +107,25 @@ pub fn render(status: &Status) -> String {
         );
     }
     page.push_str(
+        "</tbody></table><h2>Where requests' time goes</h2><table><thead><tr>\
+         <th>stage</th><th>requests</th><th>mean</th></tr></thead><tbody>",
+    );
+    for stage in &status.stages {
+        let mean = (stage.count > 0).then(|| stage.sum_seconds * 1000.0 / stage.count as f64);
+        let _ = write!(
+            page,
+            "<tr><td data-label=\"stage\">{}</td>\
+             <td class=\"n\" data-label=\"requests\">{}</td>\
+             <td class=\"n\" data-label=\"mean\">{}</td></tr>",
+            stage.stage,
+            stage.count,
+            short_time(mean)
+        );
+    }
+    page.push_str(
         "</tbody></table><footer>Refreshes every 2 s. Latency percentiles cover each \
-         backend's last 512 requests. Also as <a href=\"status.json\">status.json</a> and \
+         backend's last 512 requests; stage means cover every request since start (see \
+         the access log in README). Also as <a href=\"status.json\">status.json</a> and \
          <a href=\"metrics\">metrics</a>.</footer></body></html>\n",
     );
     page
@@ -178,6 +195,14 @@ fn millis(value: Option<f64>) -> String {
         None => "–".to_string(),
         Some(ms) if ms < 10.0 => format!("{ms:.2} ms"),
         Some(ms) => format!("{ms:.0} ms"),
+    }
+}
+
+/// Like [`millis`], in microseconds below a millisecond: a stage of a fast request takes tens.
+fn short_time(ms: Option<f64>) -> String {
+    match ms {
+        Some(ms) if ms < 1.0 => format!("{:.0} µs", ms * 1000.0),
+        other => millis(other),
     }
 }
 
