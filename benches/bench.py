@@ -482,38 +482,38 @@ class Processes:
     def stop(proc: subprocess.Popen, grace: float = 5.0) -> int | None:
         """SIGTERM to the process group, SIGKILL after `grace` s; returns the exit status."""
         pgid = proc.pid  # start_new_session makes the child its own group leader
-        _signal_group(pgid, signal.SIGTERM)
+        signal_group(pgid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         try:
             proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             pass
         # nginx workers outlive a killed master; wait for the whole group, then force it.
-        while _group_alive(pgid) and time.monotonic() < deadline:
+        while group_alive(pgid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if _group_alive(pgid) or proc.poll() is None:
-            _signal_group(pgid, signal.SIGKILL)
+        if group_alive(pgid) or proc.poll() is None:
+            signal_group(pgid, signal.SIGKILL)
             proc.wait()
         return proc.returncode
 
     def stop_all(self) -> None:
         """Stops everything still running, newest first (load balancers before the backend)."""
         for name, proc in reversed(self.started):
-            if proc.poll() is None or _group_alive(proc.pid):
+            if proc.poll() is None or group_alive(proc.pid):
                 log(f"stopping {name} (pid {proc.pid})")
                 self.stop(proc)
         self.started.clear()
 
 
-def _signal_group(pgid: int, sig: int) -> None:
-    """Sends `sig` to a process group that may already be gone."""
+def signal_group(pgid: int, sig: int) -> None:
+    """Sends `sig` to a process group that may already be gone (soak.py uses it too)."""
     try:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
     """Whether any process of the group is left (nginx workers can outlive their master)."""
     try:
         os.killpg(pgid, 0)

@@ -54,8 +54,6 @@ import http.client
 import json
 import math
 import os
-import platform
-import random
 import re
 import resource
 import shlex
@@ -70,6 +68,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+# The process and port helpers are bench.py's (this directory is on sys.path when run as a
+# script), so both scripts handle processes alike.
+from bench import BenchError, free_ports, group_alive, machine_description, signal_group
 
 ROOT = Path(__file__).resolve().parent.parent
 _target = Path(os.environ.get("CARGO_TARGET_DIR") or "target")
@@ -293,19 +295,6 @@ class Processes:
                 self.stop(proc, grace=3.0)
 
 
-def signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
 
 
 def tree(root: int) -> list[int]:
@@ -373,27 +362,6 @@ def proc_numbers(pids: list[int]) -> tuple[int, int, int, int]:
 # Ports, config, start-up
 # --------------------------------------------------------------------------------------------
 
-
-def free_ports(count: int) -> list[int]:
-    """`count` free ports on 127.0.0.1 below the ephemeral range (so no outgoing connection
-    of wrk, tinylb or the floods can take one while a backend is down)."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    candidates = list(range(20000, max(low, 20000 + 100 * count)))
-    random.shuffle(candidates)
-    ports: list[int] = []
-    for port in candidates:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind((HOST, port))
-            except OSError:
-                continue
-        ports.append(port)
-        if len(ports) == count:
-            return ports
-    raise SoakError(f"could not find {count} free ports on {HOST}")
 
 
 def wait_port(port: int, proc: subprocess.Popen, seconds: float) -> bool:
@@ -1456,10 +1424,6 @@ def build_report(ctx: dict) -> tuple[str, list[str]]:
     return "\n".join(lines), [re.sub(r"\*\*", "", s) for s in summary]
 
 
-def machine_description() -> str:
-    cpus = os.cpu_count() or 0
-    return f"{cpus} cores, {platform.system()} {platform.release()}"
-
 
 # --------------------------------------------------------------------------------------------
 # Main
@@ -1517,7 +1481,7 @@ def soak(args: argparse.Namespace, argv: list[str], procs: Processes, tmp: Path)
                 progress(run)
                 next_progress += 30
             run.stop.wait(min(run.left(), 1.0))
-    except SoakError as err:
+    except (SoakError, BenchError) as err:
         run.fail(str(err))
     run.stop.set()
     for thread in threads + harness.flood_threads:
@@ -1626,7 +1590,7 @@ def main() -> int:
     except Interrupted as err:
         log(f"interrupted ({err}); cleaning up, no report written")
         status = 130
-    except SoakError as err:
+    except (SoakError, BenchError) as err:
         log(f"error: {err}")
     except Exception:  # a bug here must still end everything this run started
         import traceback

@@ -145,11 +145,13 @@ fn requests_waiting_for_the_one_worker_show_in_the_queue_stage() {
         queued[0] < 0.2,
         "the first request waits for nobody: {queued:?}"
     );
+    // Sent 60 and 120 ms in, they wait about 440 and 880 ms; the bounds leave room for a
+    // sender thread that wakes late on a loaded machine.
     assert!(
-        queued[1] >= 0.35,
+        queued[1] >= 0.3,
         "the second waits for the first: {queued:?}"
     );
-    assert!(queued[2] >= 0.8, "the third waits for both: {queued:?}");
+    assert!(queued[2] >= 0.6, "the third waits for both: {queued:?}");
 
     let refused = access_line(&mut lb, "/q3/slow/500");
     assert!(refused.contains("\" 503 "), "{refused}");
@@ -164,7 +166,7 @@ fn requests_waiting_for_the_one_worker_show_in_the_queue_stage() {
     assert_eq!(stage_metric(admin, "queue", "count", None), 3.0);
     assert_eq!(stage_metric(admin, "queue", "bucket", Some("0.25")), 1.0);
     assert_eq!(stage_metric(admin, "total", "count", None), 4.0);
-    assert!(stage_metric(admin, "queue", "sum", None) >= 1.15);
+    assert!(stage_metric(admin, "queue", "sum", None) >= 0.9);
 }
 
 #[test]
