@@ -499,13 +499,7 @@ fn binary_logs_the_admin_listener_only_when_configured() {
 
     let on_config = binary_config("admin-on", &a, ADMIN);
     let mut on = Running::start(&on_config);
-    let line = on.wait_for_line("admin listener on http://", Duration::from_secs(10));
-    let admin: SocketAddr = line
-        .split("admin listener on http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|addr| addr.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let admin = on.admin_addr_since(0);
     let proxy = on.listening_addr();
     assert_ne!(admin, proxy);
     let status = status_json(admin);

@@ -77,12 +77,7 @@ fn one_request(addr: SocketAddr) -> std::io::Result<u16> {
 
 /// The admin address the newest server process logged.
 fn admin_addr(run: &mut Running, from: usize) -> SocketAddr {
-    let line = run.wait_for_line_since(from, "admin listener on http://", Duration::from_secs(10));
-    line.split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|addr| addr.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
+    run.admin_addr_since(from)
 }
 
 #[test]

@@ -18,13 +18,7 @@ const LOGGED: &str = r#""accessLog": true, "adminAddress": "127.0.0.1:0""#;
 fn start(label: &str, backend: &Backend, extra: &str) -> (ChildLb, SocketAddr) {
     let extra = format!("{LOGGED}, {extra}");
     let mut lb = ChildLb::start(label, &[backend.url()], extra.trim_end_matches(", "));
-    let line = lb.run.wait_for_line("admin listener on http://", WAIT);
-    let admin = line
-        .split("admin listener on http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|addr| addr.parse().ok())
-        .unwrap_or_else(|| panic!("no admin address in {line:?}"));
+    let admin = lb.run.admin_addr_since(0);
     (lb, admin)
 }
 

@@ -133,16 +133,7 @@ impl Lb {
             .collect::<Vec<_>>()
             .join(", ");
         let mut child = ChildLb::start(&format!("ws-{label}"), &urls, &keys);
-        let admin_line = child
-            .run
-            .wait_for_line("admin listener on", Duration::from_secs(5));
-        // `... admin listener on http://127.0.0.1:PORT/ (status page, ...)`
-        let admin = admin_line
-            .split("admin listener on http://")
-            .nth(1)
-            .and_then(|rest| rest.split('/').next())
-            .and_then(|addr| addr.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {admin_line:?}"));
+        let admin = child.run.admin_addr_since(0);
         Lb {
             addr: child.addr,
             child,

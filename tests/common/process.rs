@@ -219,6 +219,18 @@ impl Running {
         parse_listening_addr(&line)
     }
 
+    /// Waits for the admin listener's start-up line at or after position `from` and returns
+    /// the address it names (`... admin listener on http://127.0.0.1:PORT/ ...`).
+    pub fn admin_addr_since(&mut self, from: usize) -> SocketAddr {
+        let line =
+            self.wait_for_line_since(from, "admin listener on http://", Duration::from_secs(10));
+        line.split("admin listener on http://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("no admin address in {line:?}"))
+    }
+
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .arg(format!("-{name}"))
