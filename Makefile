@@ -6,7 +6,7 @@ CONFIG ?= config.json
 # The demo backends; keep in sync with the servers listed in $(CONFIG).
 BACKEND_PORTS ?= 5001 5002 5003 5004 5005
 
-.PHONY: build run test check mutants bench soak dist test-dist clean
+.PHONY: build run test test-setup check mutants bench soak dist test-dist clean
 
 build:
 	$(CARGO) build --release --bins --examples
@@ -26,8 +26,13 @@ run:
 	for pid in $$pids; do kill -0 $$pid; done; \
 	./target/release/tinylb --config $(CONFIG)
 
-test:
+# Installs what the tests need when it is missing (Debian packages, the .venv for httpbin; see
+# scripts/test-setup.sh), then runs every test. CI runs exactly this.
+test: test-setup
 	$(CARGO) test --release --all-targets
+
+test-setup:
+	./scripts/test-setup.sh
 
 check:
 	$(CARGO) fmt --check
