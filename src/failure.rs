@@ -20,6 +20,9 @@ pub enum Failure {
     BadRequest(&'static str),
     /// The client's own body failed (it disconnected or sent less than it announced).
     ClientBody(String),
+    /// The client sent its body slower than `clientBodyMinRate`, or paused longer than
+    /// `clientTimeout`.
+    ClientTooSlow(String),
 }
 
 impl Failure {
@@ -29,18 +32,25 @@ impl Failure {
             Failure::Connect(_) => Some(ErrorKind::Connect),
             Failure::Timeout(_) => Some(ErrorKind::Timeout),
             Failure::Closed(_) | Failure::Broken(_) => Some(ErrorKind::Broken),
-            Failure::BadRequest(_) | Failure::ClientBody(_) => None,
+            Failure::BadRequest(_) | Failure::ClientBody(_) | Failure::ClientTooSlow(_) => None,
         }
     }
 
     /// The status the client gets: 502 for a refused or broken backend, 504 for a slow one,
-    /// 400 for a request that cannot be forwarded.
+    /// 400 for a request that cannot be forwarded, 408 for a body that came too slowly.
     pub fn status(&self) -> u16 {
         match self {
             Failure::Connect(_) | Failure::Closed(_) | Failure::Broken(_) => 502,
             Failure::Timeout(_) => 504,
             Failure::BadRequest(_) | Failure::ClientBody(_) => 400,
+            Failure::ClientTooSlow(_) => 408,
         }
+    }
+
+    /// Whether the client's own side failed: its connection must end, since its body is not
+    /// read to the end.
+    pub fn is_the_clients(&self) -> bool {
+        matches!(self, Failure::ClientBody(_) | Failure::ClientTooSlow(_))
     }
 
     /// The one line the client gets with the status.
@@ -50,6 +60,7 @@ impl Failure {
             Failure::Timeout(_) => "Gateway Timeout",
             Failure::BadRequest(reason) => reason,
             Failure::ClientBody(_) => "Bad Request: the request body ended early",
+            Failure::ClientTooSlow(_) => "Request Timeout: the request body arrived too slowly",
         }
     }
 }
@@ -62,7 +73,8 @@ impl fmt::Display for Failure {
             | Failure::Closed(text)
             | Failure::Timeout(text)
             | Failure::Broken(text)
-            | Failure::ClientBody(text) => f.write_str(text),
+            | Failure::ClientBody(text)
+            | Failure::ClientTooSlow(text) => f.write_str(text),
             Failure::BadRequest(reason) => f.write_str(reason),
         }
     }
@@ -74,7 +86,7 @@ mod tests {
 
     #[test]
     fn each_failure_has_one_status_message_and_charge() {
-        let cases: [(Failure, u16, &str, Option<ErrorKind>); 6] = [
+        let cases: [(Failure, u16, &str, Option<ErrorKind>); 7] = [
             (
                 Failure::Connect("x".into()),
                 502,
@@ -111,6 +123,12 @@ mod tests {
                 "Bad Request: the request body ended early",
                 None,
             ),
+            (
+                Failure::ClientTooSlow("x".into()),
+                408,
+                "Request Timeout: the request body arrived too slowly",
+                None,
+            ),
         ];
         for (failure, status, message, charge) in cases {
             assert_eq!(failure.status(), status, "{failure:?}");
@@ -120,8 +138,17 @@ mod tests {
     }
 
     #[test]
+    fn only_the_clients_own_failures_end_its_connection() {
+        assert!(Failure::ClientBody("x".into()).is_the_clients());
+        assert!(Failure::ClientTooSlow("x".into()).is_the_clients());
+        assert!(!Failure::Closed("x".into()).is_the_clients());
+        assert!(!Failure::BadRequest("x").is_the_clients());
+    }
+
+    #[test]
     fn the_log_detail_is_the_reason() {
         assert_eq!(Failure::Closed("reset".into()).to_string(), "reset");
         assert_eq!(Failure::BadRequest("bad target").to_string(), "bad target");
+        assert_eq!(Failure::ClientTooSlow("slow".into()).to_string(), "slow");
     }
 }

@@ -47,6 +47,7 @@ pub mod balancer;
 pub mod chunked;
 pub mod client;
 pub mod config;
+pub mod dispatch;
 pub mod duration;
 pub mod error;
 pub mod failure;
@@ -58,6 +59,7 @@ pub mod intake;
 pub mod master;
 pub mod message;
 pub mod metrics;
+pub mod pace;
 pub mod pool;
 pub mod reload;
 pub mod stages;
@@ -86,6 +88,8 @@ use crate::backend::Backend;
 use crate::balancer::Balancer;
 use crate::client::{Incoming, Listener};
 use crate::config::Config;
+use crate::dispatch::turns::Limits;
+use crate::dispatch::{ClientCounts, Dispatch};
 use crate::error::StartError;
 use crate::forward::Forwarder;
 use crate::generation::Generation;
@@ -98,6 +102,11 @@ use crate::status::Sources;
 use crate::stuck::{WatchdogCounts, Watched};
 use crate::switches::Switches;
 use crate::tunnel::{TunnelLimits, Tunnels};
+
+/// Requests one connection may pipeline ahead of the one being answered; a client that sends
+/// more is cut off (see [`dispatch::turns`]). Browsers and HTTP libraries pipeline a handful,
+/// if at all.
+pub const MAX_PIPELINED: usize = 64;
 
 /// A running load balancer: listener, intake, workers, health thread, and optionally the admin
 /// listener and the config watcher.
@@ -153,17 +162,38 @@ impl LoadBalancer {
         let tunnels = Tunnels::new(TunnelLimits::of(&config));
         let retries = Arc::new(AtomicU64::new(0));
         let stages = Arc::new(StageHistograms::default());
+        let client_counts = Arc::new(ClientCounts::default());
         let forwarder = Arc::new(Forwarder::new(
             Arc::clone(&balancer),
             Arc::clone(&switches),
             Arc::clone(&tunnels),
             Arc::clone(&retries),
             Arc::clone(&stages),
+            Arc::clone(&client_counts),
         ));
-        let (queue, requests) = crossbeam_channel::bounded(config.queue_size);
-        let pool = WorkerPool::start(config.workers, requests, forwarder)?;
-        let stop = Arc::new(StopFlags::default());
         let incoming = Incoming::start(listener)?;
+        let (queue, requests) = crossbeam_channel::bounded(config.queue_size);
+        let (refuse, refusals) = crossbeam_channel::unbounded();
+        let limits = Limits {
+            per_client: config.per_client.max_workers,
+            queue: config.queue_size,
+            pipeline: MAX_PIPELINED,
+        };
+        let dispatch = Arc::new(Dispatch::new(
+            limits,
+            queue,
+            refuse,
+            incoming.connections(),
+            Arc::clone(&client_counts),
+        ));
+        let pool = WorkerPool::start(config.workers, requests, forwarder, Arc::clone(&dispatch))?;
+        dispatch::refusals::spawn(
+            Arc::clone(&dispatch),
+            refusals,
+            Arc::clone(&switches),
+            Arc::clone(&stages),
+        )?;
+        let stop = Arc::new(StopFlags::default());
         let watchdog_counts = Arc::new(WatchdogCounts::default());
         let (stop_watchdog, watchdog_stopped) = crossbeam_channel::bounded(1);
         let watched = Watched {
@@ -176,9 +206,7 @@ impl LoadBalancer {
         let watchdog = stuck::spawn(watched, Arc::clone(&watchdog_counts), watchdog_stopped)?;
         let intake = intake::spawn(
             incoming,
-            queue,
-            Arc::clone(&switches),
-            Arc::clone(&stages),
+            Arc::clone(&dispatch),
             Arc::clone(&stop),
             config.shutdown_grace_period,
         )?;
@@ -203,6 +231,9 @@ impl LoadBalancer {
                     generation,
                     watchdog: watchdog_counts,
                     max_stuck: config.max_stuck_connections,
+                    clients: client_counts,
+                    per_client: config.per_client,
+                    dispatch,
                 });
                 Some(Admin::start(addr, sources)?)
             }

@@ -9,6 +9,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tinylb::LoadBalancer;
 use tinylb::client::{Listener, bind_socket};
@@ -273,6 +274,28 @@ fn listening_socket(config: &Config) -> Result<TcpListener, ExitCode> {
     }
 }
 
+/// How long past `shutdownGracePeriod` a stopping server may take before it exits anyway.
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
+
+/// The backstop of a graceful shutdown: whatever a thread is blocked on (a client that does
+/// not read, a library call without a deadline), the process exits `after` this long, as
+/// SIGTERM promises. It runs on a thread of its own, which no client can hold.
+fn exit_anyway_after(after: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("shutdown-backstop".into())
+        .spawn(move || {
+            std::thread::sleep(after);
+            log::error!(
+                "the graceful shutdown took longer than shutdownGracePeriod and {}s: exiting now",
+                SHUTDOWN_MARGIN.as_secs()
+            );
+            std::process::exit(1);
+        });
+    if let Err(error) = spawned {
+        log::warn!("no shutdown backstop ({error}); the shutdown may take longer");
+    }
+}
+
 /// The server: what runs in a child of the master, or alone with `--no-master`.
 struct Server {
     config: Config,
@@ -307,6 +330,7 @@ impl Server {
                 return ExitCode::FAILURE;
             }
         };
+        let grace = config.shutdown_grace_period;
         let bound = listener.local_addr();
         if config.listen.port() != 0 && config.listen != bound && generation.supervised {
             log::warn!(
@@ -335,6 +359,7 @@ impl Server {
         if master.is_none() {
             systemd::notify("STOPPING=1");
         }
+        exit_anyway_after(grace + SHUTDOWN_MARGIN);
         balancer.shutdown(&signals);
         ExitCode::SUCCESS
     }

@@ -184,6 +184,50 @@ pub fn render(status: &Status) -> String {
         "tinylb_client_head_timeouts_total {}",
         status.head_timeouts
     );
+    let clients = &status.clients;
+    header(
+        &mut out,
+        "requests_not_forwarded_total",
+        "counter",
+        "Requests answered or dropped by tinylb itself to protect other clients, by reason.",
+    );
+    for (reason, count) in [
+        ("queue_full", clients.refused_queue_full),
+        ("pipelined_too_far", clients.pipelined_too_far),
+        ("connection_ended", clients.from_ended_connections),
+        ("client_gone", clients.client_gone),
+    ] {
+        let _ = writeln!(
+            out,
+            "tinylb_requests_not_forwarded_total{{reason=\"{reason}\"}} {count}"
+        );
+    }
+    header(
+        &mut out,
+        "requests_waited_for_client_turn_total",
+        "counter",
+        "Requests that waited because their client address held clientMaxWorkers workers.",
+    );
+    let _ = writeln!(
+        out,
+        "tinylb_requests_waited_for_client_turn_total {}",
+        clients.waited_for_turn
+    );
+    header(
+        &mut out,
+        "clients_too_slow_total",
+        "counter",
+        "Connections ended because a request body or an answer moved slower than clientBodyMinRate or clientSendMinRate.",
+    );
+    for (direction, count) in [
+        ("request_body", clients.slow_bodies),
+        ("response", clients.slow_readers),
+    ] {
+        let _ = writeln!(
+            out,
+            "tinylb_clients_too_slow_total{{direction=\"{direction}\"}} {count}"
+        );
+    }
     header(
         &mut out,
         "queue_depth",

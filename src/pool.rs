@@ -11,6 +11,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender, select};
 
 use crate::client::{Buffers, Exchange};
+use crate::dispatch::Dispatch;
 use crate::forward::Forwarder;
 
 /// How busy the workers are, for the status page and the shutdown log.
@@ -48,11 +49,13 @@ pub struct WorkerPool {
 }
 
 impl WorkerPool {
-    /// Starts `size` workers reading from `requests`.
+    /// Starts `size` workers reading from `requests`; each reports every answer written to
+    /// `dispatch`, which may then send the connection's (or the client's) next request.
     pub fn start(
         size: usize,
         requests: Receiver<Exchange>,
         forwarder: Arc<Forwarder>,
+        dispatch: Arc<Dispatch>,
     ) -> std::io::Result<WorkerPool> {
         let counters = Arc::new(PoolCounters {
             busy: AtomicUsize::new(0),
@@ -63,6 +66,7 @@ impl WorkerPool {
         for n in 0..size {
             let requests = requests.clone();
             let forwarder = Arc::clone(&forwarder);
+            let dispatch = Arc::clone(&dispatch);
             let counters = Arc::clone(&counters);
             let exit_sender: Sender<()> = exit_sender.clone();
             std::thread::Builder::new()
@@ -70,18 +74,25 @@ impl WorkerPool {
                 .spawn(move || {
                     let mut buffers = Buffers::default();
                     for exchange in requests.iter() {
+                        let (connection, _) = exchange.turn_key();
                         counters.busy.fetch_add(1, Ordering::Relaxed);
-                        // A bug must cost one request, not a worker: tiny_http answers a
-                        // request dropped unanswered with 500 itself.
-                        let result = catch_unwind(AssertUnwindSafe(|| {
-                            forwarder.handle(exchange, &mut buffers);
-                        }));
-                        if result.is_err() {
-                            log::error!("a worker panicked while forwarding a request");
-                            buffers = Buffers::default();
+                        if exchange.client_gone() {
+                            // It waited in the queue while its client left.
+                            dispatch.drop_gone(exchange);
+                        } else {
+                            // A bug must cost one request, not a worker: tiny_http answers a
+                            // request dropped unanswered with 500 itself.
+                            let result = catch_unwind(AssertUnwindSafe(|| {
+                                forwarder.handle(exchange, &mut buffers);
+                            }));
+                            if result.is_err() {
+                                log::error!("a worker panicked while forwarding a request");
+                                buffers = Buffers::default();
+                            }
                         }
                         counters.busy.fetch_sub(1, Ordering::Relaxed);
                         counters.served.fetch_add(1, Ordering::Relaxed);
+                        dispatch.finished(connection);
                     }
                     let _ = exit_sender.send(());
                 })?;

@@ -86,6 +86,12 @@ pub fn apply(target: &mut Reloadable, new: Config) {
     let fixed: Vec<&str> = [
         ("workers", current.workers != new.workers),
         ("queueSize", current.queue_size != new.queue_size),
+        // Its default follows `workers`: named only when it changed on its own.
+        (
+            "clientMaxWorkers",
+            current.per_client.max_workers != new.per_client.max_workers
+                && current.workers == new.workers,
+        ),
         (
             "clientTimeout",
             current.client_timeout != new.client_timeout,
@@ -119,6 +125,7 @@ pub fn apply(target: &mut Reloadable, new: Config) {
     effective.listen = current.listen;
     effective.workers = current.workers;
     effective.queue_size = current.queue_size;
+    effective.per_client.max_workers = current.per_client.max_workers;
     effective.client_timeout = current.client_timeout;
     effective.admin_address = current.admin_address;
     effective.max_stuck_connections = current.max_stuck_connections;

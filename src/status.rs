@@ -11,6 +11,8 @@ use serde::Serialize;
 
 use crate::backend::Backend;
 use crate::balancer::Balancer;
+use crate::config::PerClient;
+use crate::dispatch::{ClientCounts, Dispatch};
 use crate::generation::{Cause, Generation, Restarts};
 use crate::pool::PoolCounters;
 use crate::stages::{StageHistograms, StageSnapshot};
@@ -42,6 +44,12 @@ pub struct Sources {
     pub watchdog: Arc<WatchdogCounts>,
     /// `maxStuckConnections`.
     pub max_stuck: usize,
+    /// What happened to requests not forwarded, and to slow clients.
+    pub clients: Arc<ClientCounts>,
+    /// Where requests wait for a worker.
+    pub dispatch: Arc<Dispatch>,
+    /// The limits on one client address.
+    pub per_client: PerClient,
 }
 
 /// The whole status, as `/status.json` returns it.
@@ -62,7 +70,7 @@ pub struct Status {
     pub workers: usize,
     /// Workers forwarding a request right now.
     pub busy_workers: usize,
-    /// Requests waiting for a worker.
+    /// Requests waiting for a worker (in the queue, or for their client's turn).
     pub queue_depth: usize,
     /// Most requests that may wait before new ones get 503.
     pub queue_capacity: usize,
@@ -71,6 +79,8 @@ pub struct Status {
     /// Client connections ended because their request head took longer than
     /// `clientHeaderTimeout`.
     pub head_timeouts: u64,
+    /// What one client may take, and what was done to clients that asked for more.
+    pub clients: ClientStatus,
     /// WebSocket (and other upgrade) tunnels.
     pub tunnels: TunnelStatus,
     /// Idle keep-alive connections to the backends, and their bound.
@@ -97,6 +107,55 @@ pub struct ProcessStatus {
     pub stuck_connections: usize,
     /// How many of them make this process ask for a successor (0: never).
     pub max_stuck_connections: usize,
+}
+
+/// The limits on one client address (README, "One client cannot starve another") and the
+/// counts of their use since start.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientStatus {
+    /// `clientMaxWorkers`.
+    pub max_workers_per_client: usize,
+    /// `clientMaxTunnels`.
+    pub max_tunnels_per_client: usize,
+    /// `clientBodyMinRate`, bytes per second (0: off).
+    pub body_min_rate: u64,
+    /// `clientSendMinRate`, bytes per second (0: off).
+    pub send_min_rate: u64,
+    /// Requests that waited for their client's turn.
+    pub waited_for_turn: u64,
+    /// Requests answered 503 because the queue, or their client's share of it, was full.
+    pub refused_queue_full: u64,
+    /// Requests discarded: their connection pipelined more than tinylb takes ahead.
+    pub pipelined_too_far: u64,
+    /// Requests discarded: parsed from a connection tinylb had ended.
+    pub from_ended_connections: u64,
+    /// Requests dropped before reaching a backend: their client had left.
+    pub client_gone: u64,
+    /// Request bodies ended for arriving slower than `clientBodyMinRate`.
+    pub slow_bodies: u64,
+    /// Answers cut off because the client read slower than `clientSendMinRate`.
+    pub slow_readers: u64,
+}
+
+impl ClientStatus {
+    fn of(sources: &Sources) -> ClientStatus {
+        let counts = &sources.clients;
+        let read = ClientCounts::read;
+        ClientStatus {
+            max_workers_per_client: sources.per_client.max_workers,
+            max_tunnels_per_client: sources.per_client.max_tunnels,
+            body_min_rate: sources.per_client.body_min_rate,
+            send_min_rate: sources.per_client.send_min_rate,
+            waited_for_turn: read(&counts.waited_for_turn),
+            refused_queue_full: read(&counts.refused_busy),
+            pipelined_too_far: read(&counts.pipelined_too_far),
+            from_ended_connections: read(&counts.from_ended_connections),
+            client_gone: read(&counts.client_gone),
+            slow_bodies: read(&counts.slow_bodies),
+            slow_readers: read(&counts.slow_readers),
+        }
+    }
 }
 
 /// The tunnels' counters.
@@ -317,10 +376,11 @@ impl Status {
             listen: sources.listen.to_string(),
             workers: sources.workers,
             busy_workers: sources.pool.busy(),
-            queue_depth: sources.pool.queued(),
+            queue_depth: sources.dispatch.queued(),
             queue_capacity: sources.queue_capacity,
             retries: sources.retries.load(Ordering::Relaxed),
             head_timeouts: sources.watchdog.head_timeouts(),
+            clients: ClientStatus::of(sources),
             tunnels: TunnelStatus {
                 open: tunnels.open(),
                 max: tunnels.limits().max_open,

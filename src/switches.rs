@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use parking_lot::RwLock;
 
 use crate::config::Config;
+use crate::pace::Pace;
 use crate::stages;
 use crate::upstream::HandshakeTimeouts;
 
@@ -17,6 +18,8 @@ pub struct Switches {
     access_log: AtomicBool,
     /// Timeouts for a tunnel's handshake, which does not go through ureq.
     handshake_timeouts: RwLock<HandshakeTimeouts>,
+    /// The slowest a request body may arrive and an answer may be read.
+    paces: RwLock<(Pace, Pace)>,
 }
 
 impl Switches {
@@ -27,6 +30,7 @@ impl Switches {
             forwarded_server_header: AtomicBool::new(config.forwarded_server_header),
             access_log: AtomicBool::new(config.access_log),
             handshake_timeouts: RwLock::new(handshake_timeouts(config)),
+            paces: RwLock::new(paces(config)),
         }
     }
 
@@ -37,6 +41,17 @@ impl Switches {
         self.access_log.store(config.access_log, Ordering::Relaxed);
         stages::set_enabled(config.stage_timers);
         *self.handshake_timeouts.write() = handshake_timeouts(config);
+        *self.paces.write() = paces(config);
+    }
+
+    /// The slowest a request body may arrive (`clientBodyMinRate`).
+    pub fn body_pace(&self) -> Pace {
+        self.paces.read().0
+    }
+
+    /// The slowest a client may read its answer (`clientSendMinRate`).
+    pub fn send_pace(&self) -> Pace {
+        self.paces.read().1
     }
 
     /// Whether answers name their backend in `X-Forwarded-Server`.
@@ -60,4 +75,15 @@ fn handshake_timeouts(config: &Config) -> HandshakeTimeouts {
         connect: config.connect_timeout,
         answer: config.backend_timeout,
     }
+}
+
+fn paces(config: &Config) -> (Pace, Pace) {
+    let pace = |min_rate| Pace {
+        grace: config.client_timeout,
+        min_rate,
+    };
+    (
+        pace(config.per_client.body_min_rate),
+        pace(config.per_client.send_min_rate),
+    )
 }

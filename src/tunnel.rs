@@ -18,8 +18,9 @@
 //! tunnel with no bytes either way for `tunnelIdleTimeout` is closed. On shutdown the open
 //! tunnels get the grace period, then both their sockets are shut down.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{IpAddr, Shutdown, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -40,6 +41,8 @@ pub struct TunnelLimits {
     pub max_open: usize,
     /// A tunnel silent both ways for this long is closed.
     pub idle_timeout: Duration,
+    /// Most tunnels one client address may hold open (`clientMaxTunnels`).
+    pub per_client: usize,
 }
 
 impl TunnelLimits {
@@ -48,6 +51,7 @@ impl TunnelLimits {
         TunnelLimits {
             max_open: config.max_tunnels,
             idle_timeout: config.tunnel_idle_timeout,
+            per_client: config.per_client.max_tunnels,
         }
     }
 }
@@ -62,6 +66,17 @@ pub struct Tunnels {
     next_id: AtomicU64,
     /// Each open tunnel, so shutdown can end them.
     running: Mutex<Vec<(u64, Weak<Tunnel>)>>,
+    /// Open tunnels (and reserved places) by client address.
+    by_client: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Why a place for a tunnel was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoPlace {
+    /// `maxTunnels` are open.
+    AllTaken,
+    /// The client's address holds `clientMaxTunnels` already.
+    ClientsShareTaken,
 }
 
 impl Tunnels {
@@ -74,6 +89,7 @@ impl Tunnels {
             refused_total: AtomicU64::new(0),
             next_id: AtomicU64::new(0),
             running: Mutex::new(Vec::new()),
+            by_client: Mutex::new(HashMap::new()),
         })
     }
 
@@ -102,24 +118,41 @@ impl Tunnels {
         self.refused_total.load(Ordering::Relaxed)
     }
 
-    /// Reserves a place for one tunnel before its handshake, or `None` when `maxTunnels` are
-    /// open. The place is given back when the [`Reservation`] (or the tunnel it became) ends.
-    pub fn reserve(self: &Arc<Self>) -> Option<Reservation> {
-        let max = self.limits().max_open;
+    /// Reserves a place for one tunnel of `client` before its handshake, or says why there is
+    /// none: `maxTunnels` are open, or `clientMaxTunnels` of this client's. The place is given
+    /// back when the [`Reservation`] (or the tunnel it became) ends.
+    pub fn reserve(self: &Arc<Self>, client: IpAddr) -> Result<Reservation, NoPlace> {
+        let limits = self.limits();
+        {
+            let mut by_client = self.by_client.lock();
+            let held = by_client.entry(client).or_insert(0);
+            if *held >= limits.per_client {
+                if *held == 0 {
+                    by_client.remove(&client);
+                }
+                self.refused_total.fetch_add(1, Ordering::Relaxed);
+                return Err(NoPlace::ClientsShareTaken);
+            }
+            *held += 1;
+        }
         let reserved = self
             .open
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < max).then_some(n + 1)
+                (n < limits.max_open).then_some(n + 1)
             })
             .is_ok();
-        if !reserved {
-            self.refused_total.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        Some(Reservation {
+        let reservation = Reservation {
             tunnels: Arc::clone(self),
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
-        })
+            client,
+            counted: reserved,
+        };
+        if !reserved {
+            drop(reservation);
+            self.refused_total.fetch_add(1, Ordering::Relaxed);
+            return Err(NoPlace::AllTaken);
+        }
+        Ok(reservation)
     }
 
     /// Waits until every tunnel has ended or `deadline` passes; then shuts down the sockets of
@@ -153,12 +186,24 @@ impl Tunnels {
 pub struct Reservation {
     tunnels: Arc<Tunnels>,
     id: u64,
+    client: IpAddr,
+    /// Whether it holds one of the `maxTunnels` places (it always holds its client's).
+    counted: bool,
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
         self.tunnels.running.lock().retain(|(id, _)| *id != self.id);
-        self.tunnels.open.fetch_sub(1, Ordering::Relaxed);
+        if self.counted {
+            self.tunnels.open.fetch_sub(1, Ordering::Relaxed);
+        }
+        let mut by_client = self.tunnels.by_client.lock();
+        if let Some(held) = by_client.get_mut(&self.client) {
+            *held -= 1;
+            if *held == 0 {
+                by_client.remove(&self.client);
+            }
+        }
     }
 }
 

@@ -27,7 +27,7 @@ fn config_text(a: &Backend, b: &Backend, extra: &str) -> String {
         })
         .collect();
     format!(
-        r#"{{"port": "127.0.0.1:0", "adminAddress": "127.0.0.1:0", "workers": 8,
+        r#"{{"port": "127.0.0.1:0", "adminAddress": "127.0.0.1:0", "workers": 8, "clientMaxWorkers": 8,
             "healthCheckInterval": "1m", "servers": [{}]{extra}}}"#,
         servers.join(", ")
     )
@@ -181,7 +181,7 @@ fn more_origins_than_the_total_still_keep_only_the_total() {
         .map(|b| format!("\"{}\"", b.url()))
         .collect();
     let lb = start_lb_from_json(&format!(
-        r#"{{"port": "127.0.0.1:0", "adminAddress": "127.0.0.1:0", "workers": 8,
+        r#"{{"port": "127.0.0.1:0", "adminAddress": "127.0.0.1:0", "workers": 8, "clientMaxWorkers": 8,
             "healthCheckInterval": "1m", "backendKeepAliveTotal": 4, "servers": [{}]}}"#,
         servers.join(", ")
     ));

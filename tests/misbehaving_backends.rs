@@ -248,7 +248,9 @@ fn hanging_backend_gets_504s_and_holds_at_most_half_the_workers_while_others_ser
     let b = Backend::start("b");
     // Answers the health checks, so it stays in rotation, and never answers anything else.
     let hanging = ScriptedBackend::hanging();
-    let settings = r#""backendTimeout": "2s", "algorithm": "round-robin""#;
+    // Eight workers, and every client here shares one address: the cap under test is the
+    // backend's (half the workers), not the client's.
+    let settings = r#""backendTimeout": "2s", "algorithm": "round-robin", "workers": 8, "clientMaxWorkers": 8"#;
     let servers = format!("\"{}\", \"{}\", \"{}\"", a.url(), b.url(), hanging.url());
     let lb = start_lb_with_servers(&servers, settings);
     // The baseline: two other healthy backends alone behind their own tinylb, same clients,

@@ -1,5 +1,5 @@
 //! Overload against the tinylb binary (issue 3, "Load"): 2,000 concurrent connections against
-//! the default 8 workers and 512 queue slots each get the backend's answer or a fast 503 with
+//! the default 16 workers and 512 queue slots each get the backend's answer or a fast 503 with
 //! Retry-After, none hangs, memory stays bounded and descriptors are given back, and tinylb
 //! serves normally afterwards.
 
@@ -157,15 +157,15 @@ fn two_thousand_concurrent_connections_get_an_answer_or_a_fast_503() {
     );
     let a = Backend::start("a");
     let b = Backend::start("b");
-    // Default workers (8) and queue (512).
+    // Default workers (16) and queue (512).
     let lb = ChildLb::start("overload", &[a.url(), b.url()], "");
     let (addr, pid) = (lb.addr, lb.pid());
     let before = ProcStats::of(pid);
     let overflows_before = listen_overflows();
     let sampler = Sampler::start(pid);
 
-    // Each request holds a worker 20 ms: 8 workers answer about 400 a second, so 2,000 sent
-    // within a second fill the queue, and the rest must be refused at once.
+    // Each request holds a worker 20 ms: the 8 workers one address may hold answer about 400 a
+    // second, so 2,000 sent within a second fill the queue, and the rest must be refused at once.
     let request = b"GET /slow/20 HTTP/1.1\r\nHost: overload\r\n\r\n";
     let started = Instant::now();
     let mut scratch = vec![0u8; 16 * 1024];
@@ -246,8 +246,9 @@ fn two_thousand_concurrent_connections_get_an_answer_or_a_fast_503() {
         &problems[..problems.len().min(5)]
     );
     assert_eq!(ok.len() + busy.len(), CONNECTIONS);
-    // Whatever entered the queue was served: at least the 8 workers' and 512 slots' worth.
-    assert!(ok.len() >= 8 + 512, "only {} served", ok.len());
+    // Whatever entered the queue was served. Every connection comes from 127.0.0.1, one client
+    // address, which may hold half the 16 workers and keep half the 512 slots waiting.
+    assert!(ok.len() >= 8 + 256, "only {} served", ok.len());
     assert!(!busy.is_empty(), "the queue never filled: not an overload");
     assert_eq!(
         a.proxied_count() + b.proxied_count(),

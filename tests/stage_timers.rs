@@ -112,10 +112,11 @@ fn a_slow_backend_shows_in_the_response_stage_and_a_pause_in_the_client_stage() 
 #[test]
 fn requests_waiting_for_the_one_worker_show_in_the_queue_stage() {
     let a = Backend::start("a");
-    let (mut lb, admin) = start("stages-queue", &a, r#""workers": 1, "queueSize": 2"#);
+    let (mut lb, admin) = start("stages-queue", &a, r#""workers": 1, "queueSize": 4"#);
     let addr = lb.addr;
-    // One worker, room for two in the channel: the first request is served at once (500 ms at
-    // the backend), the next two wait in the queue, the fourth finds it full.
+    // One worker, and one client address, which may keep half the queue (two) waiting: the
+    // first request is served at once (500 ms at the backend), the next two wait in the queue,
+    // the fourth finds the client's share full.
     let senders: Vec<_> = (0..4)
         .map(|i| {
             std::thread::spawn(move || {

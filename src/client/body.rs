@@ -1,27 +1,44 @@
 //! The client's request body as the backend side reads it. It counts what was consumed (a
-//! consumed body cannot be replayed on another backend) and turns a body that ends early into
-//! an error, because ureq spins forever on a reader that ends before Content-Length.
+//! consumed body cannot be replayed on another backend), turns a body that ends early into
+//! an error, because ureq spins forever on a reader that ends before Content-Length, and ends
+//! a body that arrives slower than `clientBodyMinRate` allows ([`Pace`]).
 
 use std::io::{self, BufReader, Read};
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use tiny_http::Request;
 
-use super::hangup::Hangups;
+use super::connections::Connections;
 use super::request_check::Head;
 use crate::chunked::ChunkedReader;
 use crate::message::BodyFraming;
+use crate::pace::Pace;
+
+/// How a body read failed, for the answer the client gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyFailure {
+    /// The client left or sent less than it announced.
+    Ended(String),
+    /// The client sent it slower than its [`Pace`] allows, or paused longer than
+    /// `clientTimeout`.
+    TooSlow(String),
+}
 
 /// A request body being read; see the module doc.
 pub struct ClientBody<'a> {
     source: BodySource<'a>,
     remaining: Option<u64>,
     bytes_read: u64,
-    failure: Option<String>,
+    failure: Option<BodyFailure>,
     /// For chunked bodies decoded by tiny_http: to ask whether an end of body was really the
     /// client leaving.
-    hangups: &'a Hangups,
+    connections: &'a Connections,
     client: Option<SocketAddr>,
+    pace: Pace,
+    started: Instant,
+    /// Set when the body's end was read: nothing of it is left in the connection.
+    complete: &'a mut bool,
 }
 
 /// Where the body's bytes come from.
@@ -39,8 +56,10 @@ impl<'a> ClientBody<'a> {
     pub(super) fn new(
         request: &'a mut Request,
         head: &Head,
-        hangups: &'a Hangups,
+        connections: &'a Connections,
         client: Option<SocketAddr>,
+        pace: Pace,
+        complete: &'a mut bool,
     ) -> ClientBody<'a> {
         let remaining = match head.framing {
             BodyFraming::Length(n) => Some(n),
@@ -61,19 +80,25 @@ impl<'a> ClientBody<'a> {
             remaining,
             bytes_read: 0,
             failure: None,
-            hangups,
+            connections,
             client,
+            pace,
+            started: Instant::now(),
+            complete,
         }
     }
 
-    pub(super) fn empty(hangups: &'a Hangups) -> ClientBody<'a> {
+    pub(super) fn empty(connections: &'a Connections, complete: &'a mut bool) -> ClientBody<'a> {
         ClientBody {
             source: BodySource::None,
             remaining: None,
             bytes_read: 0,
             failure: None,
-            hangups,
+            connections,
             client: None,
+            pace: Pace::OFF,
+            started: Instant::now(),
+            complete,
         }
     }
 
@@ -82,10 +107,17 @@ impl<'a> ClientBody<'a> {
         self.bytes_read > 0
     }
 
-    /// Why the body failed, if the client's side of it did: the client left or sent less than
-    /// it announced.
-    pub fn take_failure(&mut self) -> Option<String> {
+    /// Why the body failed, if the client's side of it did.
+    pub fn take_failure(&mut self) -> Option<BodyFailure> {
         self.failure.take()
+    }
+
+    fn fail(&mut self, failure: BodyFailure, kind: io::ErrorKind) -> io::Error {
+        let message = match &failure {
+            BodyFailure::Ended(m) | BodyFailure::TooSlow(m) => m.clone(),
+        };
+        self.failure = Some(failure);
+        io::Error::new(kind, message)
     }
 }
 
@@ -96,6 +128,14 @@ impl Read for ClientBody<'_> {
             Some(n) => buf.len().min(usize::try_from(n).unwrap_or(usize::MAX)),
             None => buf.len(),
         };
+        if self.pace.too_slow(self.bytes_read, self.started.elapsed()) {
+            let message = format!(
+                "the client sent {} body bytes in {:?}, slower than clientBodyMinRate",
+                self.bytes_read,
+                self.started.elapsed()
+            );
+            return Err(self.fail(BodyFailure::TooSlow(message), io::ErrorKind::TimedOut));
+        }
         let (result, decoded_by_tiny_http) = match &mut self.source {
             BodySource::None => return Ok(0),
             BodySource::Framed(inner) => (inner.read(&mut buf[..limit]), true),
@@ -106,21 +146,36 @@ impl Read for ClientBody<'_> {
             Ok(0)
                 if self.remaining.is_some()
                     || (decoded_by_tiny_http
-                        && self.hangups.client_closed(self.client.as_ref())) =>
+                        && self.connections.client_closed(self.client.as_ref())) =>
             {
                 let message = "the client closed the connection before sending its whole body";
-                self.failure = Some(message.into());
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, message));
+                return Err(self.fail(
+                    BodyFailure::Ended(message.into()),
+                    io::ErrorKind::UnexpectedEof,
+                ));
             }
             Ok(n) => n,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                let message =
+                    format!("the client sent nothing of its body for clientTimeout ({error})");
+                return Err(self.fail(BodyFailure::TooSlow(message), error.kind()));
+            }
             Err(error) => {
-                self.failure = Some(format!("reading the client's body failed: {error}"));
-                return Err(error);
+                let message = format!("reading the client's body failed: {error}");
+                return Err(self.fail(BodyFailure::Ended(message), error.kind()));
             }
         };
         self.bytes_read += read as u64;
         if let Some(remaining) = &mut self.remaining {
             *remaining -= read as u64;
+        }
+        if read == 0 || self.remaining == Some(0) {
+            *self.complete = true;
         }
         Ok(read)
     }

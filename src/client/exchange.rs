@@ -1,24 +1,29 @@
 //! One client request and its answer: the only handle the rest of tinylb has on a client. Every
 //! rule about when tiny_http may have the connection back lives here, private:
 //!
-//! - a connection that must end is remembered as ending *before* the request (and so its body
-//!   reader) goes back to tiny_http, which then parses whatever follows; the intake drops
-//!   anything parsed from it afterwards;
-//! - the socket is half-closed *while* the writer is still held: once the writer is dropped,
+//! - a connection that must end is ended (its read side shut, and the ending recorded in the
+//!   [`Connections`] table) *before* the request, and so its body reader, goes back to tiny_http:
+//!   tiny_http then reads end-of-file instead of waiting for a body nobody will read, and
+//!   whatever it still parses from the connection is discarded;
+//! - the write side is shut *while* the writer is still held: once the writer is dropped,
 //!   tiny_http may write an answer of its own (to bytes it parsed after this request) before
-//!   the socket closes.
+//!   the socket closes;
+//! - nothing is written by a request that is discarded: dropping a tiny_http request unanswered
+//!   would send a `500`.
 
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
 
 use tiny_http::{HTTPVersion, Method, Request};
 
 use super::body::ClientBody;
-use super::hangup::Hangups;
-use super::phases::{Phase, Phases};
+use super::connections::{Arrival, Connections};
+use super::phases::Phase;
 use super::relay::{self, Answer, Buffers, ClientSide, Relayed};
 use super::request_check::{self, Head, Rejection};
+use super::send_pace::SendPace;
 use crate::access_log::AccessLine;
+use crate::pace::Pace;
 use crate::stages::{self, Stamps};
 use crate::upstream::Response;
 
@@ -28,12 +33,25 @@ pub struct Exchange {
     verdict: Result<Head, Rejection>,
     side: ClientSide,
     peer: Option<SocketAddr>,
-    hangups: Arc<Hangups>,
-    phases: Arc<Phases>,
+    connections: Arc<Connections>,
     /// The client side's stamps: the previous answer's end and the intake taking this one.
     stamps: Stamps,
     /// Whether this is the first request tinylb took from its connection.
     first_on_connection: bool,
+    /// How it stood with its connection when it arrived: a request from a connection tinylb
+    /// had ended is discarded, never served.
+    arrival: Arrival,
+    /// Nothing of the body is left unread in the connection (true when there is none).
+    body_complete: bool,
+}
+
+/// Why a client's answer stopped short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutShort {
+    /// The client read slower than `clientSendMinRate`.
+    TooSlow,
+    /// The client went away, or the backend's body broke off.
+    Broken,
 }
 
 /// What the client got, for the access log and the statistics.
@@ -43,6 +61,8 @@ pub struct Delivered {
     pub status: u16,
     /// Body bytes sent.
     pub body_bytes: u64,
+    /// Why the answer stopped short of what the backend sent, if it did.
+    pub cut_short: Option<CutShort>,
 }
 
 /// The client's two ends after a `101`, for a tunnel.
@@ -54,52 +74,108 @@ pub struct Switched {
 }
 
 impl Exchange {
-    /// Runs on the intake thread, which sees each connection's requests in order: drops a
-    /// request whose connection tinylb already ended, and marks a connection as ending when its
-    /// request will be refused, so that no request tiny_http parses after it (from a body
-    /// tinylb will never read) can reach a worker and a backend.
-    pub(super) fn admit(
-        request: Request,
-        hangups: &Arc<Hangups>,
-        phases: &Arc<Phases>,
-    ) -> Option<Exchange> {
+    /// Runs on the intake thread, which sees each connection's requests in order: notes the
+    /// request in the connection table, and marks a connection as ending when its request will
+    /// be refused, so that no request tiny_http parses after it (from a body tinylb will never
+    /// read) can reach a worker and a backend. A request from a connection tinylb already
+    /// ended comes back marked, to be [discarded](Exchange::discard).
+    pub(super) fn admit(request: Request, connections: &Arc<Connections>) -> Exchange {
         let peer = request.remote_addr().copied();
-        if hangups.is_hung_up(peer.as_ref()) {
-            log::debug!("dropping a request from {peer:?}: its connection was ended");
-            // Nothing may be written: the connection was already ended.
-            drop(request.into_writer());
-            return None;
-        }
         let taken = stages::stamp();
-        let previous = phases.serving(peer.as_ref());
+        let arrival = connections.arrive(peer.as_ref());
+        let previous = match arrival {
+            Arrival::Admitted { previous } => previous,
+            Arrival::FromEndedConnection | Arrival::Undecided => None,
+        };
         let first_on_connection = matches!(previous, None | Some(Phase::New(_)));
         let previous_answer = match previous {
             Some(Phase::Waiting(since)) if taken.is_some() => Some(since),
             _ => None,
         };
         let verdict = request_check::check_request(&request);
-        if verdict.is_err() {
-            hangups.remember(peer.as_ref());
+        if verdict.is_err() && matches!(arrival, Arrival::Admitted { .. }) {
+            connections.mark_ending(peer.as_ref());
         }
+        let body_complete = verdict
+            .as_ref()
+            .is_ok_and(|head| request_check::body_read_with_head(&request, head));
         let side = ClientSide {
             http10: *request.http_version() == HTTPVersion(1, 0),
             keep_alive: request_check::client_keeps_alive(&request),
             head_request: *request.method() == Method::Head,
         };
-        Some(Exchange {
+        Exchange {
             request,
             verdict,
             side,
             peer,
-            hangups: Arc::clone(hangups),
-            phases: Arc::clone(phases),
+            connections: Arc::clone(connections),
             stamps: Stamps {
                 previous_answer,
                 taken,
                 ..Stamps::default()
             },
             first_on_connection,
-        })
+            arrival,
+            body_complete,
+        }
+    }
+
+    /// Whether this request came from a connection tinylb had already ended.
+    pub fn is_from_ended_connection(&self) -> bool {
+        self.arrival == Arrival::FromEndedConnection
+    }
+
+    /// Whether it may come from a new connection on the address and port of one tinylb ended:
+    /// [`Exchange::settle`] decides, on a thread that may wait.
+    pub fn is_undecided(&self) -> bool {
+        self.arrival == Arrival::Undecided
+    }
+
+    /// Decides an undecided request (see [`Connections::settle`]): afterwards it is either a
+    /// new connection's, admitted as any other, or the ended connection's.
+    pub fn settle(&mut self) {
+        if self.arrival != Arrival::Undecided {
+            return;
+        }
+        self.arrival = if self.connections.settle(self.peer.as_ref()) {
+            self.connections.arrive(self.peer.as_ref())
+        } else {
+            Arrival::FromEndedConnection
+        };
+        if let Arrival::Admitted { previous } = self.arrival {
+            self.first_on_connection = matches!(previous, None | Some(Phase::New(_)));
+            if self.verdict.is_err() {
+                self.connections.mark_ending(self.peer.as_ref());
+            }
+        }
+    }
+
+    /// Whether its client has left: its FIN or reset arrived while it waited.
+    pub fn client_gone(&self) -> bool {
+        self.connections.is_gone(self.peer.as_ref())
+    }
+
+    /// Whether tinylb has ended this request's connection (the request itself is answered,
+    /// and its answer closes the connection).
+    pub fn connection_ended(&self) -> bool {
+        self.connections.is_ending(self.peer.as_ref())
+    }
+
+    /// Its connection (the client's address and port) and client address, which decide whose
+    /// turn it is (see `tinylb::dispatch`).
+    pub fn turn_key(&self) -> (SocketAddr, IpAddr) {
+        let peer = self
+            .peer
+            .unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+        (peer, peer.ip())
+    }
+
+    /// Never answered: the connection ends (its read side shut first, so a body left unread is
+    /// not waited for), and nothing is written.
+    pub fn discard(self) {
+        self.connections.end(self.peer.as_ref());
+        drop(self.request.into_writer());
     }
 
     /// Whether this is the first request tinylb took from its connection: a new connection.
@@ -168,32 +244,37 @@ impl Exchange {
         )
     }
 
-    /// The request body as the backend side reads it. Only a request that passed its check has
-    /// one to read.
-    pub fn body(&mut self) -> ClientBody<'_> {
+    /// The request body as the backend side reads it, at no less than `pace`. Only a request
+    /// that passed its check has one to read.
+    pub fn body(&mut self, pace: Pace) -> ClientBody<'_> {
         match &self.verdict {
-            Ok(head) => ClientBody::new(&mut self.request, head, &self.hangups, self.peer),
-            Err(_) => ClientBody::empty(&self.hangups),
+            Ok(head) => ClientBody::new(
+                &mut self.request,
+                head,
+                &self.connections,
+                self.peer,
+                pace,
+                &mut self.body_complete,
+            ),
+            Err(_) => ClientBody::empty(&self.connections, &mut self.body_complete),
         }
     }
 
     /// Answers with tinylb's own short answer; `answer.close` ends the connection after it.
     pub fn answer(self, answer: &Answer, buffers: &mut Buffers) -> Delivered {
         let peer = self.peer;
-        let draining = self.side.keep_alive && self.hangups.closing_all();
-        let answer = &Answer {
-            close: answer.close || draining,
-            ..*answer
-        };
-        if answer.close {
-            self.hangups.remember(peer.as_ref());
-        }
+        let close = answer.close || self.must_close();
+        let answer = &Answer { close, ..*answer };
+        // Ended first: the request's body reader, dropped with it, would otherwise wait for
+        // the whole of a body nobody reads.
+        let ending = close.then(|| self.connections.end(peer.as_ref()));
         let mut writer = self.request.into_writer();
         let written = relay::write_answer(&mut *writer, &self.side, answer, buffers);
-        if answer.close {
-            self.hangups.close_socket(peer.as_ref());
+        if let Some(Some(socket)) = &ending {
+            socket.shutdown(Shutdown::Write);
         }
-        self.phases.answered(peer.as_ref(), self.side.keep_alive);
+        self.connections
+            .answered(peer.as_ref(), self.side.keep_alive && !close);
         drop(writer);
         let body_bytes = match written {
             Ok(()) if self.side.head_request => 0,
@@ -206,39 +287,67 @@ impl Exchange {
         Delivered {
             status: answer.status,
             body_bytes,
+            cut_short: None,
         }
     }
 
-    /// Relays a backend's answer; ends the connection when the answer's framing requires it.
-    /// `forwarded_server` adds the seed article's `X-Forwarded-Server` header.
+    /// Whether the answer must end the connection: part of the body is still unread, or the
+    /// client would keep the connection but the process is draining (see
+    /// [`Connections::close_every_connection`]) or tinylb ended it meanwhile.
+    fn must_close(&self) -> bool {
+        !self.body_complete
+            || (self.side.keep_alive
+                && (self.connections.closing_all()
+                    || self.connections.is_ending(self.peer.as_ref())))
+    }
+
+    /// Relays a backend's answer at no less than `pace`; ends the connection when the answer's
+    /// framing requires it. `forwarded_server` adds the seed article's `X-Forwarded-Server`
+    /// header.
     pub fn relay(
         self,
         response: Response,
         forwarded_server: Option<&str>,
+        pace: Pace,
         buffers: &mut Buffers,
     ) -> Delivered {
         let peer = self.peer;
-        // A draining process ends every connection after its answer (see `Hangups`).
-        let draining = self.side.keep_alive && self.hangups.closing_all();
+        let must_close = self.must_close();
         let side = ClientSide {
-            keep_alive: self.side.keep_alive && !draining,
+            keep_alive: self.side.keep_alive && !must_close,
             ..self.side
         };
-        if draining {
-            self.hangups.remember(peer.as_ref());
-        }
+        let ending = must_close.then(|| self.connections.end(peer.as_ref()));
         let mut writer = self.request.into_writer();
-        let relayed =
-            relay::relay_response(&mut *writer, response, &side, forwarded_server, buffers);
-        let (status, body_bytes, hang_up) = match relayed {
-            Relayed::Complete { status, body_bytes } => (status, body_bytes, false),
+        let pace = SendPace {
+            rule: pace,
+            connections: Some(&self.connections),
+            peer,
+        };
+        let relayed = relay::relay_response(
+            &mut *writer,
+            response,
+            &side,
+            forwarded_server,
+            pace,
+            buffers,
+        );
+        // (status, body bytes, why it stopped short, whether the connection must end)
+        let (status, body_bytes, cut_short, hang_up) = match relayed {
+            Relayed::Complete { status, body_bytes } => (status, body_bytes, None, false),
             Relayed::ClientGone {
                 status,
                 body_bytes,
                 error,
             } => {
                 log::debug!("{status} to {peer:?}: client went away ({error})");
-                (status, body_bytes, true)
+                (status, body_bytes, Some(CutShort::Broken), true)
+            }
+            Relayed::ClientTooSlow { status, body_bytes } => {
+                log::info!(
+                    "{status} to {peer:?}: cut off after {body_bytes} body bytes, read slower than clientSendMinRate"
+                );
+                (status, body_bytes, Some(CutShort::TooSlow), true)
             }
             Relayed::BackendFailed {
                 status,
@@ -248,19 +357,34 @@ impl Exchange {
                 log::warn!(
                     "{status} to {peer:?}: backend body broke off ({error}); closing the client connection"
                 );
-                (status, body_bytes, true)
+                (status, body_bytes, Some(CutShort::Broken), true)
             }
             Relayed::CloseDelimited { status, body_bytes } => {
                 log::debug!("{status} to {peer:?}: connection closed to end the body");
-                (status, body_bytes, true)
+                (status, body_bytes, None, true)
             }
         };
-        if hang_up || draining {
-            self.hangups.hang_up(peer.as_ref());
+        let ending = match (ending, hang_up) {
+            (Some(ending), _) => ending,
+            (None, true) => self.connections.end(peer.as_ref()),
+            (None, false) => None,
+        };
+        if let Some(socket) = ending {
+            match cut_short {
+                // What is still queued for a reader that slow would hold the connection open
+                // for as long again: drop it.
+                Some(CutShort::TooSlow) => socket.reset(),
+                _ => socket.shutdown(Shutdown::Write),
+            }
         }
-        self.phases.answered(peer.as_ref(), self.side.keep_alive);
+        self.connections
+            .answered(peer.as_ref(), side.keep_alive && !hang_up);
         drop(writer);
-        Delivered { status, body_bytes }
+        Delivered {
+            status,
+            body_bytes,
+            cut_short,
+        }
     }
 
     /// Answers `101 Switching Protocols` with `headers` (end-to-end ones) and hands over the
@@ -271,7 +395,7 @@ impl Exchange {
         protocol: &str,
         headers: impl Iterator<Item = (&'a str, &'a [u8])>,
     ) -> Result<Switched, Box<Exchange>> {
-        let Some(socket) = self.hangups.client_socket(self.peer.as_ref()) else {
+        let Some(socket) = self.connections.client_socket(self.peer.as_ref()) else {
             return Err(Box::new(self));
         };
         // tiny_http writes `Connection: upgrade` and `Upgrade` itself.

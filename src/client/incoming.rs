@@ -18,10 +18,9 @@ use std::net::TcpStream;
 use std::os::fd::RawFd;
 
 use super::census::ClientSockets;
+use super::connections::Connections;
 use super::exchange::Exchange;
-use super::hangup::Hangups;
 use super::listener::Listener;
-use super::phases::Phases;
 use super::pinger::Pinger;
 use crate::error::StartError;
 
@@ -63,8 +62,7 @@ pub struct Incoming {
     /// Keeps accept() alive and frees connections waiting in tiny_http's pool; stops with this,
     /// or when the process stops accepting.
     pinger: Option<Pinger>,
-    hangups: Arc<Hangups>,
-    phases: Arc<Phases>,
+    connections: Arc<Connections>,
     /// Set once the process stops accepting; see [`Incoming::stop_accepting`].
     draining: Option<Draining>,
 }
@@ -90,8 +88,7 @@ impl Incoming {
             current_fd,
             retired: Vec::new(),
             waiting: VecDeque::new(),
-            hangups: Arc::new(Hangups::new(listener.local_addr().port())),
-            phases: Arc::default(),
+            connections: Arc::new(Connections::new(listener.local_addr().port())),
             listener,
             panics_seen: ACCEPT_PANICS.load(Ordering::Relaxed),
             restart_at: None,
@@ -130,7 +127,7 @@ impl Incoming {
     }
 
     fn admit(&mut self, request: tiny_http::Request) -> Option<Exchange> {
-        let exchange = Exchange::admit(request, &self.hangups, &self.phases)?;
+        let exchange = Exchange::admit(request, &self.connections);
         if let Some(pinger) = &self.pinger {
             pinger.saw_request(exchange.first_on_connection());
         }
@@ -145,7 +142,7 @@ impl Incoming {
         if self.draining.is_some() {
             return;
         }
-        self.hangups.close_every_connection();
+        self.connections.close_every_connection();
         self.pinger = None;
         // A loop already dead (and waiting for its restart) has nothing to stop.
         let accept_ended = self.restart_at.is_some();
@@ -175,12 +172,15 @@ impl Incoming {
                 == 0
     }
 
+    /// The connection table, which the dispatch asks whether a connection ended.
+    pub fn connections(&self) -> Arc<Connections> {
+        Arc::clone(&self.connections)
+    }
+
     /// The client connections of this listener, for the watchdog's look.
     pub fn sockets(&self) -> ClientSockets {
         ClientSockets {
-            local_port: self.listener.local_addr().port(),
-            phases: Arc::clone(&self.phases),
-            hangups: Arc::clone(&self.hangups),
+            connections: Arc::clone(&self.connections),
         }
     }
 

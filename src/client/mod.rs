@@ -10,7 +10,8 @@
 //! | client timeouts | SO_RCVTIMEO/SO_SNDTIMEO on the listening socket, inherited by every accepted socket (`socket_options.rs`) | none per request |
 //! | an accept() that survives those timeouts | a [`Pinger`] thread connects to the listener more often than the timeout (`pinger.rs`) | one thread; a few loopback connections a second while busy |
 //! | an accept loop that outlives its first error or panic | [`Incoming`] starts a new server on the same socket, with back-off, and a panic hook counts accept-thread panics (`incoming.rs`) | a poll every quarter second |
-//! | a way to end a connection | remember the address and drop whatever tiny_http parses from it next, half-close the socket found among the process's descriptors (`hangup.rs`) | a `/proc/self/fd` scan, only when a connection must end early |
+//! | a way to end a connection | shut the read side of the socket found among the process's descriptors (acting on a duplicate, `own_sockets.rs`), record the ending with the socket's identity and discard whatever tiny_http still parses from it, then shut the write side after the answer (`connections.rs`) | a `/proc/self/fd` walk, only when a connection must end early |
+//! | a way to tell connections apart | the connection table keys each connection by address and port, and the watchdog's look learns each one's socket inode: an entry outlives neither its socket nor its ending (`connections.rs`, `census.rs`) | a hash lookup per request |
 //! | strict framing (it reads any Transfer-Encoding as chunked, ignores a bad Content-Length) | refuse ambiguous heads before anything is forwarded (`request_check.rs`) | a pass over the headers |
 //! | raw bodies on `Connection: upgrade` | decode chunked bodies there with tinylb's decoder (`body.rs`) | none elsewhere |
 //! | answers tinylb frames itself (it re-chunks, buffers bodies for HTTP/1.0, writes a final chunk after a broken body) | write status line, headers and framing through the raw writer (`relay.rs`) | none; one fixed buffer per worker |
@@ -22,8 +23,9 @@
 pub mod admin_server;
 mod body;
 mod census;
+mod connections;
 mod exchange;
-mod hangup;
+mod identity;
 mod incoming;
 mod listener;
 mod own_sockets;
@@ -31,13 +33,16 @@ pub mod phases;
 pub mod pinger;
 mod relay;
 mod request_check;
+mod send_pace;
 pub mod socket_options;
 
-pub use body::ClientBody;
+pub use body::{BodyFailure, ClientBody};
 pub use census::{Census, ClientSockets};
-pub use exchange::{Delivered, Exchange, Switched};
+pub use connections::Connections;
+pub use exchange::{CutShort, Delivered, Exchange, Switched};
 pub use incoming::Incoming;
 pub use listener::{Listener, bind_socket};
 pub use pinger::Pinger;
 pub use relay::{Answer, Buffers};
 pub use request_check::{Head, Rejection};
+pub use send_pace::SendPace;

@@ -5,14 +5,10 @@
 //! is written (a tunnel stays serving), and otherwise *waiting* for a head since the end of its
 //! last answer, or since it was first seen.
 //!
-//! [`judge`] is the rule, pure; [`Phases`] is the table the intake, the workers and the census
-//! share (two short lock holds per request).
+//! [`judge`] is the rule, pure; the phases themselves live in the connection table
+//! (`connections.rs`), which the intake, the workers and the census share.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-
-use parking_lot::Mutex;
 
 /// One connection's phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,61 +86,6 @@ pub fn judge(phase: Phase, heard: Heard, now: Instant, limits: Limits) -> Verdic
     }
 }
 
-/// The phase of every client connection tinylb has seen, by the client's address.
-#[derive(Default)]
-pub struct Phases(Mutex<HashMap<SocketAddr, Phase>>);
-
-impl Phases {
-    /// A request from `peer` was admitted. Returns the phase its connection was in: `None` or
-    /// `New` for a connection's first request, `Waiting` since the previous answer.
-    pub fn serving(&self, peer: Option<&SocketAddr>) -> Option<Phase> {
-        self.0.lock().insert(*peer?, Phase::Serving)
-    }
-
-    /// The answer to `peer` is written and the connection stays open: its next head is due
-    /// within the deadline. A connection that ends after its answer because the client asked
-    /// is forgotten instead (`keep_alive` false), so that a new connection from the same
-    /// address and port is not taken for it.
-    pub fn answered(&self, peer: Option<&SocketAddr>, keep_alive: bool) {
-        if let Some(peer) = peer {
-            let mut table = self.0.lock();
-            if keep_alive {
-                table.insert(*peer, Phase::Waiting(Instant::now()));
-            } else {
-                table.remove(peer);
-            }
-        }
-    }
-
-    /// A copy of the table, for a census that must not hold the lock while it looks at sockets.
-    pub(super) fn snapshot(&self) -> HashMap<SocketAddr, Phase> {
-        self.0.lock().clone()
-    }
-
-    /// Marks `peer` ended if it is still in the phase the census judged; false if it moved on
-    /// meanwhile (its request was admitted), and then it must be left alone.
-    pub(super) fn end_if_still(&self, peer: SocketAddr, judged: Phase) -> bool {
-        let mut table = self.0.lock();
-        match table.get(&peer) {
-            Some(phase) if *phase == judged => {
-                table.insert(peer, Phase::Ended(Instant::now()));
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// After a census: forgets connections that are gone, and starts the clock for new ones.
-    pub(super) fn update(&self, open: &[SocketAddr], first_seen: &[SocketAddr], at: Instant) {
-        let mut table = self.0.lock();
-        let open: std::collections::HashSet<&SocketAddr> = open.iter().collect();
-        table.retain(|peer, _| open.contains(peer));
-        for peer in first_seen {
-            table.entry(*peer).or_insert(Phase::New(at));
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,34 +153,5 @@ mod tests {
                 "{phase:?}, {heard:?}"
             );
         }
-    }
-
-    #[test]
-    fn the_table_follows_requests_and_forgets_closed_connections() {
-        let phases = Phases::default();
-        let (a, b): (SocketAddr, SocketAddr) = (
-            "127.0.0.1:1000".parse().unwrap(),
-            "127.0.0.1:1001".parse().unwrap(),
-        );
-        let at = Instant::now();
-        phases.update(&[a, b], &[a, b], at);
-        assert_eq!(phases.snapshot()[&a], Phase::New(at));
-        assert_eq!(phases.serving(Some(&a)), Some(Phase::New(at)));
-        // Judged waiting, but admitted meanwhile: left alone.
-        assert!(!phases.end_if_still(a, Phase::New(at)));
-        assert!(phases.end_if_still(b, Phase::New(at)));
-        assert!(matches!(phases.snapshot()[&b], Phase::Ended(_)));
-        phases.answered(Some(&a), true);
-        assert!(matches!(phases.snapshot()[&a], Phase::Waiting(t) if t >= at));
-        // A census that no longer sees b forgets it; a second first sighting keeps the clock.
-        phases.update(&[a], &[a], Instant::now() + secs(5));
-        let table = phases.snapshot();
-        assert!(!table.contains_key(&b));
-        assert!(matches!(table[&a], Phase::Waiting(t) if t < Instant::now() + secs(1)));
-        // The next request sees when the previous answer ended; a client that asked to close
-        // is forgotten with its answer, so its address and port start afresh.
-        assert!(matches!(phases.serving(Some(&a)), Some(Phase::Waiting(_))));
-        phases.answered(Some(&a), false);
-        assert_eq!(phases.serving(Some(&a)), None);
     }
 }

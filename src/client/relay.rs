@@ -5,6 +5,7 @@
 
 use std::io::{self, Read, Write};
 
+use super::send_pace::{PacedWriter, SendPace};
 use crate::message::ConnectionTokens;
 use crate::message::http::{self, header};
 use crate::upstream::Response;
@@ -57,6 +58,8 @@ impl Default for Buffers {
 pub enum Relayed {
     /// Everything the backend sent reached the client.
     Complete { status: u16, body_bytes: u64 },
+    /// The client read slower than `clientSendMinRate` allows: the answer was cut off.
+    ClientTooSlow { status: u16, body_bytes: u64 },
     /// The client stopped reading or went away.
     ClientGone {
         status: u16,
@@ -141,8 +144,27 @@ pub fn write_answer(
 }
 
 /// Streams a backend's response to the client: status, end-to-end headers, then the body in
-/// framing tinylb chooses. `forwarded_server` adds the seed article's debug header.
+/// framing tinylb chooses, cut off if the client reads slower than `pace` allows.
+/// `forwarded_server` adds the seed article's debug header.
 pub fn relay_response(
+    writer: &mut dyn Write,
+    response: Response,
+    client: &ClientSide,
+    forwarded_server: Option<&str>,
+    pace: SendPace<'_>,
+    buffers: &mut Buffers,
+) -> Relayed {
+    let mut paced = PacedWriter::new(writer, pace);
+    let relayed = relay_to(&mut paced, response, client, forwarded_server, buffers);
+    match relayed {
+        Relayed::ClientGone {
+            status, body_bytes, ..
+        } if paced.was_too_slow() => Relayed::ClientTooSlow { status, body_bytes },
+        relayed => relayed,
+    }
+}
+
+fn relay_to(
     writer: &mut dyn Write,
     response: Response,
     client: &ClientSide,

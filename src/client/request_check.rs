@@ -139,6 +139,12 @@ fn body_framing<'a>(
     let mut length: Option<u64> = None;
     for value in lengths {
         let parsed = parse_content_length(value).ok_or(reject(400, "invalid Content-Length"))?;
+        if !addressable(parsed, usize::MAX as u64) {
+            return Err(reject(
+                400,
+                "Content-Length is larger than this machine can address",
+            ));
+        }
         if length.is_some_and(|l| l != parsed) {
             return Err(reject(400, "conflicting Content-Length headers"));
         }
@@ -171,6 +177,13 @@ fn is_http2(protocol: &str) -> bool {
         || (name.eq_ignore_ascii_case("HTTP") && protocol[name.len()..].starts_with("/2"))
 }
 
+/// Whether tiny_http can take a body of `length` on a machine whose `usize` ends at `max`: it
+/// parses Content-Length as a `usize`, and one it cannot parse means "no body" to it, so the
+/// body's bytes would be read as the next request (on 32-bit targets, anything from 4 GiB).
+fn addressable(length: u64, max: u64) -> bool {
+    length <= max
+}
+
 /// Digits only: no sign, no spaces inside, no list.
 fn parse_content_length(value: &str) -> Option<u64> {
     let value = value.trim();
@@ -179,6 +192,23 @@ fn parse_content_length(value: &str) -> Option<u64> {
     }
     value.parse().ok()
 }
+
+/// Whether the whole body was read along with the head, so that nothing of it is left in the
+/// connection: there is none, or tiny_http read it at once (it does for a Content-Length up to
+/// 1 KiB without `Expect: 100-continue`; docs/crates.md).
+pub fn body_read_with_head(request: &Request, head: &Head) -> bool {
+    let expects_continue = request.headers().iter().any(|h| h.field.equiv("Expect"));
+    match head.framing {
+        BodyFraming::Empty => true,
+        BodyFraming::Length(n) => {
+            n <= TINY_HTTP_READS_AHEAD && !expects_continue && !head.body_is_raw
+        }
+        BodyFraming::Chunked => false,
+    }
+}
+
+/// The largest body tiny_http reads with its head (`new_request` in its request.rs).
+const TINY_HTTP_READS_AHEAD: u64 = 1024;
 
 /// Whether tiny_http keeps this connection open after the response; mirrors its own rule
 /// (tiny_http client.rs), which looks at the first `Connection` header only.
@@ -208,6 +238,15 @@ mod tests {
         assert_eq!(parse_content_length("+5"), None);
         assert_eq!(parse_content_length("5, 5"), None);
         assert_eq!(parse_content_length(""), None);
+    }
+
+    #[test]
+    fn a_length_a_32_bit_machine_cannot_hold_is_not_addressable_there() {
+        let u32_max = u64::from(u32::MAX);
+        assert!(addressable(u32_max, u32_max));
+        assert!(!addressable(u32_max + 1, u32_max));
+        assert!(addressable(u64::MAX, u64::MAX));
+        assert!(addressable(0, 0));
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The defaults of config.json's optional keys, each with the reason it is what it is.
 
-/// Default worker threads: the best or tied count in the benchmark sweeps, where more were no
-/// faster and cost CPU and memory; see "Defaults from measurement" in docs/benchmarks.md.
-pub const DEFAULT_WORKERS: usize = 8;
+/// Default worker threads: twice the best count of the benchmark sweeps (8, where more were no
+/// faster), so that one client address, which may hold half of them (`clientMaxWorkers`), still
+/// gets what it got alone, and everyone else keeps the other half; see "Defaults from
+/// measurement" in docs/benchmarks.md.
+pub const DEFAULT_WORKERS: usize = 16;
 /// Default queue between the listener and the workers: deep enough that ordinary load gets no
 /// 503, short enough that an overload is answered at once instead of piling up; see "Defaults
 /// from measurement" in docs/benchmarks.md.
@@ -40,3 +42,9 @@ pub const DEFAULT_MAX_TUNNELS: u64 = 256;
 /// (25-30 s), so live but quiet connections survive, unlike with nginx's 60 s; short enough that
 /// peers that vanished without a FIN are reclaimed.
 pub const DEFAULT_TUNNEL_IDLE_TIMEOUT: &str = "10m";
+
+/// Default `clientBodyMinRate` and `clientSendMinRate`, in bytes per second: Apache's
+/// `mod_reqtimeout` default (`body=20,MinRate=500`), with `clientTimeout` as the 20 s. A real
+/// client on the slowest mobile link moves several KiB a second; 500 B/s only ends the ones
+/// that trickle on purpose.
+pub const DEFAULT_CLIENT_MIN_RATE: u64 = 500;

@@ -33,6 +33,10 @@ const KNOWN_KEYS: &[&str] = &[
     "maxStuckConnections",
     "clientHeaderTimeout",
     "tunnelIdleTimeout",
+    "clientMaxWorkers",
+    "clientMaxTunnels",
+    "clientBodyMinRate",
+    "clientSendMinRate",
 ];
 
 /// Typed access to the optional keys, each with its default and a message naming the key.

@@ -74,9 +74,29 @@ pub struct Config {
     /// Stuck client connections (see [`crate::stuck`]) past which the server process asks the
     /// master for a successor; 0 never asks.
     pub max_stuck_connections: usize,
+    /// What one client address may take, so that it cannot starve the others.
+    pub per_client: PerClient,
     /// Values accepted but changed, one line each, for the log and `--check`: the config
     /// works, but not quite as written.
     pub warnings: Vec<String>,
+}
+
+/// The limits on one client address and on slow clients (README, "One client cannot starve
+/// another").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PerClient {
+    /// `clientMaxWorkers`: workers one client address may hold at once (queued for one
+    /// included); its further requests wait for its turn. Half the workers by default.
+    pub max_workers: usize,
+    /// `clientMaxTunnels`: tunnels one client address may hold open. Half of `maxTunnels` by
+    /// default.
+    pub max_tunnels: usize,
+    /// `clientBodyMinRate`: bytes per second a request body must average after
+    /// `clientTimeout`; 0 turns the check off.
+    pub body_min_rate: u64,
+    /// `clientSendMinRate`: bytes per second a client must read its answer at after
+    /// `clientTimeout`; 0 turns the check off.
+    pub send_min_rate: u64,
 }
 
 /// One backend as configured.
@@ -228,6 +248,7 @@ impl Config {
             ));
         }
         let workers = keys.count("workers", DEFAULT_WORKERS as u64, 1..=1024)?;
+        let max_tunnels = keys.count("maxTunnels", DEFAULT_MAX_TUNNELS, 0..=100_000)?;
         let config = Config {
             listen: parse_listen(keys.required("port")?)?,
             servers: parse_servers(keys.required("servers")?)?,
@@ -259,7 +280,7 @@ impl Config {
             },
             access_log: keys.boolean("accessLog", false)?,
             stage_timers: keys.boolean("stageTimers", true)?,
-            max_tunnels: keys.count("maxTunnels", DEFAULT_MAX_TUNNELS, 0..=100_000)? as usize,
+            max_tunnels: max_tunnels as usize,
             tunnel_idle_timeout: keys
                 .positive_duration("tunnelIdleTimeout", DEFAULT_TUNNEL_IDLE_TIMEOUT)?,
             max_stuck_connections: keys.count(
@@ -267,6 +288,25 @@ impl Config {
                 DEFAULT_MAX_STUCK_CONNECTIONS,
                 0..=1_000_000,
             )? as usize,
+            per_client: PerClient {
+                max_workers: keys.count("clientMaxWorkers", (workers / 2).max(1), 1..=workers)?
+                    as usize,
+                max_tunnels: keys.count(
+                    "clientMaxTunnels",
+                    max_tunnels.div_ceil(2),
+                    0..=max_tunnels,
+                )? as usize,
+                body_min_rate: keys.count(
+                    "clientBodyMinRate",
+                    DEFAULT_CLIENT_MIN_RATE,
+                    0..=1 << 40,
+                )?,
+                send_min_rate: keys.count(
+                    "clientSendMinRate",
+                    DEFAULT_CLIENT_MIN_RATE,
+                    0..=1 << 40,
+                )?,
+            },
             warnings,
         };
         Ok(config)
@@ -296,76 +336,4 @@ impl Config {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Checks that each config text is refused with a message containing the expected part;
-    /// the submodules' tests share it.
-    pub(super) fn assert_refused(cases: &[(&str, &str)]) {
-        for (text, expected) in cases {
-            let message = Config::parse(text).unwrap_err().0;
-            assert!(
-                message.contains(expected),
-                "{text}\n  gave: {message}\n  wanted: {expected}"
-            );
-        }
-    }
-
-    #[test]
-    fn the_seed_articles_file_works_unchanged() {
-        let config = Config::parse(
-            r#"{
-              "port": ":8080",
-              "healthCheckInterval": "2s",
-              "servers": ["http://localhost:5001", "http://localhost:5002"]
-            }"#,
-        )
-        .unwrap();
-        assert_eq!(config.listen, "0.0.0.0:8080".parse().unwrap());
-        assert_eq!(config.servers.len(), 2);
-        assert_eq!(config.servers[0].url.origin, "http://localhost:5001");
-        assert_eq!(config.servers[0].url.prefix, "");
-        assert_eq!(config.algorithm, Algorithm::RoundRobin);
-        assert_eq!(config.health.interval, Duration::from_secs(2));
-        assert_eq!(config.workers, DEFAULT_WORKERS);
-        assert_eq!(config.backend_keep_alive, DEFAULT_WORKERS);
-        assert_eq!(
-            config.backend_keep_alive_total,
-            DEFAULT_KEEP_ALIVE_TOTAL_PER_WORKER * DEFAULT_WORKERS
-        );
-    }
-
-    #[test]
-    fn weights_prefixes_and_options_are_read() {
-        let config = Config::parse(
-            r#"{"port": "127.0.0.1:0", "algorithm": "weighted-round-robin",
-                "servers": [{"url": "http://127.0.0.1:1/api/", "weight": 5}, "http://[::1]:2"],
-                "workers": 3, "queueSize": 7, "forwardedServerHeader": true, "backendKeepAlive": 0,
-                "backendKeepAliveTotal": 5,
-                "backendTimeout": "250ms", "healthCheckRise": 1}"#,
-        )
-        .unwrap();
-        assert_eq!(config.servers[0].weight, 5);
-        assert_eq!(config.servers[0].url.prefix, "/api");
-        assert_eq!(config.servers[1].url.origin, "http://[::1]:2");
-        assert_eq!(config.workers, 3);
-        assert_eq!(config.queue_size, 7);
-        assert_eq!(config.backend_keep_alive, 0);
-        assert_eq!(config.backend_keep_alive_total, 5);
-        assert!(config.forwarded_server_header);
-        assert_eq!(config.backend_timeout, Duration::from_millis(250));
-        assert_eq!(config.health.rise, 1);
-    }
-
-    #[test]
-    fn a_file_that_is_not_a_json_object_is_refused() {
-        assert_refused(&[
-            (r#"{"port": ":8080",}"#, "invalid JSON at line 1, column 18"),
-            (
-                r#"{"port": ":8080", "servers": ["http://a:1"], "port": ":9090"}"#,
-                r#"invalid JSON at line 1, column 51: the key "port" appears twice"#,
-            ),
-            (r#"[1]"#, "top level must be a JSON object"),
-        ]);
-    }
-}
+mod tests;

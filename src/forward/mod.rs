@@ -17,7 +17,8 @@ use std::time::Instant;
 
 use crate::backend::{Backend, InFlight};
 use crate::balancer::Balancer;
-use crate::client::{Answer, Buffers, Delivered, Exchange, Head};
+use crate::client::{Answer, BodyFailure, Buffers, CutShort, Delivered, Exchange, Head};
+use crate::dispatch::ClientCounts;
 use crate::failure::Failure;
 use crate::message::BodyFraming;
 use crate::stages::{self, StageHistograms};
@@ -36,6 +37,8 @@ pub struct Forwarder {
     retries: Arc<AtomicU64>,
     /// Where requests' time went, for the metrics.
     stages: Arc<StageHistograms>,
+    /// Slow bodies and slow readers, for the status page and metrics.
+    counts: Arc<ClientCounts>,
 }
 
 /// What the client finally got, and from which backend: for the access log. When a backend
@@ -66,6 +69,7 @@ impl Forwarder {
         tunnels: Arc<Tunnels>,
         retries: Arc<AtomicU64>,
         stages: Arc<StageHistograms>,
+        counts: Arc<ClientCounts>,
     ) -> Forwarder {
         Forwarder {
             balancer,
@@ -73,6 +77,7 @@ impl Forwarder {
             tunnels,
             retries,
             stages,
+            counts,
         }
     }
 
@@ -91,7 +96,9 @@ impl Forwarder {
         let durations = stamps.durations();
         self.stages.record(&durations);
         let backend = outcome.backend.as_ref().map(|b| b.url.original.as_str());
-        let Delivered { status, body_bytes } = outcome.delivered;
+        let Delivered {
+            status, body_bytes, ..
+        } = outcome.delivered;
         if let Some(request_line) = request_line {
             log::debug!(
                 "{request_line} -> {status}, {body_bytes} bytes from {} in {:?}",
@@ -146,7 +153,7 @@ impl Forwarder {
                     return self.deliver(exchange, response, in_flight, started, buffers);
                 }
                 Err((failure, next)) => {
-                    failed.must_close |= matches!(failure, Failure::ClientBody(_));
+                    failed.must_close |= failure.is_the_clients();
                     failed.failure = Some(failure);
                     tried.push(backend.key);
                     failed.backend = Some(backend);
@@ -186,7 +193,7 @@ impl Forwarder {
     ) -> Result<Response, (Failure, Next)> {
         let mut attempt = Attempt::first(exchange.method());
         loop {
-            let mut body = exchange.body();
+            let mut body = exchange.body(self.switches.body_pace());
             let result = backend.connections.send(
                 &backend.url,
                 outgoing,
@@ -197,7 +204,11 @@ impl Forwarder {
             // When the client's own body failed, ureq's error only echoes it.
             let failure = match (result, body.take_failure()) {
                 (Ok(response), _) => return Ok(response),
-                (Err(_), Some(reason)) => Failure::ClientBody(reason),
+                (Err(_), Some(BodyFailure::Ended(reason))) => Failure::ClientBody(reason),
+                (Err(_), Some(BodyFailure::TooSlow(reason))) => {
+                    ClientCounts::count(&self.counts.slow_bodies);
+                    Failure::ClientTooSlow(reason)
+                }
                 (Err(failure), None) => failure,
             };
             self.charge_failure(exchange.method(), backend, &failure);
@@ -238,7 +249,10 @@ impl Forwarder {
             .switches
             .forwarded_server_header()
             .then_some(backend.url.original.as_str());
-        let delivered = exchange.relay(response, forwarded, buffers);
+        let delivered = exchange.relay(response, forwarded, self.switches.send_pace(), buffers);
+        if delivered.cut_short == Some(CutShort::TooSlow) {
+            ClientCounts::count(&self.counts.slow_readers);
+        }
         drop(in_flight);
         backend
             .stats

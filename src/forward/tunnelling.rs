@@ -12,7 +12,7 @@ use super::{Failed, Forwarder, Outcome, client_ip};
 use crate::backend::Backend;
 use crate::client::{Answer, Buffers, Exchange, Head};
 use crate::stats::ErrorKind;
-use crate::tunnel::{Ends, Reservation};
+use crate::tunnel::{Ends, NoPlace, Reservation};
 use crate::upstream::{self, Handshake, Switched};
 
 impl Forwarder {
@@ -25,14 +25,24 @@ impl Forwarder {
         buffers: &mut Buffers,
         started: Instant,
     ) -> Outcome {
-        let Some(place) = self.tunnels.reserve() else {
-            log::warn!(
-                "refused an upgrade to {protocols} from {:?}: {} tunnels are open (maxTunnels)",
-                exchange.client_ip(),
-                self.tunnels.limits().max_open
-            );
-            let answer = Answer::new(503, "Service Unavailable: too many open tunnels", true);
-            return self.answer(exchange, &answer, None, buffers);
+        let client_ip = client_ip(&exchange);
+        let place = match self.tunnels.reserve(client_ip) {
+            Ok(place) => place,
+            Err(no_place) => {
+                let limits = self.tunnels.limits();
+                let (why, message) = match no_place {
+                    NoPlace::AllTaken => (
+                        format!("{} tunnels are open (maxTunnels)", limits.max_open),
+                        "Service Unavailable: too many open tunnels",
+                    ),
+                    NoPlace::ClientsShareTaken => (
+                        format!("it holds {} tunnels (clientMaxTunnels)", limits.per_client),
+                        "Service Unavailable: this client holds too many open tunnels",
+                    ),
+                };
+                log::warn!("refused an upgrade to {protocols} from {client_ip}: {why}");
+                return self.answer(exchange, &Answer::new(503, message, true), None, buffers);
+            }
         };
         let outgoing = match self.outgoing(&exchange, head) {
             Ok(outgoing) => outgoing,
@@ -45,7 +55,6 @@ impl Forwarder {
             must_close: true,
         };
         let timeouts = self.switches.handshake_timeouts();
-        let client_ip = client_ip(&exchange);
         let mut tried: Vec<u64> = Vec::new();
         while let Some(in_flight) = self.balancer.pick(client_ip, &tried) {
             if !tried.is_empty() {
@@ -130,6 +139,7 @@ impl Forwarder {
             delivered: crate::client::Delivered {
                 status: 101,
                 body_bytes: 0,
+                cut_short: None,
             },
             backend: Some(backend),
             connected: None,

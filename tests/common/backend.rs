@@ -24,7 +24,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
@@ -37,6 +37,8 @@ pub struct Seen {
     /// Header lines in arrival order, names as sent.
     pub headers: Vec<(String, String)>,
     pub body_len: u64,
+    /// When its head had arrived.
+    pub arrived: Instant,
 }
 
 impl Seen {
@@ -230,6 +232,7 @@ fn serve_connection(stream: TcpStream, shared: &Shared) {
         let Some((method, target, headers)) = read_head(&mut reader) else {
             return;
         };
+        let arrived = Instant::now();
         let header = |name: &str| {
             headers
                 .iter()
@@ -278,6 +281,7 @@ fn serve_connection(stream: TcpStream, shared: &Shared) {
             target: target.clone(),
             headers,
             body_len,
+            arrived,
         };
         shared.seen.lock().push(seen.clone());
         shared.count.fetch_add(1, Ordering::SeqCst);

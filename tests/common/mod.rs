@@ -14,6 +14,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod bystander;
 pub mod process;
 pub mod raw;
 pub mod scripted;
