@@ -63,7 +63,7 @@ pub fn render(status: &Status) -> String {
          <li>tunnels open <b>{tunnels} / {max_tunnels}</b></li>\
          <li>idle backend connections <b>{idle} / {max_idle}</b></li>\
          <li>process <b>{process}</b></li>\
-         <li>stuck connections <b>{stuck} / {max_stuck}</b></li></ul>",
+         <li>stuck connections <b>{stuck} / {max_stuck}</b></li></ul>         <ul class=\"summary\"><li>per client address: <b>{per_client} workers</b></li>         <li>waited for their turn <b>{waited}</b></li>         <li>not forwarded: queue full <b>{queue_full}</b>, pipelined too far <b>{pipelined}</b>,          connection ended <b>{ended}</b>, client gone <b>{gone}</b></li>         <li>too slow: bodies <b>{slow_bodies}</b>, readers <b>{slow_readers}</b></li></ul>",
         version = status.version,
         algorithm = status.algorithm,
         uptime = human_duration(status.uptime_seconds as f64),
@@ -81,6 +81,14 @@ pub fn render(status: &Status) -> String {
         process = process_summary(&status.process),
         stuck = status.process.stuck_connections,
         max_stuck = status.process.max_stuck_connections,
+        per_client = status.clients.max_workers_per_client,
+        waited = status.clients.waited_for_turn,
+        queue_full = status.clients.refused_queue_full,
+        pipelined = status.clients.pipelined_too_far,
+        ended = status.clients.from_ended_connections,
+        gone = status.clients.client_gone,
+        slow_bodies = status.clients.slow_bodies,
+        slow_readers = status.clients.slow_readers,
     );
     page.push_str(
         "<table><thead><tr><th>#</th><th>backend</th><th>weight</th><th>health</th>\

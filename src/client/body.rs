@@ -10,6 +10,7 @@ use std::time::Instant;
 use tiny_http::Request;
 
 use super::connections::Connections;
+use super::own_sockets::client_closed;
 use super::request_check::Head;
 use crate::chunked::ChunkedReader;
 use crate::message::BodyFraming;
@@ -146,7 +147,7 @@ impl Read for ClientBody<'_> {
             Ok(0)
                 if self.remaining.is_some()
                     || (decoded_by_tiny_http
-                        && self.connections.client_closed(self.client.as_ref())) =>
+                        && client_closed(self.client.as_ref(), self.connections.local_port())) =>
             {
                 let message = "the client closed the connection before sending its whole body";
                 return Err(self.fail(

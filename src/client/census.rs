@@ -25,11 +25,12 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::answer::{self, Answer};
 use super::connections::{Connections, Entry};
 use super::identity::{self, Sighting, forgotten, sighting, states};
 use super::own_sockets::{OwnSocket, TcpState, each_client_socket};
 use super::phases::{Heard, Limits, Phase, Verdict, judge};
-use super::relay::{self, Answer, Buffers, ClientSide};
+use super::relay::{Buffers, ClientSide};
 
 /// The answer to a head that took too long.
 const HEAD_TIMEOUT: Answer = Answer::new(
@@ -303,7 +304,7 @@ impl ClientSockets {
                 head_request: false,
             };
             let mut bytes = Vec::new();
-            let _ = relay::write_answer(&mut bytes, &client, &HEAD_TIMEOUT, &mut buffers);
+            let _ = answer::write_answer(&mut bytes, &client, &HEAD_TIMEOUT, &mut buffers);
             if !socket.write_now(&bytes) {
                 log::debug!("could not send 408 to {}", overdue.peer);
             }

@@ -17,7 +17,7 @@
 //!   that its queued requests are dropped instead of sent to a backend.
 
 use std::collections::HashMap;
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
@@ -201,6 +201,23 @@ impl Connections {
         }
     }
 
+    /// For a request discarded from a connection tinylb ended: shuts the ended socket's read
+    /// side now if the refusal that ended it has not been written yet (the discarded request's
+    /// unread body would otherwise be waited for), and does nothing once it has, or once the
+    /// entry is gone (the socket is then closed, and another connection may have its address).
+    pub fn finish_ending(&self, peer: Option<&SocketAddr>) {
+        let Some(peer) = peer else { return };
+        let pending = self
+            .entries
+            .lock()
+            .get(peer)
+            .and_then(|e| e.ended.as_ref())
+            .is_some_and(|ended| !ended.looked);
+        if pending {
+            self.end(Some(peer));
+        }
+    }
+
     /// Marks `peer`'s connection as ending before its refusal is written, from the intake, so
     /// that whatever tiny_http parses from it next (it may already be parsing the bytes after
     /// a body it read with the head) is discarded. The socket is looked for when the refusal
@@ -326,25 +343,6 @@ impl Connections {
     /// Whether the process is draining: see [`Connections::close_every_connection`].
     pub fn closing_all(&self) -> bool {
         self.closing_all.load(Ordering::Relaxed)
-    }
-
-    /// Whether the client has closed its side of the connection (its FIN has arrived).
-    /// tiny_http's chunked decoder reports end-of-file inside a chunk as a clean end of the
-    /// body, so a body that ends must be checked this way before it is passed on as complete.
-    ///
-    /// It asks the kernel for the TCP state rather than peeking for end-of-file: once a
-    /// `Connection: close` request's body is read, tiny_http shuts down the read side of the
-    /// socket itself, and a peek would then see an end-of-file the client never sent.
-    pub fn client_closed(&self, peer: Option<&SocketAddr>) -> bool {
-        peer.and_then(|peer| find_client_socket(*peer, self.local_port))
-            .and_then(|socket| socket.tcp_state())
-            .is_some_and(|state| state.client_left())
-    }
-
-    /// A socket of tinylb's own for this client's connection (a duplicate of tiny_http's), so
-    /// a tunnel can write to the client while tiny_http's stream is read on another thread.
-    pub fn client_socket(&self, peer: Option<&SocketAddr>) -> Option<TcpStream> {
-        find_client_socket(*peer?, self.local_port).map(|socket| socket.stream)
     }
 
     /// Connections known to the table, for tests and the status page.

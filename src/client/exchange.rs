@@ -16,10 +16,12 @@ use std::sync::Arc;
 
 use tiny_http::{HTTPVersion, Method, Request};
 
+use super::answer::{self, Answer};
 use super::body::ClientBody;
 use super::connections::{Arrival, Connections};
+use super::own_sockets::find_client_socket;
 use super::phases::Phase;
-use super::relay::{self, Answer, Buffers, ClientSide, Relayed};
+use super::relay::{self, Buffers, ClientSide, CutShort, RelayOutcome};
 use super::request_check::{self, Head, Rejection};
 use super::send_pace::SendPace;
 use crate::access_log::AccessLine;
@@ -43,15 +45,6 @@ pub struct Exchange {
     arrival: Arrival,
     /// Nothing of the body is left unread in the connection (true when there is none).
     body_complete: bool,
-}
-
-/// Why a client's answer stopped short.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CutShort {
-    /// The client read slower than `clientSendMinRate`.
-    TooSlow,
-    /// The client went away, or the backend's body broke off.
-    Broken,
 }
 
 /// What the client got, for the access log and the statistics.
@@ -156,12 +149,6 @@ impl Exchange {
         self.connections.is_gone(self.peer.as_ref())
     }
 
-    /// Whether tinylb has ended this request's connection (the request itself is answered,
-    /// and its answer closes the connection).
-    pub fn connection_ended(&self) -> bool {
-        self.connections.is_ending(self.peer.as_ref())
-    }
-
     /// Its connection (the client's address and port) and client address, which decide whose
     /// turn it is (see `tinylb::dispatch`).
     pub fn turn_key(&self) -> (SocketAddr, IpAddr) {
@@ -172,9 +159,15 @@ impl Exchange {
     }
 
     /// Never answered: the connection ends (its read side shut first, so a body left unread is
-    /// not waited for), and nothing is written.
+    /// not waited for), and nothing is written. A connection already over is not looked for
+    /// again: by its address and port alone, a newer connection could be found.
     pub fn discard(self) {
-        self.connections.end(self.peer.as_ref());
+        let peer = self.peer.as_ref();
+        if self.is_from_ended_connection() {
+            self.connections.finish_ending(peer);
+        } else if !self.client_gone() {
+            self.connections.end(peer);
+        }
         drop(self.request.into_writer());
     }
 
@@ -269,7 +262,7 @@ impl Exchange {
         // the whole of a body nobody reads.
         let ending = close.then(|| self.connections.end(peer.as_ref()));
         let mut writer = self.request.into_writer();
-        let written = relay::write_answer(&mut *writer, &self.side, answer, buffers);
+        let written = answer::write_answer(&mut *writer, &self.side, answer, buffers);
         if let Some(Some(socket)) = &ending {
             socket.shutdown(Shutdown::Write);
         }
@@ -332,38 +325,12 @@ impl Exchange {
             pace,
             buffers,
         );
-        // (status, body bytes, why it stopped short, whether the connection must end)
-        let (status, body_bytes, cut_short, hang_up) = match relayed {
-            Relayed::Complete { status, body_bytes } => (status, body_bytes, None, false),
-            Relayed::ClientGone {
-                status,
-                body_bytes,
-                error,
-            } => {
-                log::debug!("{status} to {peer:?}: client went away ({error})");
-                (status, body_bytes, Some(CutShort::Broken), true)
-            }
-            Relayed::ClientTooSlow { status, body_bytes } => {
-                log::info!(
-                    "{status} to {peer:?}: cut off after {body_bytes} body bytes, read slower than clientSendMinRate"
-                );
-                (status, body_bytes, Some(CutShort::TooSlow), true)
-            }
-            Relayed::BackendFailed {
-                status,
-                body_bytes,
-                error,
-            } => {
-                log::warn!(
-                    "{status} to {peer:?}: backend body broke off ({error}); closing the client connection"
-                );
-                (status, body_bytes, Some(CutShort::Broken), true)
-            }
-            Relayed::CloseDelimited { status, body_bytes } => {
-                log::debug!("{status} to {peer:?}: connection closed to end the body");
-                (status, body_bytes, None, true)
-            }
-        };
+        let RelayOutcome {
+            status,
+            body_bytes,
+            cut_short,
+            hang_up,
+        } = relayed.outcome(peer);
         let ending = match (ending, hang_up) {
             (Some(ending), _) => ending,
             (None, true) => self.connections.end(peer.as_ref()),
@@ -395,7 +362,10 @@ impl Exchange {
         protocol: &str,
         headers: impl Iterator<Item = (&'a str, &'a [u8])>,
     ) -> Result<Switched, Box<Exchange>> {
-        let Some(socket) = self.connections.client_socket(self.peer.as_ref()) else {
+        let found = self
+            .peer
+            .and_then(|peer| find_client_socket(peer, self.connections.local_port()));
+        let Some(socket) = found.map(|own| own.stream) else {
             return Err(Box::new(self));
         };
         // tiny_http writes `Connection: upgrade` and `Upgrade` itself.

@@ -21,6 +21,7 @@
 //! private to [`Exchange`].
 
 pub mod admin_server;
+mod answer;
 mod body;
 mod census;
 mod connections;
@@ -36,13 +37,14 @@ mod request_check;
 mod send_pace;
 pub mod socket_options;
 
+pub use answer::Answer;
 pub use body::{BodyFailure, ClientBody};
 pub use census::{Census, ClientSockets};
 pub use connections::Connections;
-pub use exchange::{CutShort, Delivered, Exchange, Switched};
+pub use exchange::{Delivered, Exchange, Switched};
 pub use incoming::Incoming;
 pub use listener::{Listener, bind_socket};
 pub use pinger::Pinger;
-pub use relay::{Answer, Buffers};
+pub use relay::{Buffers, CutShort};
 pub use request_check::{Head, Rejection};
 pub use send_pace::SendPace;

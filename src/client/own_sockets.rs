@@ -161,6 +161,20 @@ pub fn find_client_socket(peer: SocketAddr, local_port: u16) -> Option<OwnSocket
     })
 }
 
+/// Whether the client connected from `peer` has closed its side of the connection (its FIN
+/// has arrived). tiny_http's chunked decoder reports end-of-file inside a chunk as a clean end
+/// of the body, so a body that ends must be checked this way before it is passed on as
+/// complete.
+///
+/// It asks the kernel for the TCP state rather than peeking for end-of-file: once a
+/// `Connection: close` request's body is read, tiny_http shuts down the read side of the
+/// socket itself, and a peek would then see an end-of-file the client never sent.
+pub fn client_closed(peer: Option<&SocketAddr>, local_port: u16) -> bool {
+    peer.and_then(|peer| find_client_socket(*peer, local_port))
+        .and_then(|socket| socket.tcp_state())
+        .is_some_and(|state| state.client_left())
+}
+
 /// Whether any descriptor of this process other than `ours` refers to the same socket:
 /// whether tiny_http still holds it.
 pub fn held_elsewhere(ours: &OwnSocket, local_port: u16) -> bool {

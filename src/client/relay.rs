@@ -4,6 +4,7 @@
 //! backend's body broke off (docs/crates.md). Bodies stream through one fixed buffer.
 
 use std::io::{self, Read, Write};
+use std::net::SocketAddr;
 
 use super::send_pace::{PacedWriter, SendPace};
 use crate::message::ConnectionTokens;
@@ -29,7 +30,7 @@ pub struct ClientSide {
 impl ClientSide {
     /// `Connection: close` when tiny_http will close; `keep-alive` for HTTP/1.0 clients that
     /// asked for it (they close otherwise).
-    fn push_connection_header(&self, out: &mut Vec<u8>, must_close: bool) {
+    pub(super) fn push_connection_header(&self, out: &mut Vec<u8>, must_close: bool) {
         if must_close || !self.keep_alive {
             out.extend_from_slice(b"Connection: close\r\n");
         } else if self.http10 {
@@ -40,7 +41,7 @@ impl ClientSide {
 
 /// A worker's reusable buffers, allocated once so the hot path does not allocate for bodies.
 pub struct Buffers {
-    head: Vec<u8>,
+    pub(super) head: Vec<u8>,
     body: Box<[u8]>,
 }
 
@@ -78,6 +79,69 @@ pub enum Relayed {
     CloseDelimited { status: u16, body_bytes: u64 },
 }
 
+/// Why a client's answer stopped short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutShort {
+    /// The client read slower than `clientSendMinRate`.
+    TooSlow,
+    /// The client went away, or the backend's body broke off.
+    Broken,
+}
+
+/// What a relay's ending means for the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct RelayOutcome {
+    pub status: u16,
+    pub body_bytes: u64,
+    /// Why the answer stopped short of what the backend sent, if it did.
+    pub cut_short: Option<CutShort>,
+    /// The connection must end: the answer was cut short, or its body ends with the close.
+    pub hang_up: bool,
+}
+
+impl Relayed {
+    /// What it means for the connection, with its one log line (to `peer`).
+    pub(super) fn outcome(self, peer: Option<SocketAddr>) -> RelayOutcome {
+        let (status, body_bytes, cut_short, hang_up) = match self {
+            Relayed::Complete { status, body_bytes } => (status, body_bytes, None, false),
+            Relayed::ClientGone {
+                status,
+                body_bytes,
+                error,
+            } => {
+                log::debug!("{status} to {peer:?}: client went away ({error})");
+                (status, body_bytes, Some(CutShort::Broken), true)
+            }
+            Relayed::ClientTooSlow { status, body_bytes } => {
+                log::info!(
+                    "{status} to {peer:?}: cut off after {body_bytes} body bytes, read slower than clientSendMinRate"
+                );
+                (status, body_bytes, Some(CutShort::TooSlow), true)
+            }
+            Relayed::BackendFailed {
+                status,
+                body_bytes,
+                error,
+            } => {
+                log::warn!(
+                    "{status} to {peer:?}: backend body broke off ({error}); closing the client connection"
+                );
+                (status, body_bytes, Some(CutShort::Broken), true)
+            }
+            Relayed::CloseDelimited { status, body_bytes } => {
+                log::debug!("{status} to {peer:?}: connection closed to end the body");
+                (status, body_bytes, None, true)
+            }
+        };
+        RelayOutcome {
+            status,
+            body_bytes,
+            cut_short,
+            hang_up,
+        }
+    }
+}
+
 /// How the response body is framed towards the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Framing {
@@ -85,62 +149,6 @@ enum Framing {
     Length(u64),
     Chunked,
     UntilClose,
-}
-
-/// One of tinylb's own short plain-text answers: a refusal, a 503, a 502 for a failed backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Answer {
-    /// The status code.
-    pub status: u16,
-    /// The one line of body, also the log's reason.
-    pub message: &'static str,
-    /// Seconds for a `Retry-After` header, for a 503 that will pass.
-    pub retry_after: Option<u32>,
-    /// End the connection after the answer: the request's body was not read, so the next
-    /// request's start is unknown.
-    pub close: bool,
-}
-
-impl Answer {
-    /// An answer without `Retry-After`.
-    pub const fn new(status: u16, message: &'static str, close: bool) -> Answer {
-        Answer {
-            status,
-            message,
-            retry_after: None,
-            close,
-        }
-    }
-
-    /// The body's length: the message and a newline.
-    pub fn body_len(&self) -> usize {
-        self.message.len() + 1
-    }
-}
-
-/// Writes tinylb's own answer.
-pub fn write_answer(
-    writer: &mut dyn Write,
-    client: &ClientSide,
-    answer: &Answer,
-    buffers: &mut Buffers,
-) -> io::Result<()> {
-    let out = &mut buffers.head;
-    out.clear();
-    push_status_line(out, answer.status);
-    out.extend_from_slice(b"Content-Type: text/plain; charset=utf-8\r\n");
-    out.extend_from_slice(format!("Content-Length: {}\r\n", answer.body_len()).as_bytes());
-    if let Some(seconds) = answer.retry_after {
-        out.extend_from_slice(format!("Retry-After: {seconds}\r\n").as_bytes());
-    }
-    client.push_connection_header(out, answer.close);
-    out.extend_from_slice(b"\r\n");
-    if !client.head_request {
-        out.extend_from_slice(answer.message.as_bytes());
-        out.push(b'\n');
-    }
-    writer.write_all(out)?;
-    writer.flush()
 }
 
 /// Streams a backend's response to the client: status, end-to-end headers, then the body in
@@ -323,7 +331,7 @@ fn frame_chunk(buf: &mut [u8], len: usize) -> &[u8] {
     &buf[start..LINE_ROOM + len + 2]
 }
 
-fn push_status_line(out: &mut Vec<u8>, code: u16) {
+pub(super) fn push_status_line(out: &mut Vec<u8>, code: u16) {
     let reason = http::StatusCode::from_u16(code)
         .ok()
         .and_then(|s| s.canonical_reason())

@@ -5,7 +5,7 @@
 
 use tiny_http::{HTTPVersion, Request};
 
-use super::relay::Answer;
+use super::answer::Answer;
 use crate::message::{BodyFraming, MAX_HEAD_BYTES};
 
 /// A request refused before forwarding; the connection is closed after the answer because the
