@@ -55,6 +55,10 @@ fn a_client_holds_at_most_its_share_and_waits_in_line_for_more() {
     assert_eq!(turns.finished(a3, false, 2), vec![Step::Send(5)]);
     assert_eq!(turns.finished(b1, false, 1), vec![]);
     assert_eq!(turns.holding('b'), 0);
+    assert_eq!(turns.finished(a2, false, 0), vec![]);
+    assert_eq!(turns.finished(a3, false, 0), vec![]);
+    // Nothing is remembered of connections and clients with nothing in turn or waiting.
+    assert!(turns.connections.is_empty() && turns.clients.is_empty());
 }
 
 #[test]
@@ -90,6 +94,35 @@ fn a_full_queue_or_a_full_share_of_it_is_refused() {
     assert_eq!(arrive(&mut turns, ('c', 1), 8, 2), Some(Step::Send(8)));
     // And then none.
     assert_eq!(arrive(&mut turns, ('d', 1), 9, 3), Some(Step::Refuse(9)));
+}
+
+#[test]
+fn waiting_requests_of_every_client_count_in_the_queue() {
+    let mut turns = Rules::new(Limits {
+        per_client: 1,
+        queue: 6,
+        pipeline: 4,
+    });
+    for (client, request) in [('a', 1), ('b', 2), ('c', 3)] {
+        assert_eq!(
+            arrive(&mut turns, (client, 1), request, 0),
+            Some(Step::Send(request))
+        );
+    }
+    // Five wait, each client within its share of three.
+    for (key, request) in [
+        (('a', 2), 4),
+        (('a', 3), 5),
+        (('b', 2), 6),
+        (('b', 3), 7),
+        (('c', 2), 8),
+    ] {
+        assert_eq!(arrive(&mut turns, key, request, 0), None);
+    }
+    assert_eq!(turns.waiting(), 5);
+    // c may keep another waiting, but one in the workers' queue and five waiting fill six.
+    assert_eq!(arrive(&mut turns, ('c', 3), 9, 1), Some(Step::Refuse(9)));
+    assert_eq!(arrive(&mut turns, ('c', 4), 10, 0), None);
 }
 
 #[test]
