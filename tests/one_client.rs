@@ -27,7 +27,7 @@ use common::bystander::{
     connect_from_port, describe, get_from, summary,
 };
 use common::process::{BIN, ChildLb};
-use common::raw::{OnError, RawServer, fresh_get, read_until_close};
+use common::raw::{OnError, RawServer, fresh_get, peek_head, read_until_close};
 use common::{Backend, Outcome, process_tree, read_response, status_json, status_of, wait_until};
 use tungstenite::Message;
 
@@ -544,20 +544,9 @@ impl EchoBackend {
 }
 
 fn echo(stream: TcpStream, open: &AtomicUsize) {
-    // The head, peeked (once it has all arrived) so that tungstenite can read it again.
-    let mut buffer = vec![0u8; 16 * 1024];
-    let mut head = None;
-    wait_until(Duration::from_secs(1), || match stream.peek(&mut buffer) {
-        Ok(0) | Err(_) => true,
-        Ok(n) => {
-            head = buffer[..n]
-                .windows(4)
-                .position(|w| w == b"\r\n\r\n")
-                .map(|end| String::from_utf8_lossy(&buffer[..end + 4]).to_ascii_lowercase());
-            head.is_some()
-        }
-    });
-    let Some(head) = head else { return };
+    let Some(head) = peek_head(&stream).map(|head| head.to_ascii_lowercase()) else {
+        return;
+    };
     if !head.contains("upgrade: websocket") {
         let mut stream = stream;
         let _ = stream.read(&mut vec![0; head.len()]);

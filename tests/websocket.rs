@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::process::ChildLb;
-use common::raw::RawServer;
+use common::raw::{RawServer, peek_head};
 use common::{open_fds, raw_exchange, read_response, status_json, wait_until};
 use parking_lot::Mutex;
 use tungstenite::{Message, WebSocket};
@@ -98,23 +98,6 @@ fn serve(stream: TcpStream, mode: Mode, open: &AtomicUsize, handshakes: &Mutex<V
         }
     }
     open.fetch_sub(1, Ordering::SeqCst);
-}
-
-/// The request head, peeked (once it has all arrived) so that tungstenite can read it again.
-fn peek_head(stream: &TcpStream) -> Option<String> {
-    let mut buffer = vec![0u8; 16 * 1024];
-    let mut head = None;
-    wait_until(Duration::from_secs(1), || match stream.peek(&mut buffer) {
-        Ok(0) | Err(_) => true,
-        Ok(n) => {
-            head = buffer[..n]
-                .windows(4)
-                .position(|w| w == b"\r\n\r\n")
-                .map(|end| String::from_utf8_lossy(&buffer[..end + 4]).into_owned());
-            head.is_some()
-        }
-    });
-    head
 }
 
 /// tinylb as a child process, with its admin listener.

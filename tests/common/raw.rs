@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{Response, read_full_response, read_response};
+use super::{Response, read_full_response, read_response, wait_until};
 
 /// What [`send_until_close`] and [`read_until_close`] make of an I/O error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -203,4 +203,21 @@ pub fn chunked_pieces(pieces: &[impl AsRef<[u8]>]) -> Vec<Vec<u8>> {
         .collect();
     chunks.push(b"0\r\n\r\n".to_vec());
     chunks
+}
+
+/// The request head, peeked (once it has all arrived) so that tungstenite can read it again.
+pub fn peek_head(stream: &TcpStream) -> Option<String> {
+    let mut buffer = vec![0u8; 16 * 1024];
+    let mut head = None;
+    wait_until(Duration::from_secs(1), || match stream.peek(&mut buffer) {
+        Ok(0) | Err(_) => true,
+        Ok(n) => {
+            head = buffer[..n]
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|end| String::from_utf8_lossy(&buffer[..end + 4]).into_owned());
+            head.is_some()
+        }
+    });
+    head
 }
