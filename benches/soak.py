@@ -21,26 +21,54 @@ load and disturbs it on a schedule:
   threads make the server process ask the master for a successor (maxStuckConnections), so a
   flood should end with a new generation and the memory back where it was.
 
+Beside that load (wrk connects from 127.0.0.1: it is the bystander), bad clients run for the
+whole run, all from 127.0.0.3 (the limits of README's "One client cannot starve another" are per
+client address), each on a thread of its own that reconnects, after a short pause, whenever its
+connection ends, and stops by itself at the end of the run:
+
+- a pipelining connection: 100 `GET /slow?ms=2000` in one write, nothing read, closed after 20 s
+  (what had arrived by then is read and counted as it closes);
+- 4 slow uploads: `POST /` announcing 99,999 body bytes, then one byte every 2 s, until tinylb
+  answers (408 expected once the body falls below clientBodyMinRate, about clientTimeout in) or
+  closes;
+- 4 slow readers: `GET /bytes/100000000` with SO_RCVBUF 4096, reading 4 KiB every 0.5 s until
+  tinylb cuts them off (or nothing came for 60 s);
+- refused, then reconnected: once a second, from a fixed source port (SO_REUSEADDR; one per
+  round from 20000-20999, below the ephemeral range), a malformed chunked POST that must get 400
+  and a close, then at once from the same address and port a `GET /` with `Connection: close`
+  that must get 200 (each given 30 s: a request of 127.0.0.3 may wait for its address's turn).
+  A bind or connect the kernel refuses (EADDRINUSE or EADDRNOTAVAIL after 2 s of retrying) is
+  the kernel's doing and counted apart.
+
+Each bad client counts its connections, how each ended (408, cut off, reset, an answer, closed
+by itself, still open at the end) and the answers it got.
+
 Every second it records, for tinylb's whole process tree (the master and its children, found
 through /proc/PID/task/TID/children): RSS (sum of VmRSS), threads, open file descriptors and CPU;
 the whole machine's CPU (it may be shared: a slow second with the machine busy is not tinylb's
-doing); and from the admin listener's /status.json: the generation and the stuck connections.
+doing); and from the admin listener's /status.json: the generation, the stuck connections and
+the `clients` counters (what tinylb did to clients that asked for more than their share; each
+server process counts from 0, so the report sums them over the generations).
 tinylb runs with RUST_LOG=info, so its master's lines (recycles, drains) and config reloads can
 be set beside the events.
 
 At the end it stops tinylb with SIGTERM (which must exit 0), writes docs/soak.md (totals, the
-range of every line, the floods, the events, and for every second with errors or non-2xx the
-event that explains it, or that none does) and docs/soak.svg (the picture, drawn here), and
-prints a summary. Exit status: 0 if tinylb ran throughout and exited 0; 1 if tinylb died (the
-master exited, or a server process crashed and was replaced), did not exit 0 on SIGTERM, or the
-run could not proceed; 130 if interrupted (the report is then not written). Unexplained
-failures are listed in the report and the summary but do not change the exit status.
+range of every line, the floods, the bad clients and tinylb's `clients` counters, the events,
+for every second with errors or non-2xx the event that explains it, or that none does, and
+whether the bystander's p99 stayed flat: every full minute's median p99 within 2x of the whole
+run's median) and docs/soak.svg (the picture, drawn here), and prints a summary. The report
+names paths relative to the repository (a binary built outside it by its file name). Exit
+status: 0 if tinylb ran throughout and exited 0; 1 if tinylb died (the master exited, or a
+server process crashed and was replaced), did not exit 0 on SIGTERM, or the run could not
+proceed; 130 if interrupted (the report is then not written). Unexplained failures, of the
+bystander or of the bad clients' GETs, are listed in the report and the summary but do not
+change the exit status.
 
 Everything it starts runs in its own process group and is killed when the run ends, fails or
-is interrupted (Ctrl-C). All traffic goes to 127.0.0.1. Python 3.11 standard library only; wrk
-is installed with apt-get if it is missing. The binaries are built (`cargo build --release
---bin tinylb --example backend`) only if they are missing or `--build` is given; the binaries
-are looked for in $CARGO_TARGET_DIR if set, else target/.
+is interrupted (Ctrl-C). All traffic goes to 127.0.0.1 (the bad clients' from 127.0.0.3).
+Python 3.11 standard library only; wrk is installed with apt-get if it is missing. The binaries
+are built (`cargo build --release --bin tinylb --example backend`) only if they are missing or
+`--build` is given; the binaries are looked for in $CARGO_TARGET_DIR if set, else target/.
 """
 
 from __future__ import annotations
@@ -48,6 +76,7 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
+import errno
 import hashlib
 import html
 import http.client
@@ -56,6 +85,7 @@ import math
 import os
 import re
 import resource
+import select
 import shlex
 import shutil
 import signal
@@ -103,6 +133,56 @@ TRICKLE_EVERY = 2.0
 FLOOD_NEEDS = FLOOD_HOLD + 20
 TRICKLE_HEAD = b"GET / HTTP/1.1\r\nHost: x\r\nX-a: "
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# The bad clients (see the module docstring), all from this address: tinylb's limits are per
+# client address, and the bystander (wrk) connects from 127.0.0.1.
+BAD_SOURCE = "127.0.0.3"
+PIPELINED = 100
+PIPELINE_REQUEST = b"GET /slow?ms=2000 HTTP/1.1\r\nHost: x\r\n\r\n"
+PIPELINE_HOLD = 20.0
+UPLOADS = 4
+UPLOAD_HEAD = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999\r\n\r\n"
+UPLOAD_EVERY = 2.0
+READERS = 4
+READER_REQUEST = b"GET /bytes/100000000 HTTP/1.1\r\nHost: x\r\n\r\n"
+READER_RCVBUF = 4096
+READ_SIZE = 4096
+READ_EVERY = 0.5
+# A reader that got nothing for this long gives up (tinylb holds it without sending).
+READER_STALL = 60.0
+REFUSE_EVERY = 1.0
+# Source ports of the refused-then-reconnected rounds: below the ephemeral range (32768 and up
+# here), so no other connect takes one; a round uses the next one.
+REFUSE_PORTS = (20000, 21000)
+MALFORMED = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n\r\n"
+AFTER_REFUSAL = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+# How long the refusal (400 and the close) and the GET after it may take: longer than
+# clientTimeout, since a request of 127.0.0.3 may wait for its turn (clientMaxWorkers) while
+# its uploads hold workers. A GET slower than GET_PROMPT is counted apart (tests/one_client.rs
+# wants the bystander's answers within 3 s).
+REFUSAL_WITHIN = 30.0
+ANSWER_WITHIN = 30.0
+GET_PROMPT = 3.0
+# How long a bind and connect from a fixed port is tried again while the kernel still holds the
+# address pair of the connection before (EADDRINUSE, EADDRNOTAVAIL).
+PORT_RETRY = 2.0
+# Between the end of a bad client's connection and its next one, so that nothing spins.
+BAD_PAUSE = 0.5
+BAD_CONNECT_TIMEOUT = 5.0
+STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3})")
+# tinylb's `clients` counters in /status.json, and what each counts.
+CLIENT_COUNTERS = {
+    "waitedForTurn": "requests that waited for their client's turn (clientMaxWorkers)",
+    "refusedQueueFull": "requests answered 503: the queue, or their client's share of it, full",
+    "pipelinedTooFar": "requests discarded: their connection pipelined more than tinylb takes"
+                       " ahead (64)",
+    "fromEndedConnections": "requests discarded: parsed from a connection tinylb had ended",
+    "clientGone": "requests dropped before reaching a backend: their client had left",
+    "slowBodies": "request bodies ended for arriving slower than clientBodyMinRate (408)",
+    "slowReaders": "answers cut off: the client read slower than clientSendMinRate",
+}
+# The bystander's p99 is flat if every full minute's median p99 is within this factor of the
+# whole run's median (above or below).
+FLAT_FACTOR = 2.0
 # How long after an event failures are put down to it (from its start; for a flood, from its
 # end, since it disturbs tinylb the whole time it is held).
 WINDOWS = {"kill": 5.0, "restart": 3.0, "config": 3.0, "flood": 5.0, "generation": 5.0}
@@ -187,23 +267,25 @@ def ensure_wrk() -> str:
     return found
 
 
-def ensure_binaries(build: bool) -> None:
-    """Builds tinylb and the demo backend if asked or missing; warns if they look stale."""
+def ensure_binaries(build: bool) -> bool:
+    """Builds tinylb and the demo backend if asked or missing (then True); warns if they look
+    stale."""
     if build or not (TINYLB.exists() and BACKEND.exists()):
         argv = ["cargo", "build", "--release", "--bin", "tinylb", "--example", "backend"]
         log(f"building: {' '.join(argv)}")
         result = subprocess.run(argv, cwd=ROOT, stdout=sys.stderr)
         if result.returncode != 0 or not TINYLB.exists() or not BACKEND.exists():
             raise SoakError(f"{' '.join(argv)} failed (see above)")
-        return
+        return True
     if TARGET != ROOT / "target":
-        return  # built from another tree (CARGO_TARGET_DIR): its sources are not these
+        return False  # built from another tree (CARGO_TARGET_DIR): its sources are not these
     built = TINYLB.stat().st_mtime
     sources = [ROOT / "Cargo.toml", ROOT / "Cargo.lock", *(ROOT / "src").rglob("*.rs")]
     newer = [p for p in sources if p.exists() and p.stat().st_mtime > built]
     if newer:
         log(f"warning: {len(newer)} source file(s) are newer than {TINYLB}"
             f" (e.g. {newer[0].relative_to(ROOT)}); pass --build to rebuild first")
+    return False
 
 
 def binary_identity(path: Path) -> tuple[str, str]:
@@ -215,7 +297,8 @@ def binary_identity(path: Path) -> tuple[str, str]:
 
 def source_tree() -> str:
     """The commit of the tree the binaries were built in (as it is now), and whether it has
-    uncommitted changes; `target/`'s parent, or this repository."""
+    uncommitted changes; `target/`'s parent, or this repository. Named without the build
+    machine's paths: "this repository", or another checkout by its directory's name."""
     tree_dir = TARGET.parent if (TARGET.parent / ".git").exists() else ROOT
     try:
         head = subprocess.run(["git", "-C", str(tree_dir), "rev-parse", "--short", "HEAD"],
@@ -227,7 +310,21 @@ def source_tree() -> str:
         return "unknown"
     if not head:
         return "unknown"
-    return f"{tree_dir} at {head}" + (" with uncommitted changes" if dirty else "")
+    name = "this repository" if tree_dir.resolve() == ROOT.resolve() else (
+        f"another checkout, {tree_dir.name}/")
+    return f"{name} at {head}" + (" with uncommitted changes" if dirty else "")
+
+
+def binary_shown(built_here: bool) -> str:
+    """The tinylb binary as the report names it: its path in the repository, or (built
+    elsewhere, with CARGO_TARGET_DIR) its file name and how it was built."""
+    try:
+        return f"`{TINYLB.resolve().relative_to(ROOT.resolve())}`"
+    except ValueError:
+        how = ("built by this run with `cargo build --release --bin tinylb --example backend`"
+               if built_here else "built before this run")
+        return (f"`{TINYLB.name}`, the release build in a CARGO_TARGET_DIR outside the repository"
+                f" ({how})")
 
 
 def first_line(argv: list[str]) -> str:
@@ -463,6 +560,8 @@ class Sample:
     stuck: int | None
     cpu_tinylb: float | None = None  # % of all cores, since the sample before
     cpu_machine: float | None = None
+    clients: dict | None = None  # /status.json's `clients`: the per-client limits and counters
+    stale: bool = False  # /status.json answered by an older server process, while it drained
 
 
 @dataclass
@@ -493,9 +592,11 @@ class Run:
         self.slices: list[Slice] = []
         self.samples: list[Sample] = []
         self.floods: list[FloodResult] = []
+        self.bad: list[BadClient] = []
         self.fatal: str | None = None
         self.crashes: list[str] = []
         self.status_misses = 0
+        self.stale_status = 0  # /status.json answers from an older, draining server process
         self.wrk: subprocess.Popen | None = None
 
     def now(self) -> float:
@@ -621,12 +722,18 @@ def sample_loop(run: Run, master: subprocess.Popen, admin: int) -> None:
         status = get_status(admin)
         process = (status or {}).get("process") or {}
         gen, stuck = process.get("generation"), process.get("stuckConnections")
+        clients = (status or {}).get("clients")
         if status is None:
             run.status_misses += 1
         with run.lock:
             run.samples.append(Sample(t, rss, threads, fds, processes, gen, stuck, cpu_tinylb,
-                                      cpu_machine))
-        if gen is not None and gen != generation:
+                                      cpu_machine, clients if isinstance(clients, dict) else None))
+        if gen is not None and generation is not None and gen < generation:
+            # A server process that is being replaced still answers on the admin port while
+            # it drains: its numbers are not news, and not a new generation.
+            run.stale_status += 1
+            run.samples[-1].stale = True
+        elif gen is not None and gen != generation:
             if generation is not None:
                 cause = process.get("startedBy", "?")
                 uptime = float(status.get("uptimeSeconds") or 0)
@@ -733,6 +840,407 @@ def peek(sock: socket.socket) -> str:
         return "open"
     except OSError:
         return "closed"
+
+
+# --------------------------------------------------------------------------------------------
+# The bad clients: from 127.0.0.3, for the whole run
+# --------------------------------------------------------------------------------------------
+
+# How a bad client's connection may end: by tinylb ("408"; "cut off": closed with no answer or
+# an incomplete one; "reset"), or otherwise ("answered NNN", "stalled": a reader got nothing for
+# READER_STALL s, "closed by itself" as planned, "still open at the end" of the run).
+TINYLB_ENDED = ("408", "cut off", "reset")
+
+
+@dataclass
+class BadClient:
+    """One bad client's counts; its own thread writes them, the report reads them after."""
+    name: str
+    kind: str  # pipeline, upload, reader, refusal
+    connections: int = 0
+    connect_errors: collections.Counter = field(default_factory=collections.Counter)
+    endings: collections.Counter = field(default_factory=collections.Counter)
+    answers: collections.Counter = field(default_factory=collections.Counter)  # status → count
+    # Seconds from the connect to the end, by ending.
+    lasted: dict = field(default_factory=lambda: collections.defaultdict(list))
+    spans: list = field(default_factory=list)  # (opened, ended, ending), seconds of the run
+    sent: int = 0
+    received: int = 0
+    # The refused-then-reconnected rounds (kind refusal).
+    rounds: collections.Counter = field(default_factory=collections.Counter)
+    get_seconds: list = field(default_factory=list)  # GETs answered 200: how long each took
+    refusal_seconds: list = field(default_factory=list)  # refusals answered: how long each took
+    failures: list = field(default_factory=list)  # (t, what): GETs after a refusal without a 200
+    port_retries: int = 0
+
+    def finish(self, run: Run, ending: str, opened: float) -> None:
+        now = run.now()
+        self.endings[ending] += 1
+        self.lasted[ending].append(now - opened)
+        self.spans.append((opened, now, ending))
+
+
+def bad_done(run: Run) -> bool:
+    return run.stop.is_set() or run.left() <= 0
+
+
+def error_name(err: BaseException | None) -> str:
+    if isinstance(err, TimeoutError):
+        return "timed out"
+    code = getattr(err, "errno", None)
+    return errno.errorcode.get(code, str(err)) if code else type(err).__name__
+
+
+def connect_bad(port: int, to: int, *, reuse: bool = False,
+                rcvbuf: int | None = None) -> socket.socket:
+    """A connection from BAD_SOURCE:port (0: any port) to tinylb's port `to`."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        if reuse:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.settimeout(BAD_CONNECT_TIMEOUT)
+        sock.bind((BAD_SOURCE, port))
+        sock.connect((HOST, to))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def open_bad(run: Run, me: BadClient, to: int, rcvbuf: int | None = None) -> socket.socket | None:
+    """A new connection of `me`, or None (counted, after a pause) if it could not connect."""
+    try:
+        sock = connect_bad(0, to, rcvbuf=rcvbuf)
+    except OSError as err:
+        me.connect_errors[error_name(err)] += 1
+        run.stop.wait(1.0)
+        return None
+    me.connections += 1
+    return sock
+
+
+def connect_fixed_port(run: Run, me: BadClient, port: int, to: int
+                       ) -> tuple[socket.socket | None, OSError | None]:
+    """From BAD_SOURCE:port with SO_REUSEADDR, tried again for PORT_RETRY s while the kernel
+    still holds the address pair (EADDRINUSE, EADDRNOTAVAIL)."""
+    deadline = time.monotonic() + PORT_RETRY
+    while True:
+        try:
+            sock = connect_bad(port, to, reuse=True)
+        except OSError as err:
+            if (err.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
+                    and time.monotonic() < deadline and not run.stop.is_set()):
+                me.port_retries += 1
+                time.sleep(0.05)
+                continue
+            return None, err
+        me.connections += 1
+        return sock, None
+
+
+def tcp_state(sock: socket.socket) -> int | None:
+    """The kernel's TCP state of a socket (TCP_INFO's first byte; 1 is ESTABLISHED), which
+    tells whether the peer closed or reset it without reading what waits on it."""
+    try:
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+    except OSError:
+        return None
+
+
+def drain(sock: socket.socket, limit: int = 4 * MIB) -> tuple[bytes, str]:
+    """What has arrived, without waiting; and `eof`, `reset` or `open` after it."""
+    chunks, total = [], 0
+    sock.setblocking(False)
+    try:
+        while total < limit:
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                return b"".join(chunks), "open"
+            if not data:
+                return b"".join(chunks), "eof"
+            chunks.append(data)
+            total += len(data)
+    except OSError:
+        return b"".join(chunks), "reset"
+    return b"".join(chunks), "open"
+
+
+def read_to_close(sock: socket.socket, within: float, run: Run) -> tuple[bytes, str]:
+    """Everything until the peer closes, for at most `within` s; and `eof`, `reset`, `timed
+    out` or `run ended` (the run stopped first) after it."""
+    chunks = []
+    deadline = time.monotonic() + within
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return b"".join(chunks), "timed out"
+        if run.stop.is_set():
+            return b"".join(chunks), "run ended"
+        sock.settimeout(min(left, 0.5))
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except OSError:
+            return b"".join(chunks), "reset"
+        if not data:
+            return b"".join(chunks), "eof"
+        chunks.append(data)
+
+
+def statuses(data: bytes) -> list[int]:
+    return [int(m) for m in STATUS_LINE.findall(data)]
+
+
+def pipeline_client(run: Run, me: BadClient, to: int) -> None:
+    """PIPELINED slow GETs in one write, nothing read; closed after PIPELINE_HOLD s."""
+    while not bad_done(run):
+        sock = open_bad(run, me, to)
+        if sock is None:
+            continue
+        opened, ending = run.now(), None
+        with sock:
+            try:
+                sock.sendall(PIPELINE_REQUEST * PIPELINED)
+                me.sent += len(PIPELINE_REQUEST) * PIPELINED
+            except OSError:
+                ending = "reset"
+            # Held without reading: TCP_INFO tells whether tinylb closed or reset it.
+            while ending is None and not bad_done(run) and run.now() < opened + PIPELINE_HOLD:
+                run.stop.wait(min(0.5, max(opened + PIPELINE_HOLD - run.now(), 0.0)))
+                if tcp_state(sock) != 1:
+                    break
+            data, how = drain(sock)
+            me.received += len(data)
+            for status in statuses(data):
+                me.answers[status] += 1
+            if ending is None:
+                ending = {"eof": "cut off", "reset": "reset"}.get(how) or (
+                    "still open at the end" if bad_done(run) else "closed by itself")
+        me.finish(run, ending, opened)
+        run.stop.wait(BAD_PAUSE)
+
+
+def upload_client(run: Run, me: BadClient, to: int) -> None:
+    """A POST announcing 99,999 body bytes, then one byte every UPLOAD_EVERY s, until tinylb
+    answers or closes."""
+    while not bad_done(run):
+        sock = open_bad(run, me, to)
+        if sock is None:
+            continue
+        opened, ending = run.now(), None
+        with sock:
+            try:
+                sock.sendall(UPLOAD_HEAD)
+                me.sent += len(UPLOAD_HEAD)
+            except OSError:
+                ending = "reset"
+            while ending is None:
+                if bad_done(run):
+                    ending = "still open at the end"
+                    break
+                wait = min(UPLOAD_EVERY, max(run.left(), 0.05))
+                readable = select.select([sock], [], [], wait)[0]
+                failed = False
+                if not readable:
+                    try:
+                        sock.send(b"x")
+                        me.sent += 1
+                        continue
+                    except OSError:
+                        failed = True  # an answer may wait all the same
+                data, how = read_to_close(sock, 5.0, run) if not failed else drain(sock)
+                me.received += len(data)
+                found = statuses(data)
+                for status in found:
+                    me.answers[status] += 1
+                if found:
+                    ending = "408" if found[0] == 408 else f"answered {found[0]}"
+                elif how == "run ended":
+                    ending = "still open at the end"
+                else:
+                    ending = "reset" if failed or how == "reset" else "cut off"
+        me.finish(run, ending, opened)
+        run.stop.wait(BAD_PAUSE)
+
+
+def reader_client(run: Run, me: BadClient, to: int) -> None:
+    """GET /bytes/100000000 with a small receive buffer, READ_SIZE bytes every READ_EVERY s,
+    until tinylb cuts it off."""
+    while not bad_done(run):
+        sock = open_bad(run, me, to, rcvbuf=READER_RCVBUF)
+        if sock is None:
+            continue
+        opened, ending = run.now(), None
+        head, body, length, status = b"", 0, None, None
+        with sock:
+            try:
+                sock.sendall(READER_REQUEST)
+                me.sent += len(READER_REQUEST)
+            except OSError:
+                ending = "reset"
+            sock.settimeout(READ_EVERY)
+            next_read = last_byte = time.monotonic()
+            while ending is None:
+                if bad_done(run):
+                    ending = "still open at the end"
+                    break
+                run.stop.wait(max(0.0, next_read - time.monotonic()))
+                next_read = max(next_read + READ_EVERY, time.monotonic())
+                try:
+                    data = sock.recv(READ_SIZE)
+                except TimeoutError:
+                    if time.monotonic() - last_byte > READER_STALL:
+                        ending = "stalled"
+                    continue
+                except OSError:
+                    ending = "reset"
+                    break
+                if not data:
+                    complete = length is not None and 0 <= length <= body
+                    ending = f"answered {status}" if complete else "cut off"
+                    break
+                last_byte = time.monotonic()
+                me.received += len(data)
+                if length is None:
+                    head += data
+                    if b"\r\n\r\n" in head:
+                        top, rest = head.split(b"\r\n\r\n", 1)
+                        found = statuses(top[:16])
+                        status = found[0] if found else 0
+                        me.answers[status] += 1
+                        m = re.search(rb"(?im)^content-length:\s*(\d+)", top)
+                        length, body = (int(m.group(1)) if m else -1), len(rest)
+                        head = b""
+                else:
+                    body += len(data)
+                if length is not None and 0 <= length <= body:
+                    ending = f"answered {status}"  # all of it (a short error answer)
+        me.finish(run, ending, opened)
+        run.stop.wait(BAD_PAUSE)
+
+
+def refusal_client(run: Run, me: BadClient, to: int) -> None:
+    """Once a second: a malformed request from a fixed port, which must get 400 and a close,
+    then at once a GET from the same address and port, which must get 200."""
+    first, count = REFUSE_PORTS[0], REFUSE_PORTS[1] - REFUSE_PORTS[0]
+    offset = os.getpid() % count
+    n = 0
+    while not bad_done(run):
+        started = run.now()
+        port = first + (offset + n) % count
+        n += 1
+        me.rounds["rounds"] += 1
+        sock, err = connect_fixed_port(run, me, port, to)
+        if sock is None:
+            kernel = err is not None and err.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
+            me.rounds["kernel: first connect" if kernel else "first connect failed"] += 1
+            me.connect_errors[f"first: {error_name(err)}"] += 1
+        else:
+            opened = run.now()
+            with sock:
+                try:
+                    sock.sendall(MALFORMED)
+                    me.sent += len(MALFORMED)
+                    data, how = read_to_close(sock, REFUSAL_WITHIN, run)
+                except OSError:
+                    data, how = b"", "reset"
+                me.received += len(data)
+                found = statuses(data)
+                for status in found:
+                    me.answers[status] += 1
+                what = f"{found[0]}" if found else "no answer"
+                closed = {"eof": "closed", "reset": "reset"}.get(how, "not closed")
+                if found:
+                    me.refusal_seconds.append(run.now() - opened)
+                if how != "run ended":
+                    me.rounds[f"refusal: {what}, {closed}"] += 1
+            if how == "run ended":
+                me.rounds["cut short by the end of the run"] += 1
+                me.finish(run, "still open at the end", opened)
+                break
+            me.finish(run, f"refusal: {what}, {closed}", opened)
+            if what != "400" or how not in ("eof", "reset"):
+                me.failures.append((run.now(), f"refusal from port {port}: {what}, {closed}"
+                                               f" after {run.now() - opened:.1f} s"))
+            if how not in ("eof", "reset"):
+                # tinylb has not closed its end: the address pair is not free again, and a
+                # connect from it would test the kernel, not tinylb. No GET this round.
+                me.failures[-1] = (me.failures[-1][0], me.failures[-1][1] + "; no GET")
+                run.stop.wait(max(0.0, started + REFUSE_EVERY - run.now()))
+                continue
+            # At once, from the same address and port.
+            sock, err = connect_fixed_port(run, me, port, to)
+            if sock is None:
+                kernel = err is not None and err.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
+                me.rounds["kernel: reconnect" if kernel else "reconnect failed"] += 1
+                me.connect_errors[f"reconnect: {error_name(err)}"] += 1
+                if not kernel:
+                    me.failures.append((run.now(), f"reconnect from port {port}:"
+                                                   f" {error_name(err)}"))
+            else:
+                opened = run.now()
+                sent = time.monotonic()
+                me.rounds["GETs"] += 1
+                with sock:
+                    try:
+                        sock.sendall(AFTER_REFUSAL)
+                        me.sent += len(AFTER_REFUSAL)
+                        data, how = read_to_close(sock, ANSWER_WITHIN, run)
+                    except OSError:
+                        data, how = b"", "reset"
+                took = time.monotonic() - sent
+                me.received += len(data)
+                found = statuses(data)
+                for status in found:
+                    me.answers[status] += 1
+                if how == "run ended" and not found:
+                    me.rounds["GETs"] -= 1
+                    me.rounds["cut short by the end of the run"] += 1
+                    me.finish(run, "still open at the end", opened)
+                    break
+                if found and found[0] == 200:
+                    me.rounds["GET: 200"] += 1
+                    if took > GET_PROMPT:
+                        me.rounds["GET: 200, slow"] += 1
+                    me.get_seconds.append(took)
+                    me.finish(run, "GET: 200", opened)
+                else:
+                    what = (f"status {found[0]}" if found else
+                            {"eof": "closed without an answer", "reset": "reset",
+                             "timed out": f"no answer within {ANSWER_WITHIN:g} s",
+                             "run ended": "an incomplete answer"}[how])
+                    me.rounds["GET: no 200"] += 1
+                    me.failures.append((run.now(), f"GET from port {port}: {what} after"
+                                                   f" {took:.1f} s"))
+                    me.finish(run, "GET: no 200", opened)
+        run.stop.wait(max(0.0, started + REFUSE_EVERY - run.now()))
+
+
+def bad_clients(run: Run, to: int) -> list[threading.Thread]:
+    """The bad clients' threads, started; each stops by itself at the end of the run."""
+    plan = [(BadClient("pipeline", "pipeline"), pipeline_client)]
+    plan += [(BadClient(f"upload {i + 1}", "upload"), upload_client) for i in range(UPLOADS)]
+    plan += [(BadClient(f"reader {i + 1}", "reader"), reader_client) for i in range(READERS)]
+    plan += [(BadClient("refused, then reconnect", "refusal"), refusal_client)]
+    threads = []
+    for me, loop in plan:
+        run.bad.append(me)
+
+        def body(loop=loop, me=me):
+            try:
+                loop(run, me, to)
+            except Exception as err:  # a bug here must not end the run, but must be seen
+                me.connect_errors[f"the thread failed: {err!r}"] += 1
+                log(f"bad client {me.name} failed: {err!r}")
+
+        thread = threading.Thread(target=body, name=f"bad-{me.name}", daemon=True)
+        thread.start()
+        threads.append(thread)
+    return threads
 
 
 def schedule(seconds: float) -> list[tuple[float, str, int]]:
@@ -897,6 +1405,272 @@ def peak(samples: list[Sample], t0: float, t1: float, key) -> float | None:
     return max(values) if values else None
 
 
+def client_counters(samples: list[Sample]) -> tuple[list[tuple[float, dict]], dict[int, dict]]:
+    """tinylb's `clients` counters over time, summed over its server processes: each counts
+    from 0, and one being replaced still answers /status.json while it drains, so the latest
+    (highest) value of every generation is kept and the generations are added up. Also the
+    latest values by generation."""
+    latest: dict[int, dict] = {}
+    series = []
+    for s in samples:
+        if not s.clients or s.generation is None:
+            continue
+        seen = latest.setdefault(s.generation, {})
+        for key in CLIENT_COUNTERS:
+            value = s.clients.get(key)
+            if isinstance(value, int):
+                seen[key] = max(seen.get(key, 0), value)
+        series.append((s.t, {k: sum(g[k] for g in latest.values() if k in g)
+                             for k in CLIENT_COUNTERS if any(k in g for g in latest.values())}))
+    return series, latest
+
+
+def p99_minutes(slices: list[Slice]) -> tuple[float | None, list[tuple[int, float]]]:
+    """The whole run's median p99 and, for every full minute (30 slices or more), its median."""
+    values = [s.p99_ms for s in slices if s.p99_ms is not None]
+    by_minute: dict[int, list[float]] = collections.defaultdict(list)
+    for s in slices:
+        if s.p99_ms is not None:
+            by_minute[int(s.t0 // 60)].append(s.p99_ms)
+    minutes = [(m, statistics.median(v)) for m, v in sorted(by_minute.items()) if len(v) >= 30]
+    return (statistics.median(values) if values else None), minutes
+
+
+def spans_open(run: Run, t: float) -> int:
+    """The bad clients' connections open at `t`, those of the refusal rounds left out (each
+    lasts a moment)."""
+    return sum(1 for me in run.bad if me.kind != "refusal"
+               for opened, ended, _ in me.spans if opened <= t < ended)
+
+
+def seconds_range(values: list[float]) -> str:
+    if not values:
+        return ""
+    if len(values) == 1:
+        return f"after {values[0]:.0f} s"
+    lo, mid, hi = spread(values)
+    if round(lo) == round(hi):
+        return f"after {lo:.0f} s"
+    return f"after {lo:.0f}–{hi:.0f} s, median {mid:.0f}"
+
+
+# How each bad client's connections are expected to end; any other ending is listed.
+EXPECTED_ENDINGS = {
+    "pipeline": {"cut off", "reset", "closed by itself", "still open at the end"},
+    "upload": {"408", "still open at the end"},
+    "reader": {"cut off", "still open at the end"},
+}
+
+
+def bad_cause(t: float, events: list[Event]) -> Event | None:
+    """The latest event whose window reaches `t`, for a bad client's connection: a backend
+    kill until its restart, a flood until it was closed, a new server process until the one
+    it replaced finished draining (that one's connections end with it); each plus its window."""
+    found = None
+    for e in sorted(events, key=lambda e: e.t):
+        end = e.until if e.until is not None else e.t
+        if e.t - SLACK <= t <= end + WINDOWS[e.kind]:
+            found = e
+    return found
+
+
+def outlived(events: list[Event]):
+    """Whether a connection open from `opened` to `ended` outlived its server process: it was
+    open before a new one began serving and ended once the old one had finished draining (its
+    connections end with it; a slow reader's minutes later, once the kernel has sent what was
+    left in the orphaned socket)."""
+    changes = [(e.t, e.until if e.until is not None else e.t) for e in events
+               if e.kind == "generation"]
+    return lambda opened, ended: any(opened < t and ended >= done - SLACK
+                                     for t, done in changes)
+
+
+def bad_client_report(run: Run) -> tuple[list[str], list[str], list[str]]:
+    """The report's section on the bad clients and tinylb's `clients` counters; the verdict's
+    lines about them; the summary's besides the verdict."""
+    events = sorted(run.events, key=lambda e: e.t)
+    crossed = outlived(events)
+    lines = ["## Bad clients (from 127.0.0.3)", "",
+             "For the whole run, beside the bystander (wrk, from 127.0.0.1), each on a thread of"
+             f" its own that connected again {BAD_PAUSE:g} s after its connection ended:", "",
+             f"- **pipeline**: {PIPELINED} pipelined `GET /slow?ms=2000` in one write, nothing"
+             f" read, closed after {PIPELINE_HOLD:g} s (what had arrived is counted as it"
+             " closes);",
+             f"- **upload 1–{UPLOADS}**: `POST /` announcing 99,999 body bytes, then one byte"
+             f" every {UPLOAD_EVERY:g} s until tinylb answers or closes (408 expected once the"
+             " body falls below clientBodyMinRate, after about clientTimeout);",
+             f"- **reader 1–{READERS}**: `GET /bytes/100000000` with SO_RCVBUF {READER_RCVBUF},"
+             f" reading {READ_SIZE // 1024} KiB every {READ_EVERY:g} s"
+             f" ({READ_SIZE / READ_EVERY / 1024:g} KiB/s) until tinylb cuts it off (or"
+             f" {READER_STALL:g} s without a byte);",
+             f"- **refused, then reconnect**: every {REFUSE_EVERY:g} s, from a fixed source port"
+             f" (the next of {REFUSE_PORTS[0]}–{REFUSE_PORTS[1] - 1}, SO_REUSEADDR), a chunked"
+             " POST with the chunk size `zz` (400 and a close expected), then at once, from the"
+             " same address and port, `GET /` with `Connection: close` (200 expected, within"
+             f" {ANSWER_WITHIN:g} s).", "",
+             "How their connections ended: *408*, *cut off* (tinylb closed it, with no answer or"
+             " an incomplete one) and *reset* are tinylb's doing; *closed by itself* is the"
+             " client's plan; *still open at the end* were open when the run ended. *Outlived"
+             " its server process*: a new one began serving while the connection was open, and"
+             " it ended with the old one (its drain, or later: an orphaned socket still sends"
+             " what it holds), not by a per-client limit.", ""]
+    rows = []
+    for me in run.bad:
+        def cell(k: str, n: int) -> str:
+            if k not in TINYLB_ENDED and k != "stalled":
+                return f"{k} ×{n}"
+            old = sum(1 for opened, ended, ending in me.spans
+                      if ending == k != "408" and crossed(opened, ended))
+            return (f"{k} ×{n} ({seconds_range(me.lasted[k])}"
+                    + (f"; {old} outlived its server process" if old else "") + ")")
+        ended = ", ".join(cell(k, n) for k, n in me.endings.most_common())
+        failed = sum(me.connect_errors.values())
+        conns = f"{me.connections:,}" + (
+            f" ({failed} could not: {', '.join(f'{k} {v}' for k, v in me.connect_errors.items())})"
+            if failed else "")
+        answers = ", ".join(f"{k} ×{n:,}" for k, n in sorted(me.answers.items())) or "none"
+        rows.append([me.name, conns, html.escape(ended) or "–", answers,
+                     f"{me.sent:,} / {me.received:,}"])
+    lines += table(["bad client", "connections", "how they ended", "answers received",
+                    "bytes sent / received"], rows, "lrlll")
+
+    others = [(ended, me.name, ending, ended - opened, bad_cause(ended, events))
+              for me in run.bad if me.kind in EXPECTED_ENDINGS
+              for opened, ended, ending in me.spans
+              if ending not in EXPECTED_ENDINGS[me.kind]]
+    others.sort()
+    odd = [o for o in others if o[4] is None]
+    lines += ["Endings other than expected (an upload's 408, a reader's cut-off, the pipeline's"
+              " cut-off, reset or own close; and still open at the end), each put down to the"
+              " latest event whose window reaches it: a backend kill until its restart, a flood"
+              " until closed, a new server process until the one it replaced had finished"
+              f" draining, each plus its window ({SLACK:g} s slack before)."
+              f" {len(others)} in all" + (":" if others else "."), ""]
+    if others:
+        by_cause = collections.Counter(e.kind if e else "**unexplained**" for *_, e in others)
+        by_ending = collections.Counter(f"{name.split()[0]} {ending}"
+                                        for _, name, ending, _, _ in others)
+        lines += [f"- by ending: {', '.join(f'{k} ×{v}' for k, v in by_ending.most_common())}",
+                  f"- by event: {', '.join(f'{k} ×{v}' for k, v in by_cause.most_common())}", ""]
+        if odd:
+            lines += ["Unexplained:", "",
+                      *[f"- {clock(t)}: {name}, {ending} after {lasted:.1f} s"
+                        for t, name, ending, lasted, _ in odd[:40]]]
+            if len(odd) > 40:
+                lines += [f"- … and {len(odd) - 40} more"]
+            lines += [""]
+
+    refusal = next((me for me in run.bad if me.kind == "refusal"), None)
+    verdict, summary = [], []
+    if refusal is not None:
+        r = refusal.rounds
+        kernel = r["kernel: first connect"] + r["kernel: reconnect"]
+        refusals = {k.removeprefix("refusal: "): v for k, v in r.items()
+                    if k.startswith("refusal: ")}
+        times, waits = refusal.get_seconds, refusal.refusal_seconds
+        lines += ["### Refused, then reconnected from the same address and port", "",
+                  f"- rounds: {r['rounds']:,}"
+                  + (f" ({r['cut short by the end of the run']} cut short by the end of the run)"
+                     if r["cut short by the end of the run"] else "")
+                  + f"; bind or connect retried on EADDRINUSE or EADDRNOTAVAIL"
+                  f" {refusal.port_retries:,} times",
+                  "- the malformed request: " + (", ".join(
+                      f"{k} ×{v:,}" for k, v in sorted(refusals.items(), key=lambda kv: -kv[1]))
+                      or "never sent") + (
+                      f"; answered in {spread(waits)[0]:.3f}–{spread(waits)[2]:.3f} s, median"
+                      f" {spread(waits)[1]:.3f}; slower than {GET_PROMPT:g} s:"
+                      f" {sum(1 for w in waits if w > GET_PROMPT)}" + (
+                          " (a request of 127.0.0.3, the refused one too, waits for its turn"
+                          " while the address's uploads and readers hold its clientMaxWorkers"
+                          " workers)" if max(waits) > GET_PROMPT else "") if waits else ""),
+                  f"- could not connect, the kernel's doing (EADDRINUSE or EADDRNOTAVAIL after"
+                  f" {PORT_RETRY:g} s of retrying), not tinylb's: {r['kernel: first connect']}"
+                  f" first connects, {r['kernel: reconnect']} reconnects; other connect"
+                  f" failures: {r['first connect failed']} first, {r['reconnect failed']}"
+                  " reconnects",
+                  f"- **GETs after the refusal answered 200: {r['GET: 200']:,} of"
+                  f" {r['GETs']:,}**" + (f" (in {spread(times)[0]:.3f}–{spread(times)[2]:.3f} s,"
+                                         f" median {spread(times)[1]:.3f}; slower than"
+                                         f" {GET_PROMPT:g} s: {r['GET: 200, slow']})"
+                                         if times else ""),
+                  ""]
+        failures = [(t, what, bad_cause(t, events)) for t, what in refusal.failures]
+        if failures:
+            lines += ["Rounds that failed (a refusal not answered 400 and closed, a reconnect"
+                      " tinylb refused, a GET without a 200), with the event whose window"
+                      " reaches them:", "",
+                      *[f"- {clock(t)}: {html.escape(what)}"
+                        f" ({f'{e.what}, {clock(e.t)}' if e else '**unexplained**'})"
+                        for t, what, e in failures[:50]]]
+            if len(failures) > 50:
+                lines += [f"- … and {len(failures) - 50} more"]
+            lines += [""]
+        line = (f"Rounds of a refused request then a GET from the same address and port:"
+                f" {r['rounds']:,}; {r['GET: 200']:,} of {r['GETs']:,} GETs answered 200")
+        if failures:
+            unexplained = sum(1 for *_, e in failures if e is None)
+            line += (f"; **{len(failures)} round(s) failed, {unexplained} of them unexplained by"
+                     " an event**")
+        line += (f"; {kernel} round(s) the kernel would not connect (not tinylb's doing)"
+                 if kernel else "")
+        verdict.append(line + ".")
+
+    # Ended by tinylb's limits, or with a server process that was replaced.
+    by_limits = collections.Counter()
+    with_process = 0
+    for me in run.bad:
+        for opened, ended, ending in me.spans:
+            if me.kind != "refusal" and ending in TINYLB_ENDED:
+                if ending != "408" and crossed(opened, ended):
+                    with_process += 1
+                else:
+                    by_limits[ending] += 1
+    never = [me.name for me in run.bad if me.kind != "refusal" and not any(
+        ending == "408" or ending in TINYLB_ENDED and not crossed(opened, ended)
+        for opened, ended, ending in me.spans)]
+    line = (f"Bad clients (pipeline, {UPLOADS} uploads, {READERS} readers from 127.0.0.3):"
+            f" {sum(me.connections for me in run.bad if me.kind != 'refusal'):,} connections;"
+            f" {sum(by_limits.values()):,} ended by tinylb"
+            f" ({', '.join(f'{k} {v}' for k, v in by_limits.most_common()) or 'none'})"
+            + (f", {with_process} more with their server process (it was replaced)"
+               if with_process else ""))
+    if never:
+        line += f"; **never ended by tinylb's limits: {', '.join(never)}**"
+        last = next((s.clients for s in reversed(run.samples) if s.clients), None) or {}
+        rate, floor = READ_SIZE / READ_EVERY, last.get("sendMinRate")
+        if any(name.startswith("reader") for name in never) and isinstance(floor, int) and (
+                0 < floor < rate):
+            line += (f" (the readers take {rate:,.0f} B/s, above clientSendMinRate {floor} B/s:"
+                     " the rule lets each keep its worker while it reads)")
+    if others:
+        line += (f"; {len(others)} other ending(s), "
+                 + (f"**{len(odd)} unexplained** by an event" if odd
+                    else "all in an event's window"))
+    verdict.insert(0, line + ".")
+
+    series, latest = client_counters(run.samples)
+    lines += ["### tinylb's `clients` counters", ""]
+    last = next((s.clients for s in reversed(run.samples) if s.clients), None)
+    if not series:
+        lines += ["/status.json had no `clients` object (a tinylb without these counters).", ""]
+        return lines, verdict, summary
+    totals = series[-1][1]
+    lines += [f"Limits: clientMaxWorkers {last.get('maxWorkersPerClient', '?')},"
+              f" clientBodyMinRate {last.get('bodyMinRate', '?')} B/s, clientSendMinRate"
+              f" {last.get('sendMinRate', '?')} B/s. Each server process counts from 0: *whole"
+              " run* adds up the last value each generation showed (what a replaced one counted"
+              " after its last answer is missed).", ""]
+    gens = sorted(latest)
+    rows = [[f"`{k}`", what, fmt(totals.get(k)),
+             " / ".join(fmt(latest[g].get(k)) for g in gens)]
+            for k, what in CLIENT_COUNTERS.items()]
+    lines += table(["counter", "counts", "whole run", "per generation (" + ", ".join(
+        str(g) for g in gens) + ")"], rows, "llrr")
+    summary.append("tinylb's clients counters: " + ", ".join(
+        f"{k} {fmt(totals.get(k))}" for k in CLIENT_COUNTERS))
+    return lines, verdict, summary
+
+
 def normalise(line: str) -> str:
     """A log line without its timestamp and with numbers as N, to count like lines."""
     line = re.sub(r"^\S*\d{4}-\d\d-\d\d\S*\s+", "", line.strip())
@@ -1020,17 +1794,29 @@ def svg(run: Run, seconds: float, title: str) -> str:
                 placed.append((e, first_row + row))
         first_row += len(rows)
     top = 44 + 14 * max(first_row, 1) + 22  # room for the first panel's title
+    bucket = 60 if seconds >= 900 else 10
     panels = [
-        ("requests/s (wrk, 1 s slices)", "rps"),
-        ("non-2xx and socket errors per second", "errors"),
-        ("p99 latency, ms (log scale)", "p99"),
+        ("the bystander (wrk from 127.0.0.1): requests/s, 1 s slices", "rps"),
+        ("the bystander: non-2xx and socket errors per second", "errors"),
+        ("the bystander: p99 latency, ms (log scale)", "p99"),
+        (f"bad clients from 127.0.0.3: connections ended per {bucket} s, by how (bars); open"
+         " (line)", "bad"),
+        ("tinylb's clients counters, summed over its server processes (log scale)", "counters"),
         ("RSS of tinylb's processes, MiB", "rss"),
         ("threads of tinylb's processes", "threads"),
         ("open fds of tinylb's processes", "fds"),
         ("stuck connections (/status.json)", "stuck"),
         ("CPU, % of all cores", "cpu"),
     ]
-    H = top + len(panels) * (panel_h + gap) + 30
+    # A panel with a legend row gets it between its title and its frame.
+    legend_row = {"bad", "counters"}
+    tops = []
+    y = top
+    for _, key in panels:
+        y += 14 if key in legend_row else 0
+        tops.append(y)
+        y += panel_h + gap
+    H = y + 30
     out.append(f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}"'
                f' viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">')
     out.append(f'<rect width="{W}" height="{H}" fill="white"/>')
@@ -1055,7 +1841,7 @@ def svg(run: Run, seconds: float, title: str) -> str:
         y = 44 + 14 * row + 10
         out.append(f'<text x="{x(e.t) + 2:.1f}" y="{y}" font-size="11"'
                    f' fill="{COLORS[e.kind]}">{html.escape(e.label)}</text>')
-    bottom = top + len(panels) * (panel_h + gap) - gap
+    bottom = tops[-1] + panel_h
     # Bands and lines across every panel (drawn first, under the data).
     for e in events:
         ex = x(e.t)
@@ -1078,9 +1864,10 @@ def svg(run: Run, seconds: float, title: str) -> str:
                 if seconds / s <= 14)
     slices, samples = run.slices, run.samples
     for i, (name, key) in enumerate(panels):
-        y0 = top + i * (panel_h + gap)
+        y0 = tops[i]
         y1 = y0 + panel_h
-        out.append(f'<text x="{L}" y="{y0 - 5}" font-weight="bold" fill="#222">'
+        title_y = y0 - 5 - (14 if key in legend_row else 0)
+        out.append(f'<text x="{L}" y="{title_y}" font-weight="bold" fill="#222">'
                    f'{html.escape(name)}</text>')
         out.append(f'<rect x="{L}" y="{y0}" width="{PW}" height="{panel_h}" fill="none"'
                    f' stroke="#999"/>')
@@ -1109,10 +1896,72 @@ def svg(run: Run, seconds: float, title: str) -> str:
             if not any(a + b for _, a, b in series):
                 out.append(f'<text x="{L + PW / 2}" y="{y0 + panel_h / 2 + 4}"'
                            f' text-anchor="middle" fill="#2ca02c">none</text>')
+        elif key == "bad":
+            kinds = [("408", "#1f77b4"), ("cut off", "#ff7f0e"), ("reset", "#d62728"),
+                     ("stalled", "#8c564b"), ("answered", "#2ca02c"),
+                     ("closed by itself", "#aaaaaa"),
+                     ("refusal round failed", "#000000")]
+            counts: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
+            for me in run.bad:
+                for _, ended, ending in me.spans:
+                    what = "answered" if ending.startswith("answered") else ending
+                    if me.kind == "refusal":
+                        if ending in ("GET: 200", "refusal: 400, closed"):
+                            continue
+                        what = "refusal round failed"
+                    if what in dict(kinds):
+                        counts[int(ended // bucket)][what] += 1
+            open_points = [(s.t, spans_open(run, s.t)) for s in samples]
+            vmax = nice_ceiling(max([sum(c.values()) for c in counts.values()]
+                                    + [v for _, v in open_points] + [2]) * 1.05)
+            fy = lambda v: y1 - panel_h * v / vmax  # noqa: E731
+            for b, c in sorted(counts.items()):
+                bx = x(b * bucket) + 0.5
+                bw = max(x(min((b + 1) * bucket, seconds)) - x(b * bucket) - 1.0, 1.0)
+                level = 0
+                for what, color in kinds:
+                    if c[what]:
+                        height = fy(level) - fy(level + c[what])
+                        out.append(f'<rect x="{bx:.1f}" y="{fy(level + c[what]):.1f}"'
+                                   f' width="{bw:.1f}" height="{height:.1f}" fill="{color}"/>')
+                        level += c[what]
+            out += polyline(open_points, "#444444", x, fy)
+            seen = {what for c in counts.values() for what in c}
+            legend = "".join(
+                f'<tspan fill="{color}" dx="{8 if n else 0}">■ {html.escape(what)}'
+                '</tspan>'
+                for n, (what, color) in enumerate((w, c) for w, c in kinds if w in seen))
+            refusal = next((me for me in run.bad if me.kind == "refusal"), None)
+            rounds = (f' · refused, then reconnect: {refusal.rounds["GET: 200"]:,} of'
+                      f' {refusal.rounds["GETs"]:,} GETs got 200') if refusal else ""
+            out.append(f'<text x="{L}" y="{y0 - 5}" font-size="11">{legend}'
+                       f'<tspan fill="#444" dx="8">— connections open{rounds}</tspan></text>')
+            ticks = [0, vmax / 2, vmax]
+        elif key == "counters":
+            palette = ["#1f77b4", "#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#2ca02c",
+                       "#e377c2"]
+            series, _ = client_counters(samples)
+            totals = series[-1][1] if series else {}
+            top_value = max([v for _, c in series for v in c.values()] + [10])
+            lo, hi = 1.0, 10 ** math.ceil(math.log10(top_value))
+            fy = lambda v: y1 - panel_h * math.log10(max(v, lo)) / math.log10(hi)  # noqa: E731
+            ticks = [10.0 ** k for k in range(round(math.log10(hi)) + 1)]
+            legend = []
+            for n, (name_, color) in enumerate(zip(CLIENT_COUNTERS, palette)):
+                out += polyline([(t, c.get(name_) if c.get(name_) else None) for t, c in series],
+                                color, x, fy)
+                legend.append(f'<tspan fill="{color}" dx="{8 if n else 0}">— {name_}'
+                              f' {fmt(totals.get(name_))}</tspan>')
+            if not series:
+                out.append(f'<text x="{L + PW / 2}" y="{y0 + panel_h / 2 + 4}"'
+                           f' text-anchor="middle" fill="#999">no clients counters in'
+                           f' /status.json</text>')
+            out.append(f'<text x="{L}" y="{y0 - 5}" font-size="11">{"".join(legend)}</text>')
         else:
             colors = {"rps": "#1f77b4", "p99": "#8c564b", "rss": "#2ca02c", "threads": "#17becf",
                       "fds": "#7f7f7f", "stuck": "#ff7f0e"}
             extra: list[tuple[str, list]] = []
+            late: list[str] = []  # drawn over the line
             if key == "rps":
                 points = [((s.t0 + s.t1) / 2, s.rps) for s in slices]
             elif key == "cpu":
@@ -1127,6 +1976,8 @@ def svg(run: Run, seconds: float, title: str) -> str:
             elif key == "rss":
                 points = [(s.t, s.rss_kib / 1024) for s in samples]
             elif key == "stuck":
+                # Every answer, a draining server process's too: only it has counted the
+                # connections stuck in it (the zigzag while both answer is theirs).
                 points = [(s.t, s.stuck) for s in samples]
             else:
                 points = [(s.t, getattr(s, key)) for s in samples]
@@ -1141,6 +1992,25 @@ def svg(run: Run, seconds: float, title: str) -> str:
                 while v <= hi * 1.001:
                     ticks.append(v)
                     v *= 10
+                # The flatness judged in the verdict: the whole run's median ×/÷ FLAT_FACTOR (a
+                # grey band) and each full minute's median p99 (dark steps).
+                whole, minutes = p99_minutes(slices)
+                if whole is not None:
+                    clamp = lambda y: min(max(y, y0), y1)  # noqa: E731
+                    b_top = clamp(fy(whole * FLAT_FACTOR))
+                    b_bottom = clamp(fy(whole / FLAT_FACTOR))
+                    out.append(f'<rect x="{L}" y="{b_top:.1f}" width="{PW}"'
+                               f' height="{b_bottom - b_top:.1f}" fill="#000"'
+                               ' fill-opacity="0.07"/>')
+                    for m, v in minutes:
+                        late.append(f'<line x1="{x(m * 60):.1f}" y1="{fy(v):.1f}"'
+                                   f' x2="{x(min((m + 1) * 60, seconds)):.1f}" y2="{fy(v):.1f}"'
+                                   f' stroke="#222" stroke-width="2.2"/>')
+                    out.append(f'<text x="{L + PW - 4}" y="{y0 + 13}" text-anchor="end"'
+                               f' font-size="11"><tspan fill="#8c564b">— each second</tspan>'
+                               f'<tspan fill="#222" dx="8">━ each minute\'s median</tspan>'
+                               f'<tspan fill="#888" dx="8">■ run median ×/÷ {FLAT_FACTOR:g}'
+                               f'</tspan></text>')
             else:
                 vmax = 100.0 if key == "cpu" else nice_ceiling(max(values + [2], default=2) * 1.05)
                 fy = lambda v: y1 - panel_h * v / vmax  # noqa: E731
@@ -1153,6 +2023,7 @@ def svg(run: Run, seconds: float, title: str) -> str:
                                f' points="{x(known[0][0]):.1f},{y1} {outline}'
                                f' {x(known[-1][0]):.1f},{y1}"/>')
             out += polyline(points, colors[key], x, fy)
+            out += late
         for v in ticks:
             ty = fy(v)
             out.append(f'<line x1="{L - 4}" y1="{ty:.1f}" x2="{L}" y2="{ty:.1f}" stroke="#999"/>')
@@ -1225,8 +2096,28 @@ def build_report(ctx: dict) -> tuple[str, list[str]]:
     verdict.append(f"Server processes: generation 1 to {last_gen}"
                    + (f" ({', '.join(f'{n} by {c}' for c, n in causes.items())})" if gens
                       else " (never replaced)") + ".")
-    verdict.append(f"Seconds with errors or non-2xx: {len(failed)}, of which **{len(unexplained)}"
-                   f" unexplained** by an event.")
+    verdict.append(f"The bystander (wrk from 127.0.0.1, beside the bad clients): {requests:,}"
+                   f" requests, {non2xx:,} non-2xx, {sum(errors.values()):,} socket errors;"
+                   f" seconds with errors or non-2xx: {len(failed)}, of which"
+                   f" **{len(unexplained)} unexplained** by an event.")
+    whole_p99, minutes = p99_minutes(slices)
+    if whole_p99 is not None and minutes:
+        lo, hi = whole_p99 / FLAT_FACTOR, whole_p99 * FLAT_FACTOR
+        outside = [(m, v) for m, v in minutes if not lo <= v <= hi]
+        meds = [v for _, v in minutes]
+        judged = (f"each full minute's median p99 {min(meds):.2f}–{max(meds):.2f} ms against"
+                  f" the whole run's median {whole_p99:.2f} ms (flat: every minute within"
+                  f" {FLAT_FACTOR:g}× of it, either way; {len(minutes)} minute(s) judged)")
+        if outside:
+            verdict.append(f"The bystander's p99 **did not stay flat**: {judged}; outside it: "
+                           + ", ".join(f"{clock(m * 60)}–{clock(m * 60 + 60)} ({v:.2f} ms)"
+                                       for m, v in outside) + ".")
+        else:
+            verdict.append(f"The bystander's p99 stayed flat: {judged}.")
+    else:
+        verdict.append("The bystander's p99: too few slices to judge (a minute needs 30).")
+    bad_lines, bad_verdict, bad_summary = bad_client_report(run)
+    verdict += bad_verdict
     if exit_status is None:
         verdict.append("tinylb was not stopped by the script (it had already gone).")
     else:
@@ -1257,12 +2148,13 @@ def build_report(ctx: dict) -> tuple[str, list[str]]:
         f"- **Machine:** {ctx['machine']}; load average {ctx['load_start']} at the start,"
         f" {ctx['load_end']} at the end",
         f"- **Versions:** {ctx['versions']}",
-        f"- **Binary:** {TINYLB} (sha256 {ctx['binary'][0][0]}…, modified"
+        f"- **Binary:** {binary_shown(ctx['built'])} (sha256 {ctx['binary'][0][0]}…, modified"
         f" {ctx['binary'][0][1]}); the tree it was built in is now {ctx['binary'][2]}",
         f"- **tinylb config:** `{json.dumps(cfg)}`; RUST_LOG=info; everything else default"
         " (clientTimeout 20s, maxStuckConnections 100)",
-        f"- **Load:** `wrk -t1 -c{CONNECTIONS} -d1s --latency --timeout {WRK_TIMEOUT}` in"
-        f" back-to-back 1 s slices, GET /, each connection pausing {DELAY_MS} ms between requests"
+        f"- **Load (the bystander, from 127.0.0.1):** `wrk -t1 -c{CONNECTIONS} -d1s --latency"
+        f" --timeout {WRK_TIMEOUT}` in back-to-back 1 s slices, GET /, each connection pausing"
+        f" {DELAY_MS} ms between requests"
         f" (at most {CONNECTIONS * 1000 // DELAY_MS} req/s; unthrottled, tinylb serves several"
         " thousand here)",
         f"- **Disturbances:** every {KILL_EVERY} s SIGKILL to one backend (in turn), started again"
@@ -1271,10 +2163,16 @@ def build_report(ctx: dict) -> tuple[str, list[str]]:
         f" {FLOOD_EVERY // 60} min (+{FLOOD_OFFSET} s; once at a third of a shorter run) a"
         f" flood of {FLOOD_SOCKETS} idle connections, {FLOOD_SOCKETS} trickling request heads"
         f" (one byte every {TRICKLE_EVERY:g} s) and {FLOOD_SOCKETS} HTTP/2 prefaces, held"
-        f" {FLOOD_HOLD} s, then closed",
+        f" {FLOOD_HOLD} s, then closed; and for the whole run, from 127.0.0.3, bad clients (see"
+        f" [Bad clients](#bad-clients-from-127003)): a connection pipelining {PIPELINED} slow"
+        f" GETs it never reads, {UPLOADS} uploads of a byte every {UPLOAD_EVERY:g} s,"
+        f" {READERS} readers of {READ_SIZE // 1024} KiB every {READ_EVERY:g} s, and every"
+        f" {REFUSE_EVERY:g} s a refused request followed by a GET from the same address and"
+        " port",
         f"- **Sampled every second:** RSS (sum of VmRSS), threads and open fds of tinylb's"
-        " process tree (master and children); generation and stuck connections from"
-        f" /status.json ({run.status_misses} sample(s) without an answer)",
+        " process tree (master and children); generation, stuck connections and the"
+        f" `clients` counters from /status.json ({run.status_misses} sample(s) without an"
+        f" answer, {run.stale_status} answered by an older server process while it drained)",
         "",
         "## Verdict",
         "",
@@ -1349,13 +2247,21 @@ def build_report(ctx: dict) -> tuple[str, list[str]]:
     else:
         lines += ["None in this run.", ""]
 
+    lines += bad_lines
     svg_name = ctx["svg_name"]
     lines += ["## Picture", "",
-              f"![Soak run: req/s, errors, p99, RSS, threads, fds and stuck connections over"
+              f"![Soak run: the bystander's req/s, errors and p99, the bad clients' connections"
+              f" and tinylb's clients counters, RSS, threads, fds, stuck connections and CPU over"
               f" time, with the events marked]({svg_name})", "",
               "Red bands: a backend down (from its SIGKILL to its restart); purple bands: a flood"
               " held; blue dashes: config.json rewritten; orange lines: a new server process"
-              " serves.", ""]
+              " serves. The first three panels are the bystander (wrk); in its p99 panel the"
+              " dark steps are each minute's median p99 and the grey band the whole run's"
+              f" median ×/÷ {FLAT_FACTOR:g} (flat: every step inside it). The next two are the"
+              " bad clients: how their connections ended per interval, with how many were"
+              " open, and tinylb's `clients` counters summed over its server processes. While a"
+              " replaced server process drains it answers /status.json too, so the stuck line"
+              " may jump between its count and its successor's.", ""]
     lines += ["## Events", "",
               "In italics, tinylb's own log lines about them: its master's (why a server process"
               " was replaced, when the next one served, how the old one ended) and its config"
@@ -1409,6 +2315,7 @@ def build_report(ctx: dict) -> tuple[str, list[str]]:
         f" {non2xx:,} non-2xx, {sum(errors.values()):,} socket errors"
         f" ({', '.join(f'{k} {v}' for k, v in errors.items())})",
         *verdict,
+        *bad_summary,
     ]
     for name, values, digits in series[3:8]:
         sp = spread(values)
@@ -1437,7 +2344,7 @@ def soak(args: argparse.Namespace, argv: list[str], procs: Processes, tmp: Path)
     if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 4 * FLOOD_SOCKETS:
         raise SoakError(f"the open-file limit is below {4 * FLOOD_SOCKETS}; raise `ulimit -n`")
     wrk = ensure_wrk()
-    ensure_binaries(args.build)
+    built = ensure_binaries(args.build)
     versions = f"{first_line([str(TINYLB), '--version'])}; {first_line([wrk, '-v']).split(' Copyright')[0]}"
     identity = binary_identity(TINYLB)
     built_from = source_tree()
@@ -1465,6 +2372,7 @@ def soak(args: argparse.Namespace, argv: list[str], procs: Processes, tmp: Path)
     ]
     for thread in threads:
         thread.start()
+    threads += bad_clients(run, harness.port)
     next_progress = 30.0
     try:
         for t, action, n in plan:
@@ -1521,6 +2429,13 @@ def soak(args: argparse.Namespace, argv: list[str], procs: Processes, tmp: Path)
             serves = [t for t, m in logged if m.startswith(f"master: {e.label.replace('gen', 'generation')} serves")]
             if serves:
                 e.t = serves[0]
+            # Until the one it replaced has finished draining: a bad client's connection to
+            # that one ends with it (the bystander's failures are judged as before).
+            old = int(e.label.split()[-1]) - 1
+            finished = [t for t, m in logged if t >= e.t - SLACK and m.startswith(
+                f"master: generation {old} (pid") and "finished" in m]
+            if finished:
+                e.until = finished[0]
     ctx = {
         "run": run, "seconds": seconds, "minutes": args.minutes, "config": config,
         "date": date, "command": exact_command(argv, args.minutes),
@@ -1530,9 +2445,12 @@ def soak(args: argparse.Namespace, argv: list[str], procs: Processes, tmp: Path)
         "svg_name": args.out.with_suffix(".svg").name,
         "binary": (identity, binary_identity(TINYLB) if TINYLB.exists() else ("gone", ""),
                    built_from),
-        "logged": logged,
+        "logged": logged, "built": built,
     }
     report, summary = build_report(ctx)
+    # No path of the build machine in the report (issue 23): the repository's own as relative
+    # paths, the temp dir by its role.
+    report = report.replace(str(tmp), "$TMPDIR/tinylb-soak-…").replace(f"{ROOT}/", "")
     title = (f"tinylb soak, {args.minutes:g} min{' (short trial)' if args.minutes < FULL_MINUTES else ''},"
              f" {date}")
     if not args.no_write:
@@ -1557,6 +2475,7 @@ def raw_data(run: Run) -> dict:
         "slices": [vars(s) for s in run.slices],
         "samples": [vars(s) for s in run.samples],
         "floods": [{**vars(f), "close_after": dict(f.close_after)} for f in run.floods],
+        "bad_clients": [{**vars(me), "lasted": dict(me.lasted)} for me in run.bad],
         "fatal": run.fatal,
     }
 
@@ -1571,6 +2490,23 @@ def progress(run: Run) -> None:
             f" generation {sample.generation}, stuck {sample.stuck}" if sample else "no sample")
     log(f"{clock(run.now())} / {clock(run.seconds)}: {rps:.0f} req/s, {bad} errors+non-2xx so"
         f" far; {what}")
+    if run.bad:
+        try:
+            bad_progress(run)
+        except RuntimeError:  # a count changed size under us: the next line will do
+            pass
+
+
+def bad_progress(run: Run) -> None:
+    """One progress line on the bad clients (their threads are counting meanwhile)."""
+    ended = collections.Counter()
+    for me in run.bad:
+        if me.kind != "refusal":
+            ended.update({k: v for k, v in me.endings.items() if k in TINYLB_ENDED})
+    rounds = sum((me.rounds for me in run.bad), collections.Counter())
+    log(f"  bad clients: {sum(me.connections for me in run.bad)} connections; tinylb ended"
+        f" {sum(ended.values())} ({', '.join(f'{k} {v}' for k, v in ended.items()) or '-'});"
+        f" GETs after a refusal: {rounds['GET: 200']} of {rounds['GETs']} got 200")
 
 
 def main() -> int:
