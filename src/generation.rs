@@ -50,6 +50,10 @@ pub struct Restarts {
     pub recycle: u64,
     /// After SIGHUP.
     pub upgrade: u64,
+    /// Successors (after SIGHUP or a recycle) that exited, or were killed for not becoming
+    /// ready in time, before they served: the generation before them kept serving. They use
+    /// up no generation number and count as no upgrade or recycle.
+    pub failed: u64,
 }
 
 impl Restarts {
@@ -61,6 +65,17 @@ impl Restarts {
             Cause::Recycle => self.recycle += 1,
             Cause::Upgrade => self.upgrade += 1,
         }
+    }
+
+    /// Takes back a [`Restarts::count`], for a child that never served.
+    pub fn uncount(&mut self, cause: Cause) {
+        let count = match cause {
+            Cause::Start => return,
+            Cause::Crash => &mut self.crash,
+            Cause::Recycle => &mut self.recycle,
+            Cause::Upgrade => &mut self.upgrade,
+        };
+        *count = count.saturating_sub(1);
     }
 }
 
@@ -91,30 +106,37 @@ impl Generation {
         }
     }
 
-    /// The value of [`GENERATION_VAR`] for a child: `number cause crash recycle upgrade`.
+    /// The value of [`GENERATION_VAR`] for a child: `number cause crash recycle upgrade failed`.
     pub fn to_env(&self) -> String {
         let r = &self.restarts;
         format!(
-            "{} {} {} {} {}",
+            "{} {} {} {} {} {}",
             self.number,
             self.cause.name(),
             r.crash,
             r.recycle,
-            r.upgrade
+            r.upgrade,
+            r.failed
         )
     }
 
-    /// Reads what [`Generation::to_env`] wrote; `None` if it is not that.
+    /// Reads what [`Generation::to_env`] wrote; `None` if it is not that. Without the last
+    /// count (`failed`), as a master from before it was counted writes it: an upgrade runs the
+    /// new binary under the old master.
     pub fn from_env(value: &str) -> Option<Generation> {
         let mut words = value.split(' ');
         let number = words.next()?.parse().ok()?;
         let cause = Cause::from_name(words.next()?)?;
         let mut count = || words.next()?.parse::<u64>().ok();
-        let restarts = Restarts {
+        let mut restarts = Restarts {
             crash: count()?,
             recycle: count()?,
             upgrade: count()?,
+            failed: 0,
         };
+        if let Some(failed) = words.next() {
+            restarts.failed = failed.parse().ok()?;
+        }
         if words.next().is_some() {
             return None;
         }
@@ -143,10 +165,15 @@ mod tests {
             Restarts {
                 crash: 1,
                 recycle: 0,
-                upgrade: 2
+                upgrade: 2,
+                failed: 0
             }
         );
         restarts.count(Cause::Recycle);
+        restarts.count(Cause::Crash);
+        restarts.uncount(Cause::Crash);
+        restarts.uncount(Cause::Start);
+        restarts.failed = 3;
         let generation = Generation {
             supervised: true,
             number: 5,
@@ -154,13 +181,23 @@ mod tests {
             restarts,
             started: Instant::now(),
         };
-        assert_eq!(generation.to_env(), "5 recycle 1 1 2");
+        assert_eq!(generation.to_env(), "5 recycle 1 1 2 3");
         let back = Generation::from_env(&generation.to_env()).unwrap();
         assert_eq!(
             (back.number, back.cause, back.restarts),
             (5, Cause::Recycle, restarts)
         );
         assert!(back.supervised);
+        let from_older_master = Generation::from_env("5 upgrade 1 1 2").unwrap();
+        assert_eq!(
+            from_older_master.restarts,
+            Restarts {
+                crash: 1,
+                recycle: 1,
+                upgrade: 2,
+                failed: 0
+            }
+        );
     }
 
     #[test]
@@ -170,7 +207,8 @@ mod tests {
             "5",
             "5 reboot 0 0 0",
             "5 crash 0 0",
-            "5 crash 0 0 0 0",
+            "5 crash 0 0 0 x",
+            "5 crash 0 0 0 0 0",
             "x start 0 0 0",
         ] {
             assert_eq!(Generation::from_env(bad), None, "{bad:?}");

@@ -86,6 +86,7 @@ use parking_lot::RwLock;
 use crate::admin::Admin;
 use crate::backend::Backend;
 use crate::balancer::Balancer;
+use crate::client::admin_server::bind_admin_socket;
 use crate::client::{Incoming, Listener};
 use crate::config::Config;
 use crate::dispatch::turns::Limits;
@@ -127,6 +128,32 @@ pub struct LoadBalancer {
     reloadable: Option<Reloadable>,
 }
 
+/// What a server process is handed by whoever started it, beyond its config and socket.
+pub struct Inherited {
+    /// Which generation this process is, and why it was started.
+    pub generation: Generation,
+    /// The way to the master: to say it serves, to ask for a successor, to report drains.
+    pub master: Option<Arc<ChildEnd>>,
+    /// The admin socket, bound by the master for the config's `adminAddress` and shared by its
+    /// generations; when `None`, the server binds that address itself.
+    pub admin_socket: Option<std::net::TcpListener>,
+    /// Backends to start draining: those the generation before was draining (URLs as
+    /// written in the config).
+    pub draining: Vec<String>,
+}
+
+impl Inherited {
+    /// For a server process on its own (`--no-master`, or in a test).
+    pub fn alone() -> Inherited {
+        Inherited {
+            generation: Generation::alone(),
+            master: None,
+            admin_socket: None,
+            draining: Vec::new(),
+        }
+    }
+}
+
 /// What a graceful shutdown achieved, for the last log line and for tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShutdownReport {
@@ -142,19 +169,36 @@ impl LoadBalancer {
     /// the address in use).
     pub fn start(config: Config) -> Result<LoadBalancer, StartError> {
         let listener = Listener::bind(config.listen, config.client_timeout)?;
-        LoadBalancer::start_on(config, listener, Generation::alone(), None)
+        LoadBalancer::start_on(config, listener, Inherited::alone())
     }
 
-    /// Starts on a listening socket bound elsewhere (by the master, or systemd), as
-    /// `generation`; `master` is the way to ask for a successor.
+    /// Starts on a listening socket bound elsewhere (by the master, or systemd), with what
+    /// the process that started this one handed down.
     pub fn start_on(
         config: Config,
         listener: Listener,
-        generation: Generation,
-        master: Option<Arc<ChildEnd>>,
+        inherited: Inherited,
     ) -> Result<LoadBalancer, StartError> {
+        let Inherited {
+            generation,
+            master,
+            admin_socket,
+            draining,
+        } = inherited;
+        // Bound before anything starts, so that an address in use fails the start cleanly.
+        let admin_socket = match (admin_socket, config.admin_address) {
+            (Some(socket), _) => Some(socket),
+            (None, Some(address)) => Some(bind_admin_socket(address)?),
+            (None, None) => None,
+        };
         let local_addr = listener.local_addr();
         let backends = Backend::all(&config);
+        for backend in backends
+            .iter()
+            .filter(|b| draining.contains(&b.url.original))
+        {
+            backend.set_draining(true);
+        }
         health_checks::first_round(&backends, &config.health);
 
         let balancer = Arc::new(Balancer::new(backends, config.algorithm, config.workers));
@@ -201,7 +245,7 @@ impl LoadBalancer {
             client_timeout: config.client_timeout,
             header_timeout: config.client_header_timeout,
             max_stuck: config.max_stuck_connections,
-            master,
+            master: master.clone(),
         };
         let watchdog = stuck::spawn(watched, Arc::clone(&watchdog_counts), watchdog_stopped)?;
         let intake = intake::spawn(
@@ -217,8 +261,8 @@ impl LoadBalancer {
             Arc::clone(&health_settings),
             health_stopped,
         )?;
-        let admin = match config.admin_address {
-            Some(addr) => {
+        let admin = match admin_socket {
+            Some(socket) => {
                 let sources = Arc::new(Sources {
                     balancer: Arc::clone(&balancer),
                     tunnels: Arc::clone(&tunnels),
@@ -235,7 +279,7 @@ impl LoadBalancer {
                     per_client: config.per_client,
                     dispatch,
                 });
-                Some(Admin::start(addr, sources)?)
+                Some(Admin::start(socket, sources, master)?)
             }
             None => None,
         };
@@ -298,11 +342,14 @@ impl LoadBalancer {
 
     /// Stops accepting, lets queued and in-flight requests finish for up to the grace period
     /// (or until `abort` fires), and stops the other threads.
-    pub fn shutdown(self, abort: &Receiver<()>) -> ShutdownReport {
+    pub fn shutdown(mut self, abort: &Receiver<()>) -> ShutdownReport {
         let counters = Arc::clone(self.pool.counters());
         let served_before = counters.served();
         let busy = counters.busy();
         self.stop.stopping.store(true, Ordering::Relaxed);
+        if let Some(admin) = self.admin.as_mut() {
+            admin.stop_accepting();
+        }
         log::info!(
             "shutting down: no longer accepting; {busy} requests in flight, waiting up to {}",
             duration::format_duration(self.grace_period)

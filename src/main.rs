@@ -4,18 +4,18 @@
 //! server in this process. The only place that exits: 0 after a clean shutdown, 2 for a bad
 //! config or bad arguments, 1 when tinylb cannot start.
 
-use std::ffi::OsString;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tinylb::LoadBalancer;
+use tinylb::client::admin_server::bind_admin_socket;
 use tinylb::client::{Listener, bind_socket};
 use tinylb::config::Config;
 use tinylb::generation::Generation;
-use tinylb::master::handoff::{ChildEnd, Handoff};
+use tinylb::master::handoff::Handoff;
+use tinylb::{Inherited, LoadBalancer};
 use tinylb::{master, systemd};
 
 const USAGE: &str = "\
@@ -210,8 +210,22 @@ fn main() -> ExitCode {
                 Ok(socket) => socket,
                 Err(code) => return code,
             };
-            let args = vec![OsString::from("--config"), config_path.into_os_string()];
-            master::run(socket, args)
+            // Bound here, once, and handed to every generation: a second tinylb asking for the
+            // same address fails now, with the address in its message.
+            let admin = match config.admin_address.map(|a| (a, bind_admin_socket(a))) {
+                None => None,
+                Some((address, Ok(socket))) => Some((address, socket)),
+                Some((_, Err(error))) => {
+                    log::error!("{error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let settings = master::Settings {
+                config_path,
+                admin,
+                ready_timeout: config.ready_timeout,
+            };
+            master::run(socket, settings)
         }
         Role::Alone => {
             let socket = match listening_socket(&config) {
@@ -223,7 +237,7 @@ fn main() -> ExitCode {
                 config_path,
                 source,
             };
-            server.run(socket, Generation::alone(), None)
+            server.run(socket, Inherited::alone())
         }
         Role::Child => {
             let handoff = match Handoff::take() {
@@ -233,13 +247,24 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let master = Arc::new(handoff.master);
+            // The admin socket the master bound serves if the config still names its address
+            // (the master re-reads the file at SIGHUP, just before this process read it).
+            let admin_socket = handoff
+                .admin
+                .filter(|(address, _)| config.admin_address == Some(*address))
+                .map(|(_, socket)| socket);
+            let inherited = Inherited {
+                generation: handoff.generation,
+                master: Some(Arc::new(handoff.master)),
+                admin_socket,
+                draining: handoff.draining,
+            };
             let server = Server {
                 config,
                 config_path,
                 source,
             };
-            server.run(handoff.listener, handoff.generation, Some(master))
+            server.run(handoff.listener, inherited)
         }
     }
 }
@@ -305,12 +330,7 @@ struct Server {
 }
 
 impl Server {
-    fn run(
-        self,
-        socket: TcpListener,
-        generation: Generation,
-        master: Option<Arc<ChildEnd>>,
-    ) -> ExitCode {
+    fn run(self, socket: TcpListener, inherited: Inherited) -> ExitCode {
         let Server {
             config,
             config_path,
@@ -332,20 +352,20 @@ impl Server {
         };
         let grace = config.shutdown_grace_period;
         let bound = listener.local_addr();
-        if config.listen.port() != 0 && config.listen != bound && generation.supervised {
+        if config.listen.port() != 0 && config.listen != bound && inherited.generation.supervised {
             log::warn!(
                 "port: the config asks for {} but the master keeps {bound}; restart tinylb to move",
                 config.listen
             );
         }
-        let mut balancer =
-            match LoadBalancer::start_on(config, listener, generation, master.clone()) {
-                Ok(balancer) => balancer,
-                Err(error) => {
-                    log::error!("{error}");
-                    return ExitCode::FAILURE;
-                }
-            };
+        let master = inherited.master.clone();
+        let mut balancer = match LoadBalancer::start_on(config, listener, inherited) {
+            Ok(balancer) => balancer,
+            Err(error) => {
+                log::error!("{error}");
+                return ExitCode::FAILURE;
+            }
+        };
         // Live reload: edits to the config file are applied without a restart.
         if let Err(error) = balancer.watch_config(config_path, source) {
             log::warn!("config changes will need a restart: {error}");

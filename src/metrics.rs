@@ -304,6 +304,13 @@ pub fn render(status: &Status) -> String {
     }
     header(
         &mut out,
+        "failed_successors_total",
+        "counter",
+        "Server processes started to replace one (SIGHUP, recycle) that never served; the one before kept serving.",
+    );
+    let _ = writeln!(out, "tinylb_failed_successors_total {}", r.failed);
+    header(
+        &mut out,
         "stuck_connections",
         "gauge",
         "Client connections no thread serves any more, at the last count.",

@@ -29,19 +29,21 @@ footer { margin-top: 1rem; font-size: .8rem; opacity: .7; }
 }
 ";
 
-/// "generation 3 (upgrade); restarts: 1 crash, 0 recycle, 2 upgrade", or "alone (no master)".
+/// "generation 3 (upgrade); restarts: 1 crash, 0 recycle, 2 upgrade, 0 failed", or "alone (no
+/// master)".
 fn process_summary(process: &crate::status::ProcessStatus) -> String {
     if !process.supervised {
         return "alone (no master)".into();
     }
     let r = &process.restarts;
     format!(
-        "generation {} ({}); restarts: {} crash, {} recycle, {} upgrade",
+        "generation {} ({}); restarts: {} crash, {} recycle, {} upgrade, {} failed",
         process.generation,
         process.started_by.name(),
         r.crash,
         r.recycle,
-        r.upgrade
+        r.upgrade,
+        r.failed
     )
 }
 

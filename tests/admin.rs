@@ -99,10 +99,11 @@ fn fetch(agent: &ureq::Agent, url: &str) -> Answer {
     }
 }
 
-/// A request written by hand, as `curl -X POST` sends it (no body), on its own connection.
+/// A request written by hand, as `curl -X POST -H 'X-Tinylb-Admin: 1'` sends it (no body), on
+/// its own connection.
 fn raw_request(addr: SocketAddr, method: &str, path: &str) -> Answer {
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nX-Tinylb-Admin: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     );
     let raw = raw_exchange(addr, request.as_bytes(), Duration::from_secs(5));
     let answer = read_full_response(&mut &raw[..], false).unwrap_or_else(|e| {
@@ -1321,9 +1322,9 @@ fn admin_connection_stays_usable_after_a_post_with_a_chunked_body() {
     // the body must be consumed, not parsed as the next request.
     let raw = raw_exchange(
         admin,
-        b"POST /backends/0/undrain HTTP/1.1\r\nHost: admin\r\nTransfer-Encoding: chunked\r\n\r\n\
-          3\r\nabc\r\n0\r\n\r\n\
-          GET /status.json HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+        b"POST /backends/0/undrain HTTP/1.1\r\nHost: localhost\r\nX-Tinylb-Admin: 1\r\n\
+          Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+          GET /status.json HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
         Duration::from_secs(3),
     );
     let text = String::from_utf8_lossy(&raw);

@@ -73,7 +73,7 @@ fn settled_open(lb: &TestLb, a: &Backend, b: &Backend) -> usize {
 }
 
 fn get_admin(lb: &TestLb, path: &str) -> String {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     let answer = raw_exchange(admin(lb), request.as_bytes(), WAIT);
     read_full_response(&mut &answer[..], false)
         .expect("an answer")

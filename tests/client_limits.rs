@@ -37,7 +37,7 @@ fn client_count(admin: SocketAddr, name: &str) -> u64 {
 fn metric(admin: SocketAddr, sample: &str) -> f64 {
     let raw = raw_exchange(
         admin,
-        b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+        b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
         Duration::from_secs(5),
     );
     let text = String::from_utf8_lossy(&raw).to_string();

@@ -146,7 +146,7 @@ fn killing_the_server_process_under_load_refuses_no_connection() {
     assert!(metrics.contains("tinylb_generation 2"), "{metrics}");
     let (_, page, _) = get(&client(), &format!("http://{admin}/"));
     assert!(
-        page.contains("generation 2 (crash); restarts: 1 crash, 0 recycle, 0 upgrade"),
+        page.contains("generation 2 (crash); restarts: 1 crash, 0 recycle, 0 upgrade, 0 failed"),
         "{page}"
     );
 }
@@ -316,7 +316,8 @@ fn sighup_applies_settings_that_cannot_change_live() {
     assert_eq!(status_json(admin)["workers"], 2);
     let mark = run.mark();
     run.signal("HUP");
-    let admin = admin_addr(&mut run, mark);
+    run.wait_for_swap_since(mark);
+    assert_eq!(admin_addr(&mut run, mark), admin, "generations share the admin socket");
     let status = status_json(admin);
     assert_eq!(status["workers"], 5, "{status}");
     assert_eq!(status["process"]["startedBy"], "upgrade", "{status}");

@@ -160,7 +160,7 @@ impl Lb {
     fn admin_post(&self, path: &str) {
         let admin = self.admin;
         let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nX-Tinylb-Admin: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         );
         let answer = raw_exchange(admin, request.as_bytes(), Duration::from_secs(5));
         assert!(
@@ -174,7 +174,7 @@ impl Lb {
         let admin = self.admin;
         let answer = raw_exchange(
             admin,
-            b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
             Duration::from_secs(5),
         );
         String::from_utf8_lossy(&answer).into_owned()

@@ -3,7 +3,7 @@
 //! server can be started on it when the old one's accept loop dies ([`super::incoming`]), and
 //! it can come from elsewhere: the master process or systemd, shared across generations.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
@@ -130,11 +130,6 @@ impl Listener {
 
     /// Where the pinger connects to keep accept() from timing out.
     pub(super) fn ping_addr(&self) -> SocketAddr {
-        let ip = match self.local_addr.ip() {
-            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-            ip => ip,
-        };
-        SocketAddr::new(ip, self.local_addr.port())
+        socket_options::loopback_for(self.local_addr)
     }
 }

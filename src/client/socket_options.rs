@@ -4,7 +4,7 @@
 //! connection (docs/crates.md).
 
 use std::io;
-use std::net::TcpListener;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
@@ -20,6 +20,17 @@ pub fn set_client_timeouts(listener: &TcpListener, timeout: Duration) -> io::Res
     };
     set_option(listener, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &value)?;
     set_option(listener, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &value)
+}
+
+/// Where this process can connect to a socket of its own listening on `addr`: the same
+/// address, or loopback when it listens on every address.
+pub fn loopback_for(addr: SocketAddr) -> SocketAddr {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, addr.port())
 }
 
 /// Sets TCP_NODELAY on the listening socket so accepted sockets send small answers at once
@@ -88,75 +99,4 @@ pub fn raise_open_files_limit() -> io::Result<libc::rlim_t> {
         }
     }
     Ok(limit.rlim_cur)
-}
-
-/// Binds and listens on `addr` with SO_REUSEPORT, so that while one generation of the server
-/// hands over to the next (see `tinylb::master`), both can hold the admin address: the new one
-/// binds it before the old one has let go. Only processes of the same user can share it.
-pub fn bind_shared(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
-    use std::os::fd::FromRawFd;
-    let domain = if addr.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    // SAFETY: a new socket descriptor, owned by the TcpListener built from it below (which
-    // closes it on every error path through its Drop).
-    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let socket = unsafe { TcpListener::from_raw_fd(fd) };
-    let on: libc::c_int = 1;
-    set_option(&socket, libc::SOL_SOCKET, libc::SO_REUSEADDR, &on)?;
-    set_option(&socket, libc::SOL_SOCKET, libc::SO_REUSEPORT, &on)?;
-    let (storage, length) = socket_address(addr);
-    // SAFETY: `storage` holds a valid sockaddr of `length` bytes.
-    let bound = unsafe {
-        libc::bind(
-            fd,
-            (&storage as *const libc::sockaddr_storage).cast(),
-            length,
-        )
-    };
-    if bound < 0 || unsafe { libc::listen(fd, 128) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(socket)
-}
-
-/// `addr` as the C sockaddr that bind() takes.
-fn socket_address(addr: std::net::SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain data, large enough for either family.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let length = match addr {
-        std::net::SocketAddr::V4(v4) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: v4.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from(*v4.ip()).to_be(),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_in fits in sockaddr_storage.
-            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        std::net::SocketAddr::V6(v6) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: v6.port().to_be(),
-                sin6_flowinfo: v6.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: v6.ip().octets(),
-                },
-                sin6_scope_id: v6.scope_id(),
-            };
-            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
-            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, length as libc::socklen_t)
 }

@@ -48,3 +48,11 @@ pub const DEFAULT_TUNNEL_IDLE_TIMEOUT: &str = "10m";
 /// client on the slowest mobile link moves several KiB a second; 500 B/s only ends the ones
 /// that trickle on purpose.
 pub const DEFAULT_CLIENT_MIN_RATE: u64 = 500;
+
+/// Default `readyTimeout`. A server process serves within about a second of its start: its
+/// set-up, then the first health round, whose checks run at once and each take at most
+/// `healthCheckTimeout` (1 s by default). 30 s is thirty times that, for a loaded machine or
+/// a slow disk, and still gives up on a successor that will never serve (a broken binary, a
+/// script in its place) within half a minute, while the old one serves on. systemd waits 90 s
+/// for a whole service to start (`TimeoutStartSec`).
+pub const DEFAULT_READY_TIMEOUT: &str = "30s";

@@ -37,6 +37,7 @@ const KNOWN_KEYS: &[&str] = &[
     "clientMaxTunnels",
     "clientBodyMinRate",
     "clientSendMinRate",
+    "readyTimeout",
 ];
 
 /// Typed access to the optional keys, each with its default and a message naming the key.

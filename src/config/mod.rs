@@ -53,6 +53,9 @@ pub struct Config {
     pub forwarded_server_header: bool,
     /// How long a SIGINT/SIGTERM waits for requests in flight before exiting anyway.
     pub shutdown_grace_period: Duration,
+    /// How long the master waits for a new server process to serve before it kills it (and,
+    /// during a swap, keeps the old one).
+    pub ready_timeout: Duration,
     /// A client connection that sends nothing (or reads nothing) for this long is closed: an
     /// idle keep-alive connection, a stalled request head or body, a client not reading.
     pub client_timeout: Duration,
@@ -271,6 +274,7 @@ impl Config {
             )? as usize,
             forwarded_server_header: keys.boolean("forwardedServerHeader", false)?,
             shutdown_grace_period: keys.duration("shutdownGracePeriod", "10s")?,
+            ready_timeout: keys.positive_duration("readyTimeout", DEFAULT_READY_TIMEOUT)?,
             client_timeout: keys.positive_duration("clientTimeout", DEFAULT_CLIENT_TIMEOUT)?,
             client_header_timeout: keys
                 .positive_duration("clientHeaderTimeout", DEFAULT_CLIENT_HEADER_TIMEOUT)?,

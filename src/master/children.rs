@@ -4,7 +4,7 @@
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -14,7 +14,9 @@ use std::time::Instant;
 use crossbeam_channel::Sender;
 
 use super::Event;
-use super::handoff::{self, LISTEN_FD, MASTER_FD, MASTER_PID_VAR, Message};
+use super::handoff::{
+    self, ADMIN_FD, ADMIN_VAR, DRAINING_VAR, LISTEN_FD, MASTER_FD, MASTER_PID_VAR, Message,
+};
 use crate::generation::{GENERATION_VAR, Generation};
 
 /// A child as the master knows it.
@@ -34,39 +36,68 @@ impl Child {
         // SAFETY: kill has no memory effects; at worst the process is already gone.
         unsafe { libc::kill(self.pid as i32, signal) };
     }
+
+    /// Kills the child and whatever it started (its process group: a script in tinylb's place
+    /// may have started a `sleep`), for a child that never served.
+    pub fn kill_group(&self) {
+        // SAFETY: as above; the child leads a process group of its own (`start`).
+        unsafe { libc::killpg(self.pid as i32, libc::SIGKILL) };
+    }
 }
 
-/// Starts `exe --child ARGS` as `generation`, with the listening socket (which must already be
-/// [`out_of_the_way`]) on descriptor 3 and a
-/// pipe back on descriptor 4. The child gets SIGTERM if the master dies, and a process group
-/// of its own: a Ctrl-C at the terminal reaches the master only, which then drains the child
-/// once (a second SIGINT to the child would cut its drain short).
+/// What a child inherits from the master, besides its arguments.
+pub struct Inheritance<'a> {
+    /// The listening socket, [`out_of_the_way`].
+    pub listener: &'a TcpListener,
+    /// The admin socket ([`out_of_the_way`]) and the `adminAddress` it was bound for.
+    pub admin: Option<(SocketAddr, &'a TcpListener)>,
+    /// The backends (URLs) that drain.
+    pub draining: &'a [String],
+    /// Which generation the child is.
+    pub generation: Generation,
+}
+
+/// Starts `exe --child ARGS` with what it inherits: the listening socket on descriptor 3, a
+/// pipe back on descriptor 4, the admin socket on descriptor 5 (see [`handoff`]). The child
+/// gets SIGTERM if the master dies, and a process group of its own: a Ctrl-C at the terminal
+/// reaches the master only, which then drains the child once (a second SIGINT to the child
+/// would cut its drain short).
 pub fn start(
     exe: &Path,
     args: &[OsString],
-    listener: &TcpListener,
-    generation: Generation,
+    inheritance: &Inheritance,
     events: &Sender<Event>,
 ) -> std::io::Result<Child> {
+    let generation = inheritance.generation;
     let (from_child, to_master) = handoff::pipe()?;
     let to_master = out_of_the_way(to_master)?;
-    let listen_fd = listener.as_raw_fd();
+    let listen_fd = inheritance.listener.as_raw_fd();
     let pipe_fd = to_master.as_raw_fd();
+    let admin_fd = inheritance.admin.map(|(_, socket)| socket.as_raw_fd());
+    let draining = serde_json::to_string(inheritance.draining).unwrap_or_else(|_| "[]".into());
     let mut command = Command::new(exe);
     command
         .arg("--child")
         .args(args)
         .env(GENERATION_VAR, generation.to_env())
         .env(MASTER_PID_VAR, std::process::id().to_string())
+        .env(DRAINING_VAR, draining)
+        .env_remove(ADMIN_VAR)
         // Only the master talks to systemd.
         .env_remove("NOTIFY_SOCKET")
         .process_group(0);
+    if let Some((address, _)) = inheritance.admin {
+        command.env(ADMIN_VAR, address.to_string());
+    }
     // SAFETY: only async-signal-safe calls (dup2, fcntl, prctl, sigprocmask) between fork and
     // exec.
     unsafe {
         command.pre_exec(move || {
             place(listen_fd, LISTEN_FD)?;
             place(pipe_fd, MASTER_FD)?;
+            if let Some(admin_fd) = admin_fd {
+                place(admin_fd, ADMIN_FD)?;
+            }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -136,7 +167,7 @@ pub fn describe_exit(status: Option<ExitStatus>) -> String {
 }
 
 /// Moves a descriptor to a number of 10 or more, so that putting the child's descriptors at
-/// 3 and 4 cannot overwrite one not yet placed.
+/// 3, 4 and 5 cannot overwrite one not yet placed.
 pub fn out_of_the_way<T: From<OwnedFd> + Into<OwnedFd>>(file: T) -> std::io::Result<T> {
     let fd: OwnedFd = file.into();
     // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor that this process then owns.

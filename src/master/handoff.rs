@@ -1,15 +1,19 @@
-//! What passes between the master and a child when the child starts: the listening socket,
-//! a pipe back to the master, and the [`Generation`]. Both ends are here, so the protocol can be
-//! read in one place:
+//! What passes between the master and a child when the child starts: the listening sockets,
+//! a pipe back to the master, the [`Generation`] and which backends drain. Both ends are here,
+//! so the protocol can be read in one place:
 //!
 //! - descriptor [`LISTEN_FD`] is the listening socket, shared by every generation;
 //! - descriptor [`MASTER_FD`] is the write end of a pipe the master reads, one line per message:
-//!   `ready` once the child serves, `replace <reason>` when it wants a successor;
+//!   `ready` once the child serves, `replace <reason>` when it wants a successor, `draining
+//!   <JSON list of URLs>` whenever a backend starts or stops draining;
+//! - descriptor [`ADMIN_FD`], when [`ADMIN_VAR`] is set, is the admin listener's socket, bound
+//!   by the master for the address in that variable and shared by every generation;
 //! - [`GENERATION_VAR`] says which generation this is and why;
+//! - [`DRAINING_VAR`] lists the backends the generation before was draining (JSON);
 //! - [`MASTER_PID_VAR`] lets the child check that its master still lives.
 
 use std::io::Write;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
 
@@ -21,8 +25,14 @@ use crate::generation::{GENERATION_VAR, Generation};
 pub const LISTEN_FD: i32 = 3;
 /// The pipe to the master, in a child.
 pub const MASTER_FD: i32 = 4;
+/// The admin listener's socket, in a child (when [`ADMIN_VAR`] is set).
+pub const ADMIN_FD: i32 = 5;
 /// The master's process id, in a child's environment.
 pub const MASTER_PID_VAR: &str = "TINYLB_MASTER_PID";
+/// The `adminAddress` the master bound [`ADMIN_FD`] for, in a child's environment.
+pub const ADMIN_VAR: &str = "TINYLB_ADMIN_ADDRESS";
+/// The URLs of the backends that drain, a JSON list, in a child's environment.
+pub const DRAINING_VAR: &str = "TINYLB_DRAINING";
 
 /// The child's end of the handoff.
 pub struct ChildEnd {
@@ -33,6 +43,10 @@ pub struct ChildEnd {
 pub struct Handoff {
     /// The listening socket every generation shares.
     pub listener: TcpListener,
+    /// The admin listener's socket, and the `adminAddress` it was bound for.
+    pub admin: Option<(SocketAddr, TcpListener)>,
+    /// The backends (by URL as written in the config) that drained in the generation before.
+    pub draining: Vec<String>,
     /// Which generation this is.
     pub generation: Generation,
     /// The pipe to the master.
@@ -51,13 +65,33 @@ impl Handoff {
             .ok()
             .and_then(|value| value.parse().ok())
             .ok_or_else(|| format!("--child needs {MASTER_PID_VAR} from the master"))?;
-        // The master asked the kernel to send SIGTERM when it dies; if it died before that
-        // request took effect, this process would be an orphan nobody supervises.
-        // SAFETY: getppid cannot fail.
+        // The master asked the kernel for SIGTERM when it dies, but exec clears that request
+        // for a binary with file capabilities (`setcap cap_net_bind_service`, the usual way to
+        // bind port 80 without root), so ask again here. If the master died before, this
+        // process would be an orphan nobody supervises.
+        // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number; getppid cannot fail.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
         if unsafe { libc::getppid() } != master_pid {
             return Err("the master process is gone".into());
         }
-        for (fd, what) in [(LISTEN_FD, "listening socket"), (MASTER_FD, "master pipe")] {
+        let admin_address = match std::env::var(ADMIN_VAR) {
+            Ok(value) => Some(
+                value
+                    .parse::<SocketAddr>()
+                    .map_err(|_| format!("{ADMIN_VAR} is not an address: {value:?}"))?,
+            ),
+            Err(_) => None,
+        };
+        let draining = match std::env::var(DRAINING_VAR) {
+            Ok(value) => serde_json::from_str(&value)
+                .map_err(|_| format!("{DRAINING_VAR} is not a JSON list of URLs"))?,
+            Err(_) => Vec::new(),
+        };
+        let mut expected = vec![(LISTEN_FD, "listening socket"), (MASTER_FD, "master pipe")];
+        if admin_address.is_some() {
+            expected.push((ADMIN_FD, "admin socket"));
+        }
+        for &(fd, what) in &expected {
             // SAFETY: fcntl on a descriptor number only reads its flags.
             if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
                 return Err(format!("--child needs the {what} on descriptor {fd}"));
@@ -71,12 +105,17 @@ impl Handoff {
                 std::fs::File::from_raw_fd(MASTER_FD),
             )
         };
-        for fd in [LISTEN_FD, MASTER_FD] {
+        // SAFETY: as above, for the admin socket the master put on its descriptor.
+        let admin =
+            admin_address.map(|address| (address, unsafe { TcpListener::from_raw_fd(ADMIN_FD) }));
+        for &(fd, _) in &expected {
             // SAFETY: sets close-on-exec on descriptors this process owns.
             unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
         }
         Ok(Handoff {
             listener,
+            admin,
+            draining,
             generation,
             master: ChildEnd {
                 to_master: Mutex::new(pipe),
@@ -96,9 +135,21 @@ impl ChildEnd {
         self.say(&format!("replace {reason}"));
     }
 
+    /// Tells the master which backends drain now, as `now` lists them (by URL). `now` runs
+    /// under the pipe's lock, so that of two changes at once the later list arrives last.
+    pub fn draining(&self, now: impl FnOnce() -> Vec<String>) {
+        let mut pipe = self.to_master.lock();
+        let list = serde_json::to_string(&now()).unwrap_or_else(|_| "[]".into());
+        Self::write_line(&mut pipe, &format!("draining {list}"));
+    }
+
     fn say(&self, line: &str) {
+        Self::write_line(&mut self.to_master.lock(), line);
+    }
+
+    fn write_line(pipe: &mut std::fs::File, line: &str) {
         let line = format!("{}\n", line.replace('\n', " "));
-        if let Err(error) = self.to_master.lock().write_all(line.as_bytes()) {
+        if let Err(error) = pipe.write_all(line.as_bytes()) {
             log::error!("cannot tell the master {line:?}: {error}");
         }
     }
@@ -111,6 +162,8 @@ pub enum Message {
     Ready,
     /// The child wants a successor, for this reason.
     Replace(String),
+    /// These backends (URLs) drain now.
+    Draining(Vec<String>),
 }
 
 impl Message {
@@ -119,6 +172,7 @@ impl Message {
         match line.trim_end().split_once(' ') {
             None if line.trim_end() == "ready" => Some(Message::Ready),
             Some(("replace", reason)) => Some(Message::Replace(reason.to_string())),
+            Some(("draining", list)) => serde_json::from_str(list).ok().map(Message::Draining),
             _ => None,
         }
     }
@@ -143,7 +197,25 @@ mod tests {
             Message::parse("replace 120 stuck connections\n"),
             Some(Message::Replace("120 stuck connections".into()))
         );
-        for other in ["", "ready now", "replace", "hello world"] {
+        assert_eq!(
+            Message::parse("draining [\"http://a:1\",\"http://b:2/x\"]\n"),
+            Some(Message::Draining(vec![
+                "http://a:1".into(),
+                "http://b:2/x".into()
+            ]))
+        );
+        assert_eq!(
+            Message::parse("draining []"),
+            Some(Message::Draining(Vec::new()))
+        );
+        for other in [
+            "",
+            "ready now",
+            "replace",
+            "hello world",
+            "draining x",
+            "draining",
+        ] {
             assert_eq!(Message::parse(other), None, "{other:?}");
         }
     }

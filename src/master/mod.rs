@@ -17,6 +17,12 @@
 //! serves, the old one gets SIGTERM: it stops accepting, finishes its requests, tells its
 //! keep-alive clients to reconnect, and exits, taking its stuck threads with it.
 //! SIGTERM and SIGINT drain the child and exit 0. `--no-master` runs the server alone.
+//!
+//! A swap cannot wedge the master: a child that has not said it serves within `readyTimeout`
+//! is killed (during a swap the old one serves on, and the failure is counted apart from the
+//! upgrades), and a SIGHUP that arrives while a child is starting is carried out after it.
+//! The master also keeps what must outlive a generation: the admin socket (bound here, so that
+//! a second tinylb on the same `adminAddress` fails to start) and which backends drain.
 
 pub mod children;
 pub mod handoff;
@@ -24,16 +30,18 @@ pub mod restarts;
 pub mod signals;
 
 use std::ffi::OsString;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use self::children::{Child, describe_exit};
+use self::children::{Child, Inheritance, describe_exit};
 use self::handoff::Message;
 use self::restarts::CrashBackoff;
+use crate::client::admin_server::bind_admin_socket;
+use crate::config::Config;
 use crate::generation::{Cause, Generation, Restarts};
 use crate::systemd;
 
@@ -48,12 +56,30 @@ pub enum Event {
     Exited(u32, Option<std::process::ExitStatus>),
 }
 
+/// What the master takes from the config file, at start and again at each SIGHUP.
+pub struct Settings {
+    /// The config file, passed to each child.
+    pub config_path: PathBuf,
+    /// The admin socket, bound for the config's `adminAddress` (which it names).
+    pub admin: Option<(SocketAddr, TcpListener)>,
+    /// `readyTimeout`.
+    pub ready_timeout: Duration,
+}
+
 /// The master's state.
 struct Master {
     exe: PathBuf,
-    args: Vec<OsString>,
+    config_path: PathBuf,
     /// The listening socket; closed when stopping, so that new connections are refused.
     listener: Option<TcpListener>,
+    /// The admin socket every generation shares, and the `adminAddress` it was bound for.
+    admin: Option<(SocketAddr, TcpListener)>,
+    /// The backends that drain (URLs), as the serving child last said.
+    draining: Vec<String>,
+    /// How long a new child may take to say it serves.
+    ready_timeout: Duration,
+    /// A SIGHUP that came while a child was starting, to carry out once it is done.
+    swap_pending: bool,
     events: crossbeam_channel::Sender<Event>,
     /// The child that serves (or is starting to, after a crash).
     current: Option<Child>,
@@ -77,9 +103,8 @@ struct Master {
 }
 
 /// Runs the master until SIGTERM or SIGINT (exit 0), or until the first child fails to start
-/// (its exit code). `args` are the child's arguments (the config path). [`signals::block`]
-/// must have run before any thread was started.
-pub fn run(listener: TcpListener, args: Vec<OsString>) -> ExitCode {
+/// (its exit code). [`signals::block`] must have run before any thread was started.
+pub fn run(listener: TcpListener, settings: Settings) -> ExitCode {
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(error) => {
@@ -87,8 +112,8 @@ pub fn run(listener: TcpListener, args: Vec<OsString>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let listener = match children::out_of_the_way(listener) {
-        Ok(listener) => listener,
+    let (listener, admin) = match keep_sockets(listener, settings.admin) {
+        Ok(sockets) => sockets,
         Err(error) => {
             log::error!("cannot keep the listening socket: {error}");
             return ExitCode::FAILURE;
@@ -101,8 +126,12 @@ pub fn run(listener: TcpListener, args: Vec<OsString>) -> ExitCode {
     }
     let mut master = Master {
         exe,
-        args,
+        config_path: settings.config_path,
         listener: Some(listener),
+        admin,
+        draining: Vec::new(),
+        ready_timeout: settings.ready_timeout,
+        swap_pending: false,
         events,
         current: None,
         current_ready: false,
@@ -129,9 +158,14 @@ pub fn run(listener: TcpListener, args: Vec<OsString>) -> ExitCode {
 impl Master {
     fn serve(&mut self, events: &Receiver<Event>) -> ExitCode {
         loop {
-            let wait = self.restart_at.map_or(Duration::from_secs(3600), |at| {
-                at.saturating_duration_since(Instant::now())
-            });
+            let due = [self.restart_at, self.ready_deadline()];
+            let wait = due
+                .into_iter()
+                .flatten()
+                .min()
+                .map_or(Duration::from_secs(3600), |at| {
+                    at.saturating_duration_since(Instant::now())
+                });
             match events.recv_timeout(wait) {
                 Ok(Event::Signal(signal)) => self.on_signal(signal),
                 Ok(Event::Said(pid, message)) => self.on_message(pid, message),
@@ -140,7 +174,10 @@ impl Master {
                         return code;
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => self.restart_if_due(),
+                Err(RecvTimeoutError::Timeout) => {
+                    self.restart_if_due();
+                    self.kill_if_not_ready();
+                }
                 Err(RecvTimeoutError::Disconnected) => return ExitCode::FAILURE,
             }
         }
@@ -160,7 +197,17 @@ impl Master {
         let Some(listener) = &self.listener else {
             return Err(std::io::Error::other("stopping"));
         };
-        let child = children::start(&self.exe, &self.args, listener, generation, &self.events)?;
+        let inheritance = Inheritance {
+            listener,
+            admin: self
+                .admin
+                .as_ref()
+                .map(|(address, socket)| (*address, socket)),
+            draining: &self.draining,
+            generation,
+        };
+        let args = [OsString::from("--config"), self.config_path.clone().into()];
+        let child = children::start(&self.exe, &args, &inheritance, &self.events)?;
         self.generations += 1;
         self.restarts = restarts;
         log::info!(
@@ -184,6 +231,7 @@ impl Master {
             systemd::notify("STOPPING=1");
             self.stopping = true;
             self.restart_at = None;
+            self.swap_pending = false;
             // As the child stops accepting, the socket closes (unless systemd holds it too).
             self.listener = None;
         }
@@ -192,16 +240,30 @@ impl Master {
         }
     }
 
-    /// Starts a successor beside the current child (recycle or upgrade).
+    /// Starts a successor beside the current child (recycle or upgrade). While a child is
+    /// starting, an upgrade is remembered and carried out once it is done.
     fn replace(&mut self, cause: Cause, why: &str) {
-        if self.stopping || self.next.is_some() || !self.current_ready {
-            log::warn!(
-                "{why}: not replacing the server process now (it is starting, being replaced, or stopping)"
-            );
+        if self.stopping {
+            log::warn!("{why}: stopping; no new server process");
+            return;
+        }
+        if self.next.is_some() || !self.current_ready {
+            if cause == Cause::Upgrade {
+                log::info!("{why}: a server process is starting; the swap follows once it is done");
+                self.swap_pending = true;
+            } else {
+                log::warn!("{why}: not now, a server process is starting");
+            }
             return;
         }
         if cause == Cause::Upgrade {
             systemd::notify_reloading();
+            // The successor re-reads the config; the master needs two of its keys first.
+            if let Err(error) = self.reread_config() {
+                log::error!("{why}: {error}; generation {} serves on", self.generations);
+                systemd::notify("READY=1");
+                return;
+            }
         }
         match self.start(cause) {
             Ok(child) => self.next = Some(child),
@@ -210,6 +272,26 @@ impl Master {
                 systemd::notify("READY=1");
             }
         }
+    }
+
+    /// Takes `readyTimeout` and `adminAddress` from the config file, binding the new admin
+    /// address if it moved. A config the successor would refuse is refused here, so that no
+    /// process is started for it.
+    fn reread_config(&mut self) -> Result<(), String> {
+        let config = Config::load(&self.config_path).map_err(|e| format!("bad config: {e}"))?;
+        let kept = self.admin.as_ref().map(|(address, _)| *address);
+        if config.admin_address != kept {
+            self.admin = match config.admin_address {
+                Some(address) => {
+                    let socket = bind_admin_socket(address).map_err(|e| e.to_string())?;
+                    let socket = children::out_of_the_way(socket).map_err(|e| e.to_string())?;
+                    Some((address, socket))
+                }
+                None => None,
+            };
+        }
+        self.ready_timeout = config.ready_timeout;
+        Ok(())
     }
 
     fn on_message(&mut self, pid: u32, message: Message) {
@@ -229,6 +311,7 @@ impl Master {
                 self.current = Some(next);
                 self.current_ready = true;
                 systemd::notify("READY=1");
+                self.swap_if_pending();
             }
             Message::Ready if self.current.as_ref().is_some_and(|c| c.pid == pid) => {
                 self.current_ready = true;
@@ -236,12 +319,52 @@ impl Master {
                     self.ever_ready = true;
                     systemd::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
                 }
+                self.swap_if_pending();
             }
             Message::Replace(reason) if self.current.as_ref().is_some_and(|c| c.pid == pid) => {
                 log::warn!("generation asks to be replaced: {reason}");
                 self.replace(Cause::Recycle, "recycle");
             }
+            // From whichever generation answered the admin request: they share its socket.
+            Message::Draining(urls) => self.draining = urls,
             other => log::debug!("ignored {other:?} from pid {pid}"),
+        }
+    }
+
+    /// Carries out a SIGHUP that came while a child was starting.
+    fn swap_if_pending(&mut self) {
+        if std::mem::take(&mut self.swap_pending) {
+            self.replace(Cause::Upgrade, "SIGHUP (received during the last swap)");
+        }
+    }
+
+    /// The child that has not said it serves yet, if any: a successor, or the current one
+    /// after a crash.
+    fn starting(&self) -> Option<&Child> {
+        self.next
+            .as_ref()
+            .or(self.current.as_ref().filter(|_| !self.current_ready))
+    }
+
+    /// When the starting child must have said it serves.
+    fn ready_deadline(&self) -> Option<Instant> {
+        self.starting()
+            .map(|child| child.started + self.ready_timeout)
+    }
+
+    /// Kills a child that did not say it serves within `readyTimeout`; its exit is then
+    /// handled as any failure to start.
+    fn kill_if_not_ready(&mut self) {
+        if self.ready_deadline().is_some_and(|at| at <= Instant::now())
+            && let Some(child) = self.starting()
+        {
+            log::error!(
+                "generation {} (pid {}) did not become ready within {}: killing it",
+                child.generation.number,
+                child.pid,
+                crate::duration::format_duration(self.ready_timeout)
+            );
+            child.kill_group();
         }
     }
 
@@ -260,11 +383,18 @@ impl Master {
                 "generation {} (pid {pid}) failed to start ({how}); the running one stays",
                 failed.generation.number
             );
+            // It never served: its number goes to the next one, and it counts as a failure,
+            // not as the upgrade or recycle it was meant to be.
+            self.generations = failed.generation.number - 1;
+            self.restarts.uncount(failed.generation.cause);
+            self.restarts.failed += 1;
             systemd::notify("READY=1");
             if self.current.is_none() && !self.stopping {
                 // The running one had died meanwhile.
                 self.restart_at = Some(Instant::now());
                 self.restart_if_due();
+            } else {
+                self.swap_if_pending();
             }
         } else if self.current.as_ref().is_some_and(|c| c.pid == pid) {
             let gone = self.current.take().expect("checked");
@@ -321,6 +451,20 @@ impl Master {
             .chain(self.next.iter())
             .chain(self.retiring.iter())
     }
+}
+
+/// Moves the sockets every child inherits out of the way of the descriptors they are placed
+/// at ([`children::out_of_the_way`]).
+fn keep_sockets(
+    listener: TcpListener,
+    admin: Option<(SocketAddr, TcpListener)>,
+) -> std::io::Result<(TcpListener, Option<(SocketAddr, TcpListener)>)> {
+    let listener = children::out_of_the_way(listener)?;
+    let admin = match admin {
+        Some((address, socket)) => Some((address, children::out_of_the_way(socket)?)),
+        None => None,
+    };
+    Ok((listener, admin))
 }
 
 /// "at once" or "in 250ms".

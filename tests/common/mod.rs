@@ -447,7 +447,7 @@ pub fn decode_chunked(mut bytes: &[u8]) -> (Vec<u8>, bool) {
 pub fn status_json(admin: SocketAddr) -> serde_json::Value {
     let answer = raw_exchange(
         admin,
-        b"GET /status.json HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+        b"GET /status.json HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
         Duration::from_secs(5),
     );
     let response = read_full_response(&mut &answer[..], false).expect("an answer");

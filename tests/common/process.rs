@@ -231,6 +231,24 @@ impl Running {
             .unwrap_or_else(|| panic!("no admin address in {line:?}"))
     }
 
+    /// Waits, from position `from`, until a swap is over: the master said the new generation
+    /// serves, and the old one has begun to stop (it then no longer accepts admin connections
+    /// on the socket they share, so every admin answer comes from the new one).
+    pub fn wait_for_swap_since(&mut self, from: usize) {
+        let serves = self.wait_for_line_since(from, "serves; generation", Duration::from_secs(15));
+        let old = serves
+            .split("serves; generation ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .unwrap_or_else(|| panic!("no old generation in {serves:?}"))
+            .to_string();
+        self.wait_for_line_since(
+            from,
+            &format!("g{old}] shutting down"),
+            Duration::from_secs(15),
+        );
+    }
+
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .arg(format!("-{name}"))
