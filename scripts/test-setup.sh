@@ -22,6 +22,7 @@ fi
 command -v javac >/dev/null || need_apt+=(openjdk-17-jdk-headless)
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v wrk >/dev/null || need_apt+=(wrk)
+command -v setcap >/dev/null || need_apt+=(libcap2-bin)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "test-setup: installing ${need_apt[*]} with apt-get"

@@ -166,12 +166,24 @@ pub fn get_from(
     path: &str,
     timeout: Duration,
 ) -> Result<u16, String> {
+    get_from_host(source, to, path, "tinylb", timeout)
+}
+
+/// Like [`get_from`] with `host` as the `Host` header (the admin listener answers only its
+/// own address, `localhost` or an IP literal).
+pub fn get_from_host(
+    source: Ipv4Addr,
+    to: SocketAddr,
+    path: &str,
+    host: &str,
+    timeout: Duration,
+) -> Result<u16, String> {
     let stream = connect_from(source, Options::default(), to, timeout)
         .map_err(|e| format!("connect: {e}"))?;
     stream
         .set_read_timeout(Some(timeout))
         .map_err(|e| format!("set a read timeout: {e}"))?;
-    let head = format!("GET {path} HTTP/1.1\r\nHost: tinylb\r\nConnection: close\r\n\r\n");
+    let head = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     (&stream)
         .write_all(head.as_bytes())
         .map_err(|e| format!("send: {e}"))?;

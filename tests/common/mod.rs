@@ -15,6 +15,7 @@
 
 pub mod backend;
 pub mod bystander;
+pub mod operator;
 pub mod process;
 pub mod raw;
 pub mod scripted;
@@ -443,13 +444,12 @@ pub fn decode_chunked(mut bytes: &[u8]) -> (Vec<u8>, bool) {
     panic!("more than 100,000 chunks");
 }
 
-/// `/status.json` from an admin listener: a 200 with a JSON content type, parsed.
+/// `/status.json` from an admin listener (asked with its own address as `Host`, which the
+/// admin listener accepts): a 200 with a JSON content type, parsed.
 pub fn status_json(admin: SocketAddr) -> serde_json::Value {
-    let answer = raw_exchange(
-        admin,
-        b"GET /status.json HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-        Duration::from_secs(5),
-    );
+    let request =
+        format!("GET /status.json HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+    let answer = raw_exchange(admin, request.as_bytes(), Duration::from_secs(5));
     let response = read_full_response(&mut &answer[..], false).expect("an answer");
     assert_eq!(response.status, 200, "{}", response.text());
     let content_type = response.header("content-type").unwrap_or_default();

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -52,7 +52,12 @@ impl Drop for KillOnDrop {
 }
 
 pub fn command(args: &[&str]) -> Command {
-    let mut command = Command::new(BIN);
+    command_of(Path::new(BIN), args)
+}
+
+/// Like [`command`] for another copy of the binary, at `exe`.
+pub fn command_of(exe: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(exe);
     command.args(args);
     quiet(command)
 }
@@ -171,12 +176,23 @@ impl Running {
     /// The first line at or after position `from` that contains `needle`, waiting at most
     /// `timeout` for it.
     pub fn find_since(&mut self, from: usize, needle: &str, timeout: Duration) -> Option<String> {
+        self.find_where(from, |line| line.contains(needle), timeout)
+    }
+
+    /// The first line at or after position `from` for which `wanted` holds, waiting at most
+    /// `timeout` for it.
+    pub fn find_where(
+        &mut self,
+        from: usize,
+        wanted: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> Option<String> {
         let deadline = Instant::now() + timeout;
         let mut next = from;
         loop {
             if let Some(line) = self.log[next.min(self.log.len())..]
                 .iter()
-                .find(|l| l.contains(needle))
+                .find(|l| wanted(l))
             {
                 return Some(line.clone());
             }
@@ -224,20 +240,39 @@ impl Running {
     pub fn admin_addr_since(&mut self, from: usize) -> SocketAddr {
         let line =
             self.wait_for_line_since(from, "admin listener on http://", Duration::from_secs(10));
-        line.split("admin listener on http://")
-            .nth(1)
-            .and_then(|rest| rest.split('/').next())
-            .and_then(|addr| addr.parse().ok())
-            .unwrap_or_else(|| panic!("no admin address in {line:?}"))
+        parse_admin_addr(&line)
     }
 
-    /// Waits, from position `from`, until a swap is over: the master said the new generation
-    /// serves, and the old one has begun to stop (it then no longer accepts admin connections
-    /// on the socket they share, so every admin answer comes from the new one).
-    pub fn wait_for_swap_since(&mut self, from: usize) {
-        let serves = self.wait_for_line_since(from, "serves; generation", Duration::from_secs(15));
+    /// The admin address that generation `number` logged at or after position `from`, waiting
+    /// at most `timeout` for it: with `"adminAddress": "127.0.0.1:0"` each generation listens
+    /// on a port of its own, and its log lines carry its number (`[tinylb::admin g2]`).
+    pub fn admin_addr_of_generation(
+        &mut self,
+        from: usize,
+        number: u64,
+        timeout: Duration,
+    ) -> SocketAddr {
+        let mark = format!(" g{number}]");
+        let wanted =
+            |line: &str| line.contains(&mark) && line.contains("admin listener on http://");
+        match self.find_where(from, wanted, timeout) {
+            Some(line) => parse_admin_addr(&line),
+            None => panic!(
+                "generation {number} logged no admin listener within {timeout:?}; stderr so far:\n{}",
+                self.log_text()
+            ),
+        }
+    }
+
+    /// Waits, from position `from`, until generation `number` serves and the one it replaced
+    /// has begun to stop (it then no longer accepts admin connections on the socket they
+    /// share, so every admin answer comes from the new one); returns the admin address that
+    /// generation `number` logged.
+    pub fn wait_for_swap_to(&mut self, from: usize, number: u64) -> SocketAddr {
+        let needle = format!("generation {number} serves; generation ");
+        let serves = self.wait_for_line_since(from, &needle, Duration::from_secs(15));
         let old = serves
-            .split("serves; generation ")
+            .split(&needle)
             .nth(1)
             .and_then(|rest| rest.split(' ').next())
             .unwrap_or_else(|| panic!("no old generation in {serves:?}"))
@@ -247,6 +282,7 @@ impl Running {
             &format!("g{old}] shutting down"),
             Duration::from_secs(15),
         );
+        self.admin_addr_of_generation(from, number, Duration::from_secs(5))
     }
 
     pub fn signal(&self, name: &str) {
@@ -284,6 +320,15 @@ impl Running {
         self.mark();
         self.log.join("\n")
     }
+}
+
+/// `... admin listener on http://127.0.0.1:PORT/ ...` -> `127.0.0.1:PORT`.
+fn parse_admin_addr(line: &str) -> SocketAddr {
+    line.split("admin listener on http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("no admin address in {line:?}"))
 }
 
 /// `... listening on 127.0.0.1:PORT: listen ..., algorithm ...` -> `127.0.0.1:PORT`.
