@@ -362,10 +362,40 @@ fn a_refused_request_does_not_poison_its_address_and_port() {
     let lb = Lb::start("refused", &backend.url(), "");
     // Below the kernel's ephemeral range (32768 and up), so no connect elsewhere takes it.
     let port = 20_000 + (std::process::id() % 10_000) as u16;
+    let rounds = refuse_then_reconnect(lb.addr, &[port; 20]);
+    assert!(
+        rounds >= 15,
+        "the kernel let only {rounds} of 20 rounds reconnect from the same port"
+    );
+}
+
+/// The same, 2,000 times in a row, each round from a port of its own: the client's next
+/// connection arrives while the worker that refused the first one is still finishing, which
+/// once lost about one GET in 250 (the new connection's request was taken for the ended one's
+/// and discarded).
+#[test]
+fn refusals_and_reconnects_in_a_row_lose_no_request() {
+    let _shared = shared_machine();
+    let backend = Backend::start("a");
+    let lb = Lb::start("refused-many", &backend.url(), "");
+    let first = 10_000 + (std::process::id() % 8_000) as u16;
+    let ports: Vec<u16> = (first..first + 2_000).collect();
+    let rounds = refuse_then_reconnect(lb.addr, &ports);
+    assert!(
+        rounds >= 1_900,
+        "the kernel let only {rounds} of 2,000 rounds reconnect from the same port"
+    );
+}
+
+/// One round per entry of `ports`: a request tinylb refuses with 400 and a close, then at once
+/// a GET from the same address and port, which must be answered 200 within 3 s (the test
+/// fails at the first that is not). Returns the rounds answered; a round the kernel does not
+/// let reconnect is skipped, not tinylb's doing.
+fn refuse_then_reconnect(lb: SocketAddr, ports: &[u16]) -> usize {
     let (mut rounds, mut skipped, mut retries) = (0, Vec::new(), 0);
     let mut slowest = Duration::ZERO;
-    for round in 0..20 {
-        let (mut refused, tries) = match connect_from_port(BAD_CLIENT, port, lb.addr) {
+    for (round, &port) in ports.iter().enumerate() {
+        let (mut refused, tries) = match connect_from_port(BAD_CLIENT, port, lb) {
             Ok(connected) => connected,
             Err(error) => {
                 skipped.push(format!("round {round}, first connect: {error}"));
@@ -396,7 +426,7 @@ fn a_refused_request_does_not_poison_its_address_and_port() {
 
         // At once, from the same address and port. A connect the kernel does not allow is
         // not tinylb's doing: that round is skipped.
-        let (again, tries) = match connect_from_port(BAD_CLIENT, port, lb.addr) {
+        let (again, tries) = match connect_from_port(BAD_CLIENT, port, lb) {
             Ok(connected) => connected,
             Err(error) => {
                 skipped.push(format!("round {round}, reconnect: {error}"));
@@ -429,13 +459,11 @@ fn a_refused_request_does_not_poison_its_address_and_port() {
         );
     }
     eprintln!(
-        "20 rounds from {BAD_CLIENT}:{port}: {rounds} answered 200 (slowest {slowest:.2?}), \
-         {retries} connects retried, skipped: {skipped:?}"
+        "{} rounds from {BAD_CLIENT}: {rounds} answered 200 (slowest {slowest:.2?}), {retries} \
+         connects retried, skipped: {skipped:?}",
+        ports.len()
     );
-    assert!(
-        rounds >= 15,
-        "the kernel let only {rounds} of 20 rounds reconnect from the same port: {skipped:?}"
-    );
+    rounds
 }
 
 /// The HTTP/2 connection preface: tiny_http 0.12 parks the thread that reads it for good.

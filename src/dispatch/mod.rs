@@ -140,16 +140,19 @@ impl Dispatch {
     /// The request in turn on connection `key` has its answer written (or refused, or was
     /// discarded): the connection's next request, and one of its client's that waited, may go.
     pub fn finished(&self, key: SocketAddr) {
-        let why = if self.connections.is_gone(Some(&key)) {
-            Some(&self.counts.client_gone)
-        } else if self.connections.is_ending(Some(&key)) {
-            Some(&self.counts.from_ended_connections)
-        } else {
-            None
-        };
         let mut leftover = Vec::new();
         {
             let mut state = self.state.lock();
+            // Read under the state lock: a new connection on the same address and port is
+            // let into the turns (`arrive`) only once its entry is no longer the ended one's,
+            // so what is read here is true of every request waiting behind this one.
+            let why = if self.connections.is_gone(Some(&key)) {
+                Some(&self.counts.client_gone)
+            } else if self.connections.is_ending(Some(&key)) {
+                Some(&self.counts.from_ended_connections)
+            } else {
+                None
+            };
             let queued = state.queued();
             for step in state.turns.finished(key, why.is_some(), queued) {
                 self.count(&step, why);
