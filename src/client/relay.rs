@@ -2,12 +2,27 @@
 //! and body framing are all tinylb's, because tiny_http's own `Response` would re-chunk large
 //! bodies, buffer whole bodies for HTTP/1.0 clients, and write a final chunk even when the
 //! backend's body broke off (docs/crates.md). Bodies stream through one fixed buffer.
+//!
+//! The framing written to the client follows from how the backend's body was read, one
+//! decision for every path ([`crate::message::framing`], whose table is also in
+//! docs/framing.md):
+//!
+//! | the backend's body, as read | to an HTTP/1.1 client | to an HTTP/1.0 client |
+//! |---|---|---|
+//! | none (`HEAD`, `1xx`, `204`, `304`) | no body; `Content-Length` passed on for `HEAD` and `304` only | the same |
+//! | `Content-Length: n` (one value, or equal ones) | `Content-Length: n`, head and first bytes in one write | the same |
+//! | chunked, or until the backend closes | `Transfer-Encoding: chunked`, the head written before the body | until close |
+//! | any other framing | never relayed: 502 before anything is written | the same |
+//!
+//! The backend's own `Content-Length` and `Transfer-Encoding` are never copied, so a header its
+//! `Connection` names cannot take the framing away.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 
 use super::send_pace::{PacedWriter, SendPace};
 use crate::message::ConnectionTokens;
+use crate::message::framing::AnswerBody;
 use crate::message::http::{self, header};
 use crate::upstream::Response;
 
@@ -179,18 +194,17 @@ fn relay_to(
     forwarded_server: Option<&str>,
     buffers: &mut Buffers,
 ) -> Relayed {
-    let status = response.status();
-    let code = status.as_u16();
-    let no_body = client.head_request
-        || status.is_informational()
-        || status == http::StatusCode::NO_CONTENT
-        || status == http::StatusCode::NOT_MODIFIED;
-    let length = response.content_length();
-    let framing = match (no_body, length) {
-        (true, _) => Framing::None,
-        (false, Some(n)) => Framing::Length(n),
-        (false, None) if client.http10 => Framing::UntilClose,
-        (false, None) => Framing::Chunked,
+    let code = response.status().as_u16();
+    // tinylb frames the answer itself, from what the backend's framing was read as: the
+    // backend's own Content-Length and Transfer-Encoding are never copied, so no `Connection`
+    // token can take the framing away.
+    let (framing, passed_on_length) = match response.body_framing() {
+        AnswerBody::None { length } => (Framing::None, length),
+        AnswerBody::Length(n) => (Framing::Length(n), Some(n)),
+        AnswerBody::Chunked | AnswerBody::UntilClose if client.http10 => {
+            (Framing::UntilClose, None)
+        }
+        AnswerBody::Chunked | AnswerBody::UntilClose => (Framing::Chunked, None),
     };
 
     let Buffers { head, body } = buffers;
@@ -204,9 +218,10 @@ fn relay_to(
             .map(|v| ("connection", v.as_bytes())),
     );
     for (name, value) in headers {
-        let drop_length = name == header::CONTENT_LENGTH
-            && !matches!(framing, Framing::None | Framing::Length(_));
-        if tokens.is_hop_by_hop(name.as_str()) || drop_length {
+        let replaced = name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || (forwarded_server.is_some() && name.as_str() == "x-forwarded-server");
+        if replaced || tokens.is_hop_by_hop(name.as_str()) {
             continue;
         }
         head.extend_from_slice(name.as_str().as_bytes());
@@ -218,6 +233,10 @@ fn relay_to(
         head.extend_from_slice(b"X-Forwarded-Server: ");
         head.extend_from_slice(server.as_bytes());
         head.extend_from_slice(b"\r\n");
+    }
+    if let Some(length) = passed_on_length {
+        // Written into the buffer, no allocation.
+        let _ = write!(head, "Content-Length: {length}\r\n");
     }
     if framing == Framing::Chunked {
         head.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
@@ -242,9 +261,27 @@ fn relay_to(
     // Held in an Option so it can be dropped as soon as the body is complete: that returns the
     // backend connection to the keep-alive pool before the last write to the client, so the
     // client's next request finds it there.
+    // A body of known length goes out with the head in one write. A chunked or close-delimited
+    // one is a stream whose first bytes may take long (or never parse): its head goes first,
+    // so the client is not left waiting for it until `backendTimeout`.
+    let streamed = matches!(
+        response.body_framing(),
+        AnswerBody::Chunked | AnswerBody::UntilClose
+    );
     let mut reader = Some(response.into_body());
     let mut body_bytes = 0u64;
     let mut first = true;
+    if streamed {
+        if let Err(error) = writer.write_all(head).and_then(|()| writer.flush()) {
+            return Relayed::ClientGone {
+                status: code,
+                body_bytes,
+                error,
+            };
+        }
+        head.clear();
+        first = false;
+    }
     loop {
         let data = &mut body[LINE_ROOM..LINE_ROOM + CHUNK_SIZE];
         let Some(source) = reader.as_mut() else {

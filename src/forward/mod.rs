@@ -209,7 +209,10 @@ impl Forwarder {
                     ClientCounts::count(&self.counts.slow_bodies);
                     Failure::ClientTooSlow(reason)
                 }
-                (Err(failure), None) => failure,
+                (Err(failed), None) => {
+                    attempt.reused_connection = failed.on_reused_connection;
+                    failed.failure
+                }
             };
             self.charge_failure(exchange.method(), backend, &failure);
             let next = retry::next_step(&failure, attempt);

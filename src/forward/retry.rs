@@ -7,8 +7,9 @@
 //! - a connection that closed or answered garbage may have run the request, so only methods
 //!   that are safe to repeat (RFC 9110 section 9.2.2) go elsewhere;
 //! - a pooled keep-alive connection can be closed by the backend just as a request is sent on
-//!   it, so a repeatable request first gets one more try on the same backend, on a fresh
-//!   connection.
+//!   it, so a repeatable request that failed on a reused connection first gets one more try on
+//!   the same backend, on a fresh connection. A request that failed on a connection opened for
+//!   it goes to the next backend: each backend is tried once, as in nginx.
 
 use crate::failure::Failure;
 
@@ -32,6 +33,8 @@ pub struct Attempt {
     pub body_started: bool,
     /// This was already the one extra try on the same backend.
     pub retried_here: bool,
+    /// It ran on a pooled connection that was reused, not one opened for it.
+    pub reused_connection: bool,
 }
 
 impl Attempt {
@@ -41,6 +44,7 @@ impl Attempt {
             idempotent: is_idempotent(method),
             body_started: false,
             retried_here: false,
+            reused_connection: false,
         }
     }
 
@@ -51,6 +55,7 @@ impl Attempt {
             idempotent: false,
             body_started: false,
             retried_here: true,
+            reused_connection: false,
         }
     }
 
@@ -68,7 +73,11 @@ pub fn next_step(failure: &Failure, attempt: Attempt) -> Next {
     }
     match failure {
         Failure::Connect(_) => Next::OtherBackend,
-        Failure::Closed(_) if attempt.idempotent && !attempt.retried_here => Next::SameBackend,
+        Failure::Closed(_)
+            if attempt.idempotent && attempt.reused_connection && !attempt.retried_here =>
+        {
+            Next::SameBackend
+        }
         Failure::Closed(_) | Failure::Broken(_) if attempt.idempotent => Next::OtherBackend,
         _ => Next::GiveUp,
     }
@@ -91,6 +100,7 @@ mod tests {
             idempotent,
             body_started,
             retried_here,
+            reused_connection: true,
         }
     }
 
@@ -128,6 +138,22 @@ mod tests {
                 "{failure:?} after {attempt:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_connection_opened_for_the_request_earns_no_second_try_on_its_backend() {
+        let closed = Failure::Closed("reset".into());
+        let fresh = |idempotent| Attempt {
+            reused_connection: false,
+            ..attempt(idempotent, false, false)
+        };
+        assert_eq!(next_step(&closed, fresh(true)), Next::OtherBackend);
+        assert_eq!(next_step(&closed, fresh(false)), Next::GiveUp);
+        assert_eq!(
+            next_step(&closed, attempt(true, false, false)),
+            Next::SameBackend
+        );
+        assert!(!Attempt::first("GET").reused_connection);
     }
 
     #[test]

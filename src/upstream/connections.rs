@@ -15,6 +15,7 @@ use super::Response;
 use super::errors::classify;
 use super::first_write::{self, MarkFirstWrite};
 use super::idle::{CountIdle, IdleBudget, OriginIdle};
+use super::interim::DropInterimAnswers;
 use super::request::Outgoing;
 use super::resolve::{AddressCache, CachedResolver};
 use crate::config::{BackendUrl, Config};
@@ -166,7 +167,7 @@ impl Connections {
         request: &Outgoing,
         body: &mut dyn Read,
         fresh: bool,
-    ) -> Result<Response, Failure> {
+    ) -> Result<Response, SendFailed> {
         let agent = {
             let agents = self.agents.read();
             if fresh {
@@ -175,7 +176,10 @@ impl Connections {
                 agents.pooled.clone()
             }
         };
-        let head = request.to(url)?;
+        let head = request.to(url).map_err(|failure| SendFailed {
+            failure,
+            on_reused_connection: false,
+        })?;
         first_write::watch();
         let result = if request.has_body {
             agent.run(head.map(|()| SendBody::from_reader(body)))
@@ -183,16 +187,34 @@ impl Connections {
             agent.run(head)
         };
         let connected = first_write::first_write();
+        let on_reused_connection = !first_write::opened_a_connection();
+        let failed = |failure| SendFailed {
+            failure,
+            on_reused_connection,
+        };
         match result {
             Ok(response) if response.status() == ureq::http::StatusCode::SWITCHING_PROTOCOLS => {
-                Err(Failure::Broken(
+                Err(failed(Failure::Broken(
                     "backend switched protocols on a request without Upgrade".into(),
-                ))
+                )))
             }
-            Ok(response) => Ok(Response(response, connected)),
-            Err(error) => Err(classify(&error)),
+            Ok(response) => {
+                Response::checked(response, request.is_head(), connected).map_err(failed)
+            }
+            Err(error) => Err(failed(classify(&error))),
         }
     }
+}
+
+/// A failed [`Connections::send`]: why, and whether it ran on a pooled connection that was
+/// reused (which the backend may have closed just then: the one case worth a second try on
+/// the same backend).
+#[derive(Debug)]
+pub struct SendFailed {
+    /// Why it failed.
+    pub failure: Failure,
+    /// It ran on a pooled connection, not one opened for it.
+    pub on_reused_connection: bool,
 }
 
 impl Agents {
@@ -212,12 +234,15 @@ impl Agents {
                 proxy_config(&settings, settings.max_idle.min(settings.max_idle_total)),
                 DefaultConnector::default()
                     .chain(counted)
-                    .chain(MarkFirstWrite),
+                    .chain(MarkFirstWrite)
+                    .chain(DropInterimAnswers),
                 resolver(),
             ),
             fresh: ureq::Agent::with_parts(
                 proxy_config(&settings, 0),
-                DefaultConnector::default().chain(MarkFirstWrite),
+                DefaultConnector::default()
+                    .chain(MarkFirstWrite)
+                    .chain(DropInterimAnswers),
                 resolver(),
             ),
             settings,

@@ -7,6 +7,8 @@
 //!
 //! The call runs on the worker's own thread (ureq spawns none without a global timeout), so
 //! the stamp is kept in a thread-local: [`watch`] before the call, [`first_write`] after it.
+//! The same link also notes whether the call opened a connection, for the retry rule: only a
+//! reused connection earns a second try on the same backend.
 
 use std::cell::Cell;
 use std::time::Instant;
@@ -29,6 +31,8 @@ enum Watch {
 
 thread_local! {
     static WATCH: Cell<Watch> = const { Cell::new(Watch::Off) };
+    /// Whether the current call opened a connection (rather than taking a pooled one).
+    static OPENED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Starts watching for the next call's first write on this thread, if the timers are on.
@@ -39,6 +43,13 @@ pub(super) fn watch() {
         Watch::Off
     };
     WATCH.with(|w| w.set(watch));
+    OPENED.with(|o| o.set(false));
+}
+
+/// Whether the watched call opened a new connection. ureq asks the connector chain only when
+/// no pooled connection is left, so a call that did not ran on a reused one.
+pub(super) fn opened_a_connection() -> bool {
+    OPENED.with(Cell::get)
 }
 
 /// When the watched call first wrote to its connection, if it did; stops watching.
@@ -62,6 +73,9 @@ impl<In: Transport> Connector<In> for MarkFirstWrite {
         _: &ConnectionDetails,
         chained: Option<In>,
     ) -> Result<Option<Marked<In>>, Error> {
+        if chained.is_some() {
+            OPENED.with(|o| o.set(true));
+        }
         Ok(chained.map(Marked))
     }
 }

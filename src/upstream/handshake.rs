@@ -95,7 +95,9 @@ pub fn handshake(
             stream,
             early,
         }),
-        Answer::Declined(response) => Handshake::Declined(Response(response, None)),
+        Answer::Declined(response) => {
+            Handshake::Declined(Response::checked(response, request.is_head(), None)?)
+        }
     })
 }
 

@@ -13,6 +13,7 @@ mod errors;
 mod first_write;
 mod handshake;
 mod idle;
+mod interim;
 mod origins;
 mod request;
 mod resolve;
@@ -21,54 +22,82 @@ mod response_head;
 use std::io::{self, Read};
 use std::time::Instant;
 
+use crate::failure::Failure;
+use crate::message::framing::{AnswerBody, answer_body};
 use crate::message::http;
 
-pub use connections::{AgentSettings, Connections, HealthCheck};
+pub use connections::{AgentSettings, Connections, HealthCheck, SendFailed};
 pub use handshake::{Handshake, HandshakeTimeouts, Switched, handshake};
 pub use idle::IdleBudget;
 pub use origins::share_connections;
 pub use request::{ClientHead, Outgoing};
-/// A backend's answer, its head read, its body not yet.
-pub struct Response(http::Response<ureq::Body>, Option<Instant>);
+/// A backend's answer, its head read and checked, its body not yet.
+pub struct Response {
+    inner: http::Response<ureq::Body>,
+    connected: Option<Instant>,
+    body: AnswerBody,
+}
 
 impl Response {
+    /// Checks an answer's head before anything of it is relayed: a status outside 100–599, or
+    /// a framing tinylb cannot relay (see [`crate::message::framing`]), is a broken answer
+    /// (502), and the connection it came on is dropped with it.
+    fn checked(
+        inner: http::Response<ureq::Body>,
+        head_request: bool,
+        connected: Option<Instant>,
+    ) -> Result<Response, Failure> {
+        let status = inner.status().as_u16();
+        if status > 599 {
+            return Err(Failure::Broken(format!("status {status} (above 599)")));
+        }
+        let values = |name| {
+            inner
+                .headers()
+                .get_all(name)
+                .iter()
+                .map(|v| v.as_bytes())
+                .collect::<Vec<_>>()
+        };
+        let body = answer_body(
+            status,
+            head_request,
+            &values(http::header::TRANSFER_ENCODING),
+            &values(http::header::CONTENT_LENGTH),
+        )
+        .map_err(|bad| Failure::Broken(format!("answer framed with {}", bad.reason())))?;
+        Ok(Response {
+            inner,
+            connected,
+            body,
+        })
+    }
+
     /// The status code.
     pub fn status(&self) -> http::StatusCode {
-        self.0.status()
+        self.inner.status()
     }
 
     /// When the connection that answered was ready (the request's first byte written), for the
     /// stage timers; `None` when the timers are off.
     pub fn connected_at(&self) -> Option<Instant> {
-        self.1
+        self.connected
     }
 
     /// The headers as the backend sent them.
     pub fn headers(&self) -> &http::HeaderMap {
-        self.0.headers()
+        self.inner.headers()
     }
 
-    /// The body's length when it is known before reading it: ureq knows it for the bodies it
-    /// frames itself, and a body framed by tinylb (a declined upgrade) has it only in the header.
-    pub fn content_length(&self) -> Option<u64> {
-        self.0.body().content_length().or_else(|| {
-            let headers = self.0.headers();
-            if headers.contains_key(http::header::TRANSFER_ENCODING) {
-                return None;
-            }
-            headers
-                .get(http::header::CONTENT_LENGTH)?
-                .to_str()
-                .ok()?
-                .parse()
-                .ok()
-        })
+    /// How the body is framed, as the backend sent it (already checked).
+    pub fn body_framing(&self) -> AnswerBody {
+        self.body
     }
 
     /// The body, read as it arrives. Dropping it at its end returns the backend connection to
     /// the pool.
     pub fn into_body(self) -> ResponseBody {
-        ResponseBody(self.0.into_body().into_reader())
+        ResponseBody(self.inner.into_body().into_reader())
     }
 }
 

@@ -3,6 +3,7 @@
 //! and a framing header tinylb chose. Built once per client request; each attempt only adds the
 //! backend's address.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use ureq::http::{self, HeaderMap, HeaderName, HeaderValue};
@@ -64,6 +65,9 @@ impl Outgoing {
                     "expect",
                     "x-forwarded-proto",
                     "x-forwarded-host",
+                    // Credentials for this proxy, not for the backend (Apache's mod_proxy
+                    // drops it too).
+                    "proxy-authorization",
                 ]
                 .iter()
                 .any(|dropped| name.eq_ignore_ascii_case(dropped))
@@ -123,6 +127,11 @@ impl Outgoing {
         })
     }
 
+    /// Whether it is a `HEAD` request, whose answer has no body whatever its headers say.
+    pub fn is_head(&self) -> bool {
+        self.method == http::Method::HEAD
+    }
+
     /// The request for one backend: its origin and path prefix before the client's path.
     pub(super) fn to(&self, url: &BackendUrl) -> Result<http::Request<()>, Failure> {
         let mut request = http::Request::builder()
@@ -144,25 +153,40 @@ fn append_to_list(list: &mut Option<String>, item: &str) {
     list.push_str(item);
 }
 
-/// The path and query to send upstream: an origin-form target as received, or the path of an
-/// absolute-form one (`GET http://host/path`), which HTTP/1.1 servers must accept.
-fn origin_form(target: &str) -> Option<&str> {
+/// The path and query to send upstream: an origin-form target as received, or the path and
+/// query of an absolute-form one (`GET http://host/path?q`), which HTTP/1.1 servers must
+/// accept (RFC 9112 section 3.2.2); an empty path is `/` (`http://host?q` is `/?q`). An
+/// authority with userinfo (`http://user:pw@host/`) is refused: it is not a host, and RFC
+/// 9110 section 4.2.4 forbids it in http URIs.
+fn origin_form(target: &str) -> Option<Cow<'_, str>> {
     if target.starts_with('/') {
-        return Some(target);
+        return Some(Cow::Borrowed(target));
     }
-    let rest = target
-        .strip_prefix("http://")
-        .or_else(|| target.strip_prefix("https://"))?;
-    Some(rest.find('/').map_or("/", |i| &rest[i..]))
+    let rest = absolute_form_rest(target)?;
+    let (authority, path_and_query) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    if authority.is_empty() || authority.contains('@') {
+        return None;
+    }
+    Some(match path_and_query.strip_prefix('?') {
+        Some(_) => Cow::Owned(format!("/{path_and_query}")),
+        None if path_and_query.is_empty() => Cow::Borrowed("/"),
+        None => Cow::Borrowed(path_and_query),
+    })
+}
+
+/// What follows the scheme of an absolute-form target.
+fn absolute_form_rest(target: &str) -> Option<&str> {
+    let scheme_end = target.find("://")?;
+    let scheme = &target[..scheme_end];
+    (scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https"))
+        .then(|| &target[scheme_end + 3..])
 }
 
 /// The authority of an absolute-form target (`http://example.com/x` gives `example.com`).
 fn target_authority(target: &str) -> Option<&str> {
-    let rest = target
-        .strip_prefix("http://")
-        .or_else(|| target.strip_prefix("https://"))?;
+    let rest = absolute_form_rest(target)?;
     let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
-    (!authority.is_empty()).then_some(authority)
+    (!authority.is_empty() && !authority.contains('@')).then_some(authority)
 }
 
 #[cfg(test)]
@@ -171,11 +195,23 @@ mod tests {
 
     #[test]
     fn targets_become_origin_form() {
-        assert_eq!(origin_form("/a/../b?x=%20"), Some("/a/../b?x=%20"));
-        assert_eq!(origin_form("http://example.com/p?q"), Some("/p?q"));
-        assert_eq!(origin_form("http://example.com"), Some("/"));
-        assert_eq!(origin_form("example.com:443"), None);
-        assert_eq!(origin_form("*"), None);
+        for (target, expected) in [
+            ("/a/../b?x=%20", Some("/a/../b?x=%20")),
+            ("http://example.com/p?q", Some("/p?q")),
+            ("HTTP://example.com/p", Some("/p")),
+            ("https://example.com/p", Some("/p")),
+            ("http://example.com", Some("/")),
+            ("http://other.example?a=/admin", Some("/?a=/admin")),
+            ("http://other.example:8080?a", Some("/?a")),
+            ("http://user:pw@other.example/x", None),
+            ("http://@other.example/x", None),
+            ("http:///x", None),
+            ("ftp://example.com/x", None),
+            ("example.com:443", None),
+            ("*", None),
+        ] {
+            assert_eq!(origin_form(target).as_deref(), expected, "{target}");
+        }
     }
 
     #[test]
@@ -189,6 +225,8 @@ mod tests {
             Some("example.com:8080")
         );
         assert_eq!(target_authority("/p"), None);
+        assert_eq!(target_authority("http://a.example?q"), Some("a.example"));
+        assert_eq!(target_authority("http://user:pw@a.example/"), None);
     }
 
     #[test]
@@ -200,6 +238,8 @@ mod tests {
             ("X-Forwarded-For", "10.0.0.1"),
             ("X-Forwarded-Proto", "https"),
             ("Expect", "100-continue"),
+            ("Proxy-Authorization", "Basic Zm9vOmJhcg=="),
+            ("Connection", "Host, X-Forwarded-For"),
             ("Content-Length", "999"),
             ("Accept", "a"),
             ("Accept", "b"),
@@ -226,7 +266,7 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "client.example");
         assert_eq!(h["content-length"], "3");
         assert_eq!(h.get_all("accept").iter().count(), 2);
-        for gone in ["connection", "x-hop", "expect"] {
+        for gone in ["connection", "x-hop", "expect", "proxy-authorization"] {
             assert!(!h.contains_key(gone), "{gone} was forwarded");
         }
     }

@@ -9,6 +9,7 @@ use ureq::http::{HeaderMap, HeaderName, HeaderValue, header};
 
 use crate::chunked::ChunkedReader;
 use crate::message::MAX_RESPONSE_HEAD_BYTES;
+use crate::message::framing::{AnswerBody, answer_body};
 
 /// Reads until `buffered` holds a whole head; returns where the head ends (after its blank
 /// line). Bytes after it stay in `buffered`.
@@ -113,31 +114,35 @@ fn trim_ows(bytes: &[u8]) -> &[u8] {
     &bytes[start..end]
 }
 
-/// The answer's body as a reader over the connection, framed as its headers say: by
-/// Content-Length, chunked, or until the backend closes.
+/// The answer's body as a reader over the connection, framed as its headers say (the one
+/// decision of [`crate::message::framing`], as on the pooled path): by Content-Length,
+/// chunked, or until the backend closes. A framing tinylb cannot relay is an error.
 pub(super) fn framed_body(
     status: u16,
     headers: &HeaderMap,
     source: Cursor<Vec<u8>>,
     stream: TcpStream,
 ) -> Result<ureq::Body, String> {
+    let values = |name| {
+        headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect::<Vec<_>>()
+    };
+    let framing = answer_body(
+        status,
+        false,
+        &values(header::TRANSFER_ENCODING),
+        &values(header::CONTENT_LENGTH),
+    )
+    .map_err(|bad| format!("answer framed with {}", bad.reason()))?;
     let source = source.chain(stream);
-    let body = if status == 204 || status == 304 {
-        DeclinedBody::Exact(ExactLength { source, left: 0 })
-    } else if headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"))
-    {
-        DeclinedBody::Chunked(ChunkedReader::new(BufReader::new(source)))
-    } else if let Some(value) = headers.get(header::CONTENT_LENGTH) {
-        let left = std::str::from_utf8(value.as_bytes())
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .ok_or("bad Content-Length")?;
-        DeclinedBody::Exact(ExactLength { source, left })
-    } else {
-        DeclinedBody::UntilClose(source)
+    let body = match framing {
+        AnswerBody::None { .. } => DeclinedBody::Exact(ExactLength { source, left: 0 }),
+        AnswerBody::Length(left) => DeclinedBody::Exact(ExactLength { source, left }),
+        AnswerBody::Chunked => DeclinedBody::Chunked(ChunkedReader::new(BufReader::new(source))),
+        AnswerBody::UntilClose => DeclinedBody::UntilClose(source),
     };
     Ok(ureq::Body::builder().reader(body))
 }

@@ -1,6 +1,7 @@
 //! A raw backend whose answer to each request is decided by the test: bytes that may be
 //! garbage or cut short, a close without an answer, or silence with the connection held open.
-//! It records every request it read, and how many it holds at once.
+//! It records every request it read (with its headers), how many connections it accepted, and
+//! how many requests it holds at once.
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -21,9 +22,22 @@ pub struct RawRequest {
     pub index: usize,
     pub method: String,
     pub target: String,
+    /// Header lines in arrival order, names as sent, values trimmed.
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     /// When its head and body had been read.
     pub at: Instant,
+}
+
+impl RawRequest {
+    /// Every value of a header, case-insensitively, in arrival order.
+    pub fn header_values(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
 }
 
 /// What the scripted backend does with one request.
@@ -65,6 +79,8 @@ pub struct ScriptedBackend {
     max_held: Arc<AtomicUsize>,
     /// When each held request's connection was closed by tinylb.
     hold_ends: Arc<Mutex<Vec<Instant>>>,
+    /// Connections accepted, whether or not a request came on them.
+    accepted: Arc<AtomicUsize>,
 }
 
 impl ScriptedBackend {
@@ -74,10 +90,13 @@ impl ScriptedBackend {
         let held = Arc::new(AtomicUsize::new(0));
         let max_held = Arc::new(AtomicUsize::new(0));
         let hold_ends = Arc::new(Mutex::new(Vec::new()));
+        let accepted = Arc::new(AtomicUsize::new(0));
         let server = {
             let log = log.clone();
             let (held, max_held, hold_ends) = (held.clone(), max_held.clone(), hold_ends.clone());
+            let accepted = accepted.clone();
             RawServer::start(move |stream, id, stopping| {
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let connection = Connection {
                     id,
                     behaviour: behaviour.clone(),
@@ -96,6 +115,7 @@ impl ScriptedBackend {
             held,
             max_held,
             hold_ends,
+            accepted,
         }
     }
 
@@ -137,6 +157,25 @@ impl ScriptedBackend {
             .filter(|r| r.method == "HEAD")
             .map(|r| r.at)
             .collect()
+    }
+
+    /// Connections accepted so far, health checks' included.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted so far other than the ones that carried a health check (each
+    /// check comes on a connection of its own).
+    pub fn accepted_for_proxying(&self) -> usize {
+        let mut checks: Vec<usize> = self
+            .requests()
+            .iter()
+            .filter(|r| r.method == "HEAD")
+            .map(|r| r.connection)
+            .collect();
+        checks.sort_unstable();
+        checks.dedup();
+        self.accepted().saturating_sub(checks.len())
     }
 
     pub fn held(&self) -> usize {
@@ -220,6 +259,7 @@ fn read_request(reader: &mut impl BufRead, connection: usize, index: usize) -> O
     let method = parts.next()?.to_string();
     let target = parts.next()?.to_string();
     let mut length = 0usize;
+    let mut headers = Vec::new();
     for _ in 0..200 {
         let mut line = String::new();
         if reader.read_line(&mut line).ok()? == 0 {
@@ -234,14 +274,16 @@ fn read_request(reader: &mut impl BufRead, connection: usize, index: usize) -> O
                 index,
                 method,
                 target,
+                headers,
                 body,
                 at: Instant::now(),
             });
         }
-        if let Some((name, value)) = line.split_once(':')
-            && name.eq_ignore_ascii_case("content-length")
-        {
-            length = value.trim().parse().ok()?;
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().ok()?;
+            }
+            headers.push((name.to_string(), value.trim().to_string()));
         }
     }
     None

@@ -3,6 +3,8 @@
 //! the message, so they are removed in both directions (RFC 9110 section 7.6.1), together with
 //! every header the `Connection` header names.
 
+pub mod framing;
+
 /// The `http` crate's types (header maps, status codes, URIs), as ureq re-exports them: the
 /// vocabulary both sides and the config use for what HTTP itself defines.
 pub use ureq::http;
@@ -40,6 +42,19 @@ const HOP_BY_HOP: &[&str] = &[
     "http2-settings",
 ];
 
+/// Headers a `Connection` token cannot remove: they are not hop-by-hop (RFC 9110 section
+/// 7.6.1 lets a sender name only those), and tinylb itself decides them: the target's `Host`,
+/// the body's framing, and what tinylb adds about the client and itself. A token naming one
+/// of them is ignored.
+const NEVER_NAMED_AWAY: &[&str] = &[
+    "host",
+    "content-length",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-server",
+];
+
 /// The header names one message's `Connection` headers list, lower-cased.
 #[derive(Debug, Default)]
 pub struct ConnectionTokens(Vec<String>);
@@ -55,7 +70,7 @@ impl ConnectionTokens {
                     value
                         .split(',')
                         .map(|t| t.trim().to_ascii_lowercase())
-                        .filter(|t| !t.is_empty()),
+                        .filter(|t| !t.is_empty() && !NEVER_NAMED_AWAY.contains(&t.as_str())),
                 );
             }
         }
@@ -86,5 +101,20 @@ mod tests {
         assert!(tokens.is_hop_by_hop("Keep-Alive"));
         assert!(tokens.is_hop_by_hop("Transfer-Encoding"));
         assert!(!tokens.is_hop_by_hop("Set-Cookie"));
+    }
+
+    #[test]
+    fn framing_host_and_forwarding_headers_cannot_be_named_away() {
+        let headers: Vec<(&str, &[u8])> = vec![(
+            "Connection",
+            b"Host, content-length, X-Forwarded-For, x-forwarded-proto, X-Forwarded-Host, \
+              x-forwarded-server, X-Custom"
+                .as_slice(),
+        )];
+        let tokens = ConnectionTokens::from_headers(headers.iter().copied());
+        for kept in NEVER_NAMED_AWAY {
+            assert!(!tokens.is_hop_by_hop(kept), "{kept}");
+        }
+        assert!(tokens.is_hop_by_hop("x-custom"));
     }
 }
