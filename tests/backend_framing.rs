@@ -14,7 +14,9 @@ use common::scripted::{Act, RawRequest, ScriptedBackend, ok};
 use common::*;
 
 use std::io::{BufReader, ErrorKind, Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------------------------
@@ -610,6 +612,124 @@ fn bare_lf_chunk_lines_do_not_hold_the_answer_until_the_backend_timeout() {
 const WEBSOCKET_OFFER: &str = "GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n\
                                Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
                                Sec-WebSocket-Version: 13\r\n\r\n";
+
+// ---------------------------------------------------------------------------------------------
+// Item 6: a backend's early final answer to a large upload reaches the client.
+
+/// A backend that reads request heads only: a `HEAD` (the health check) gets 200, anything
+/// else `413` at once, without reading the body, and the connection is then held open (as a
+/// server that answers early and waits does) for at most 15 s: reading whatever of the body
+/// still comes and counting it (`count_body`), or reading nothing more.
+fn early_refuser(count_body: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let body_bytes = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&body_bytes);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(50) {
+            let Ok(mut stream) = stream else { continue };
+            let seen = Arc::clone(&seen);
+            std::thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(15)));
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                if head.starts_with(b"HEAD") {
+                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+                    return;
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\n\r\ntoo large",
+                );
+                let until = Instant::now() + Duration::from_secs(15);
+                if !count_body {
+                    std::thread::sleep(Duration::from_secs(15));
+                    return;
+                }
+                // Whatever of the body still comes is counted, not read as a request.
+                let mut sink = [0u8; 65536];
+                while Instant::now() < until {
+                    match stream.read(&mut sink) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            seen.fetch_add(n, Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, body_bytes)
+}
+
+/// Item 6. A client uploading 3 MB with `Expect: 100-continue` to a backend that answers 413
+/// without reading the body: the client's first answer is that 413 (no `100 Continue` before
+/// it, so it never sends the body), within 3 s, and the backend gets none of the body.
+#[test]
+fn an_early_413_reaches_a_client_that_expects_100_continue() {
+    let (backend, body_bytes) = early_refuser(true);
+    let lb = start_lb_with_servers(&format!("\"http://{backend}\""), "");
+    let (mut writer, mut reader) = keep_alive_connection(lb.addr);
+    writer
+        .write_all(
+            b"PUT /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 3000000\r\n\
+              Expect: 100-continue\r\n\r\n",
+        )
+        .expect("send the head");
+    let started = Instant::now();
+    let answer = read_full_response(&mut reader, false).expect("an answer without the body");
+    assert_eq!(
+        (answer.status, answer.text()),
+        (413, "too large".to_string()),
+        "after {:?}: {:?}",
+        started.elapsed(),
+        answer.headers
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the 413 took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        body_bytes.load(Ordering::Relaxed),
+        0,
+        "the backend got body bytes"
+    );
+}
+
+/// Item 6, with curl, which sends `Expect: 100-continue` for uploads over 1 MiB: `curl -T` of
+/// 20 MB (more than the sockets between them hold) to a backend that answers 413 and then
+/// reads nothing gets the 413 within curl's 10 s
+/// (not a 504 after `backendTimeout`, once the socket buffers are full).
+#[test]
+fn curl_uploading_20_mb_gets_the_backends_early_413() {
+    let (backend, _) = early_refuser(false);
+    let lb = start_lb_with_servers(&format!("\"http://{backend}\""), "");
+    let file = std::env::temp_dir().join(format!("tinylb-early-{}.bin", std::process::id()));
+    std::fs::write(&file, vec![b'x'; 20_000_000]).expect("write the upload");
+    let output = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-m",
+            "10",
+            "-T",
+        ])
+        .arg(&file)
+        .arg(format!("{}/upload", lb.url()))
+        .output()
+        .expect("run curl");
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "413", "{output:?}");
+}
 
 /// tinylb in front of `backend` alone.
 fn lb_in_front_of(backend: &ScriptedBackend, extra: &str) -> TestLb {

@@ -51,6 +51,15 @@ enum BodySource<'a> {
     /// A chunked body in the raw bytes tiny_http hands over for `Connection: upgrade`, decoded
     /// here (that connection ends after this request, so reading ahead does no harm).
     RawChunked(ChunkedReader<BufReader<&'a mut dyn Read>>),
+    /// Not touched yet: tiny_http's `as_reader()` writes the client's `100 Continue`, so it
+    /// is called at the first read, once the backend has taken the body (a backend asked with
+    /// `Expect: 100-continue` that answers early never gets the client's body sent at all).
+    NotStarted {
+        request: &'a mut Request,
+        raw_chunked: bool,
+    },
+    /// Being replaced (never seen outside `start`).
+    Taken,
 }
 
 impl<'a> ClientBody<'a> {
@@ -66,15 +75,16 @@ impl<'a> ClientBody<'a> {
             BodyFraming::Length(n) => Some(n),
             _ => None,
         };
-        // Only touch the reader when there is a body: as_reader() sends `100 Continue`.
         let source = match head.framing {
             BodyFraming::Empty => BodySource::None,
-            BodyFraming::Chunked if head.body_is_raw => {
-                BodySource::RawChunked(ChunkedReader::new(BufReader::new(request.as_reader())))
-            }
-            BodyFraming::Length(_) | BodyFraming::Chunked => {
-                BodySource::Framed(request.as_reader())
-            }
+            BodyFraming::Chunked => BodySource::NotStarted {
+                request,
+                raw_chunked: head.body_is_raw,
+            },
+            BodyFraming::Length(_) => BodySource::NotStarted {
+                request,
+                raw_chunked: false,
+            },
         };
         ClientBody {
             source,
@@ -122,8 +132,32 @@ impl<'a> ClientBody<'a> {
     }
 }
 
+impl ClientBody<'_> {
+    /// Opens tiny_http's reader (which writes `100 Continue` if the client asked for it); the
+    /// pace is counted from here.
+    fn start(&mut self) {
+        if let BodySource::NotStarted { .. } = self.source {
+            let BodySource::NotStarted {
+                request,
+                raw_chunked,
+            } = std::mem::replace(&mut self.source, BodySource::Taken)
+            else {
+                unreachable!("matched above");
+            };
+            let reader = request.as_reader();
+            self.source = if raw_chunked {
+                BodySource::RawChunked(ChunkedReader::new(BufReader::new(reader)))
+            } else {
+                BodySource::Framed(reader)
+            };
+            self.started = Instant::now();
+        }
+    }
+}
+
 impl Read for ClientBody<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.start();
         let limit = match self.remaining {
             Some(0) => return Ok(0),
             Some(n) => buf.len().min(usize::try_from(n).unwrap_or(usize::MAX)),
@@ -138,7 +172,7 @@ impl Read for ClientBody<'_> {
             return Err(self.fail(BodyFailure::TooSlow(message), io::ErrorKind::TimedOut));
         }
         let (result, decoded_by_tiny_http) = match &mut self.source {
-            BodySource::None => return Ok(0),
+            BodySource::None | BodySource::NotStarted { .. } | BodySource::Taken => return Ok(0),
             BodySource::Framed(inner) => (inner.read(&mut buf[..limit]), true),
             BodySource::RawChunked(inner) => (inner.read(&mut buf[..limit]), false),
         };

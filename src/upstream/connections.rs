@@ -15,7 +15,7 @@ use super::Response;
 use super::errors::classify;
 use super::first_write::{self, MarkFirstWrite};
 use super::idle::{CountIdle, IdleBudget, OriginIdle};
-use super::interim::DropInterimAnswers;
+use super::interim::DropContinueWithFields;
 use super::request::Outgoing;
 use super::resolve::{AddressCache, CachedResolver};
 use crate::config::{BackendUrl, Config};
@@ -235,14 +235,14 @@ impl Agents {
                 DefaultConnector::default()
                     .chain(counted)
                     .chain(MarkFirstWrite)
-                    .chain(DropInterimAnswers),
+                    .chain(DropContinueWithFields),
                 resolver(),
             ),
             fresh: ureq::Agent::with_parts(
                 proxy_config(&settings, 0),
                 DefaultConnector::default()
                     .chain(MarkFirstWrite)
-                    .chain(DropInterimAnswers),
+                    .chain(DropContinueWithFields),
                 resolver(),
             ),
             settings,

@@ -58,11 +58,11 @@ impl Outgoing {
         let mut headers = HeaderMap::new();
         let mut forwarded_for: Option<String> = None;
         let mut host: Option<&str> = None;
+        let mut expect_continue = false;
         for (name, value) in head.headers {
             if tokens.is_hop_by_hop(name)
                 || [
                     "content-length",
-                    "expect",
                     "x-forwarded-proto",
                     "x-forwarded-host",
                     // Credentials for this proxy, not for the backend (Apache's mod_proxy
@@ -72,6 +72,18 @@ impl Outgoing {
                 .iter()
                 .any(|dropped| name.eq_ignore_ascii_case(dropped))
             {
+                continue;
+            }
+            if name.eq_ignore_ascii_case("expect") {
+                // Passed on only as `100-continue` with a body: the backend's early final
+                // answer (a 413, a 401) then arrives before any of the body is sent, and is
+                // relayed; the client's `100` follows the backend's. Anything else was for
+                // this hop.
+                if value.trim().eq_ignore_ascii_case("100-continue")
+                    && head.framing != BodyFraming::Empty
+                {
+                    expect_continue = true;
+                }
                 continue;
             }
             if name.eq_ignore_ascii_case("x-forwarded-for") {
@@ -103,6 +115,9 @@ impl Outgoing {
             add("x-forwarded-for", list)?;
         }
         add("x-forwarded-proto", "http")?;
+        if expect_continue {
+            add("expect", "100-continue")?;
+        }
         if let Some(host) = host {
             add("x-forwarded-host", host)?;
         }
@@ -266,7 +281,8 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "client.example");
         assert_eq!(h["content-length"], "3");
         assert_eq!(h.get_all("accept").iter().count(), 2);
-        for gone in ["connection", "x-hop", "expect", "proxy-authorization"] {
+        assert_eq!(h["expect"], "100-continue");
+        for gone in ["connection", "x-hop", "proxy-authorization"] {
             assert!(!h.contains_key(gone), "{gone} was forwarded");
         }
     }
