@@ -93,9 +93,8 @@ use crate::dispatch::turns::Limits;
 use crate::dispatch::{ClientCounts, Dispatch};
 use crate::error::StartError;
 use crate::forward::Forwarder;
-use crate::generation::Generation;
 use crate::intake::StopFlags;
-use crate::master::handoff::ChildEnd;
+pub use crate::master::handoff::Inherited;
 use crate::pool::WorkerPool;
 use crate::reload::Reloadable;
 use crate::stages::StageHistograms;
@@ -126,32 +125,6 @@ pub struct LoadBalancer {
     tunnels: Arc<Tunnels>,
     /// What the config watcher will change, until it starts.
     reloadable: Option<Reloadable>,
-}
-
-/// What a server process is handed by whoever started it, beyond its config and socket.
-pub struct Inherited {
-    /// Which generation this process is, and why it was started.
-    pub generation: Generation,
-    /// The way to the master: to say it serves, to ask for a successor, to report drains.
-    pub master: Option<Arc<ChildEnd>>,
-    /// The admin socket, bound by the master for the config's `adminAddress` and shared by its
-    /// generations; when `None`, the server binds that address itself.
-    pub admin_socket: Option<std::net::TcpListener>,
-    /// Backends to start draining: those the generation before was draining (URLs as
-    /// written in the config).
-    pub draining: Vec<String>,
-}
-
-impl Inherited {
-    /// For a server process on its own (`--no-master`, or in a test).
-    pub fn alone() -> Inherited {
-        Inherited {
-            generation: Generation::alone(),
-            master: None,
-            admin_socket: None,
-            draining: Vec::new(),
-        }
-    }
 }
 
 /// What a graceful shutdown achieved, for the last log line and for tests.

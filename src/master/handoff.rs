@@ -19,6 +19,8 @@ use std::os::unix::net::UnixStream;
 
 use parking_lot::Mutex;
 
+use std::sync::Arc;
+
 use crate::generation::{GENERATION_VAR, Generation};
 
 /// The listening socket's descriptor in a child (systemd's first one, too).
@@ -151,6 +153,32 @@ impl ChildEnd {
         let line = format!("{}\n", line.replace('\n', " "));
         if let Err(error) = pipe.write_all(line.as_bytes()) {
             log::error!("cannot tell the master {line:?}: {error}");
+        }
+    }
+}
+
+/// What a server process is handed by whoever started it, beyond its config and socket.
+pub struct Inherited {
+    /// Which generation this process is, and why it was started.
+    pub generation: Generation,
+    /// The way to the master: to say it serves, to ask for a successor, to report drains.
+    pub master: Option<Arc<ChildEnd>>,
+    /// The admin socket, bound by the master for the config's `adminAddress` and shared by its
+    /// generations; when `None`, the server binds that address itself.
+    pub admin_socket: Option<std::net::TcpListener>,
+    /// Backends to start draining: those the generation before was draining (URLs as
+    /// written in the config).
+    pub draining: Vec<String>,
+}
+
+impl Inherited {
+    /// For a server process on its own (`--no-master`, or in a test).
+    pub fn alone() -> Inherited {
+        Inherited {
+            generation: Generation::alone(),
+            master: None,
+            admin_socket: None,
+            draining: Vec::new(),
         }
     }
 }

@@ -28,6 +28,7 @@ pub mod children;
 pub mod handoff;
 pub mod restarts;
 pub mod signals;
+mod swaps;
 
 use std::ffi::OsString;
 use std::net::{SocketAddr, TcpListener};
@@ -40,8 +41,6 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use self::children::{Child, Inheritance, describe_exit};
 use self::handoff::Message;
 use self::restarts::CrashBackoff;
-use crate::client::admin_server::bind_admin_socket;
-use crate::config::Config;
 use crate::generation::{Cause, Generation, Restarts};
 use crate::systemd;
 
@@ -240,60 +239,6 @@ impl Master {
         }
     }
 
-    /// Starts a successor beside the current child (recycle or upgrade). While a child is
-    /// starting, an upgrade is remembered and carried out once it is done.
-    fn replace(&mut self, cause: Cause, why: &str) {
-        if self.stopping {
-            log::warn!("{why}: stopping; no new server process");
-            return;
-        }
-        if self.next.is_some() || !self.current_ready {
-            if cause == Cause::Upgrade {
-                log::info!("{why}: a server process is starting; the swap follows once it is done");
-                self.swap_pending = true;
-            } else {
-                log::warn!("{why}: not now, a server process is starting");
-            }
-            return;
-        }
-        if cause == Cause::Upgrade {
-            systemd::notify_reloading();
-            // The successor re-reads the config; the master needs two of its keys first.
-            if let Err(error) = self.reread_config() {
-                log::error!("{why}: {error}; generation {} serves on", self.generations);
-                systemd::notify("READY=1");
-                return;
-            }
-        }
-        match self.start(cause) {
-            Ok(child) => self.next = Some(child),
-            Err(error) => {
-                log::error!("{why}: cannot start a new server process: {error}");
-                systemd::notify("READY=1");
-            }
-        }
-    }
-
-    /// Takes `readyTimeout` and `adminAddress` from the config file, binding the new admin
-    /// address if it moved. A config the successor would refuse is refused here, so that no
-    /// process is started for it.
-    fn reread_config(&mut self) -> Result<(), String> {
-        let config = Config::load(&self.config_path).map_err(|e| format!("bad config: {e}"))?;
-        let kept = self.admin.as_ref().map(|(address, _)| *address);
-        if config.admin_address != kept {
-            self.admin = match config.admin_address {
-                Some(address) => {
-                    let socket = bind_admin_socket(address).map_err(|e| e.to_string())?;
-                    let socket = children::out_of_the_way(socket).map_err(|e| e.to_string())?;
-                    Some((address, socket))
-                }
-                None => None,
-            };
-        }
-        self.ready_timeout = config.ready_timeout;
-        Ok(())
-    }
-
     fn on_message(&mut self, pid: u32, message: Message) {
         match message {
             Message::Ready if self.next.as_ref().is_some_and(|c| c.pid == pid) => {
@@ -328,43 +273,6 @@ impl Master {
             // From whichever generation answered the admin request: they share its socket.
             Message::Draining(urls) => self.draining = urls,
             other => log::debug!("ignored {other:?} from pid {pid}"),
-        }
-    }
-
-    /// Carries out a SIGHUP that came while a child was starting.
-    fn swap_if_pending(&mut self) {
-        if std::mem::take(&mut self.swap_pending) {
-            self.replace(Cause::Upgrade, "SIGHUP (received during the last swap)");
-        }
-    }
-
-    /// The child that has not said it serves yet, if any: a successor, or the current one
-    /// after a crash.
-    fn starting(&self) -> Option<&Child> {
-        self.next
-            .as_ref()
-            .or(self.current.as_ref().filter(|_| !self.current_ready))
-    }
-
-    /// When the starting child must have said it serves.
-    fn ready_deadline(&self) -> Option<Instant> {
-        self.starting()
-            .map(|child| child.started + self.ready_timeout)
-    }
-
-    /// Kills a child that did not say it serves within `readyTimeout`; its exit is then
-    /// handled as any failure to start.
-    fn kill_if_not_ready(&mut self) {
-        if self.ready_deadline().is_some_and(|at| at <= Instant::now())
-            && let Some(child) = self.starting()
-        {
-            log::error!(
-                "generation {} (pid {}) did not become ready within {}: killing it",
-                child.generation.number,
-                child.pid,
-                crate::duration::format_duration(self.ready_timeout)
-            );
-            child.kill_group();
         }
     }
 
