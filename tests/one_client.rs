@@ -509,6 +509,19 @@ fn http2_prefaces_closed_at_once_are_recycled_and_later_clients_answered() {
             .run
             .find_since(mark, "generation 2 serves", Duration::from_secs(10))
             .is_some();
+    // Until the old process has exited, its flood sockets are still open (their threads are
+    // parked), and a new connection from a reused port can meet one; "later" begins once it
+    // is gone.
+    let old_gone = serving
+        && lb
+            .child
+            .run
+            .find_where(
+                mark,
+                |line| line.contains("generation 1 (pid") && line.contains(") finished ("),
+                Duration::from_secs(30),
+            )
+            .is_some();
 
     // Later clients from the same address, each on a new connection; at most 5 failures are
     // tried, each costing 3 s.
@@ -543,6 +556,7 @@ fn http2_prefaces_closed_at_once_are_recycled_and_later_clients_answered() {
          once: their connections were never counted as stuck"
     );
     assert!(serving, "generation 2 took over");
+    assert!(old_gone, "generation 1 finished within 30 s of the swap");
     let process = &status_json(lb.child.run.admin_addr_since(mark))["process"];
     assert_eq!(process["generation"], 2, "{process}");
     assert_eq!(process["startedBy"], "recycle", "{process}");
