@@ -44,9 +44,7 @@ pub fn judge(method: &str, host: Option<&str>, has_intent: bool) -> Result<(), R
 
 /// Whether a `Host` value names `localhost` or an IP literal, with or without a port.
 fn is_local_name(host: &str) -> bool {
-    let Some((name, port)) = split_port(host.trim()) else {
-        return false;
-    };
+    let (name, port) = split_port(host.trim());
     if !port.is_none_or(|port| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())) {
         return false;
     }
@@ -58,19 +56,19 @@ fn is_local_name(host: &str) -> bool {
         || name.parse::<Ipv4Addr>().is_ok()
 }
 
-/// `name` and the port after its last colon, if any; `None` for an IPv6 address without
-/// brackets (a colon inside the name).
-fn split_port(host: &str) -> Option<(&str, Option<&str>)> {
+/// The name and what follows its colon, if any: after the `]` of a bracketed IPv6 address,
+/// else after the first colon (an IPv6 address without brackets then leaves a "port" that is
+/// not a number, and is refused).
+fn split_port(host: &str) -> (&str, Option<&str>) {
     if host.starts_with('[') {
-        return Some(match host.rfind("]:") {
+        return match host.rfind("]:") {
             Some(end) => (&host[..=end], Some(&host[end + 2..])),
             None => (host, None),
-        });
+        };
     }
     match host.split_once(':') {
-        Some((name, port)) if !port.contains(':') => Some((name, Some(port))),
-        Some(_) => None,
-        None => Some((host, None)),
+        Some((name, port)) => (name, Some(port)),
+        None => (host, None),
     }
 }
 
@@ -98,6 +96,7 @@ mod tests {
             ("[::1", false),
             ("[evil]:9090", false),
             ("[::1]9090", false),
+            ("[::1]:x99", false),
             ("127.0.0.1:", false),
             ("127.0.0.1:90x", false),
             ("localhost:9090:1", false),
