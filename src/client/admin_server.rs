@@ -2,15 +2,15 @@
 //! router and writes what it returns. Nothing an admin client does can hold it, or hold up
 //! shutdown:
 //!
-//! - every admin connection inherits [`IO_TIMEOUT`] read and write timeouts from the listening
+//! - every admin connection inherits `IO_TIMEOUT` read and write timeouts from the listening
 //!   socket (a [`Pinger`] keeps accept() alive under them, as on the proxy's port);
-//! - each request is answered on a short-lived thread of its own, at most [`AT_ONCE`] at a
+//! - each request is answered on a short-lived thread of its own, at most `AT_ONCE` at a
 //!   time, so one slow client delays nobody else; requests are rare and cheap here, and a
 //!   scrape can never take a proxy worker;
-//! - a request that has not been answered [`REQUEST_DEADLINE`] after tinylb took it (a body
+//! - a request that has not been answered `REQUEST_DEADLINE` after tinylb took it (a body
 //!   trickled a byte at a time, an answer read as slowly) has its connection reset by the
 //!   deadline thread, which frees its thread;
-//! - bodies are read up to [`MAX_BODY`] and ignored (admin requests need none);
+//! - bodies are read up to `MAX_BODY` and ignored (admin requests need none);
 //! - [`AdminServer::stop`] waits for no client.
 //!
 //! Generations of one tinylb share the admin socket (the master binds it). A stopping
@@ -167,9 +167,9 @@ impl AdminServer {
     }
 
     /// Takes no more connections, leaving the shared socket to the generation that serves:
-    /// tiny_http's accept loop is ended (see [`Listener::stop_accepting`]), and an accept()
+    /// tiny_http's accept loop is ended (see `Listener::stop_accepting`), and an accept()
     /// already waiting is woken by connections until the loop is over, for at most
-    /// [`STOP_WAIT`]. Requests already taken are still answered.
+    /// `STOP_WAIT`. Requests already taken are still answered.
     pub fn stop_accepting(&mut self) {
         if self.pinger.take().is_none() {
             return;
@@ -186,7 +186,7 @@ impl AdminServer {
     }
 
     /// Stops answering. Requests being answered finish on their own threads, within
-    /// [`IO_TIMEOUT`] of their client's last byte.
+    /// `IO_TIMEOUT` of their client's last byte.
     pub fn stop(mut self) {
         self.stop_accepting();
         drop(self.stop);
