@@ -18,7 +18,6 @@
 //! the proxy's [`Listener`] does), so that every admin connection reaches the generation that
 //! serves.
 
-use std::collections::HashMap;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::RawFd;
@@ -247,11 +246,11 @@ fn take_requests(
     }
 }
 
-/// The requests being answered, with when each must be done.
+/// The requests being answered (at most `AT_ONCE`), with when each must be done.
 #[derive(Default)]
 struct Deadlines {
     next: AtomicU64,
-    watched: Mutex<HashMap<u64, (SocketAddr, Instant)>>,
+    watched: Mutex<Vec<(u64, SocketAddr, Instant)>>,
 }
 
 impl Deadlines {
@@ -261,13 +260,13 @@ impl Deadlines {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.watched
             .lock()
-            .insert(id, (peer, Instant::now() + REQUEST_DEADLINE));
+            .push((id, peer, Instant::now() + REQUEST_DEADLINE));
         Some(id)
     }
 
     fn unwatch(&self, id: Option<u64>) {
         if let Some(id) = id {
-            self.watched.lock().remove(&id);
+            self.watched.lock().retain(|(watched, _, _)| *watched != id);
         }
     }
 
@@ -276,7 +275,7 @@ impl Deadlines {
         while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(DEADLINE_LOOK) {
             let now = Instant::now();
             let mut overdue = Vec::new();
-            self.watched.lock().retain(|_, (peer, until)| {
+            self.watched.lock().retain(|(_, peer, until)| {
                 let late = *until <= now;
                 if late {
                     overdue.push(*peer);

@@ -74,7 +74,7 @@ pub fn start(
     let listen_fd = inheritance.listener.as_raw_fd();
     let pipe_fd = to_master.as_raw_fd();
     let admin_fd = inheritance.admin.map(|(_, socket)| socket.as_raw_fd());
-    let draining = serde_json::to_string(inheritance.draining).unwrap_or_else(|_| "[]".into());
+    let draining = handoff::url_list(inheritance.draining);
     let mut command = Command::new(exe);
     command
         .arg("--child")

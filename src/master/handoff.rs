@@ -5,11 +5,11 @@
 //! - descriptor [`LISTEN_FD`] is the listening socket, shared by every generation;
 //! - descriptor [`MASTER_FD`] is the write end of a pipe the master reads, one line per message:
 //!   `ready` once the child serves, `replace <reason>` when it wants a successor, `draining
-//!   <JSON list of URLs>` whenever a backend starts or stops draining;
+//!   <URLs separated by spaces>` whenever a backend starts or stops draining;
 //! - descriptor [`ADMIN_FD`], when [`ADMIN_VAR`] is set, is the admin listener's socket, bound
 //!   by the master for the address in that variable and shared by every generation;
 //! - [`GENERATION_VAR`] says which generation this is and why;
-//! - [`DRAINING_VAR`] lists the backends the generation before was draining (JSON);
+//! - [`DRAINING_VAR`] lists the backends the generation before was draining;
 //! - [`MASTER_PID_VAR`] lets the child check that its master still lives.
 
 use std::io::Write;
@@ -33,7 +33,7 @@ pub const ADMIN_FD: i32 = 5;
 pub const MASTER_PID_VAR: &str = "TINYLB_MASTER_PID";
 /// The `adminAddress` the master bound [`ADMIN_FD`] for, in a child's environment.
 pub const ADMIN_VAR: &str = "TINYLB_ADMIN_ADDRESS";
-/// The URLs of the backends that drain, a JSON list, in a child's environment.
+/// The URLs of the backends that drain, separated by spaces, in a child's environment.
 pub const DRAINING_VAR: &str = "TINYLB_DRAINING";
 
 /// The child's end of the handoff.
@@ -85,8 +85,7 @@ impl Handoff {
             Err(_) => None,
         };
         let draining = match std::env::var(DRAINING_VAR) {
-            Ok(value) => serde_json::from_str(&value)
-                .map_err(|_| format!("{DRAINING_VAR} is not a JSON list of URLs"))?,
+            Ok(value) => parse_url_list(&value),
             Err(_) => Vec::new(),
         };
         let mut expected = vec![(LISTEN_FD, "listening socket"), (MASTER_FD, "master pipe")];
@@ -141,7 +140,7 @@ impl ChildEnd {
     /// under the pipe's lock, so that of two changes at once the later list arrives last.
     pub fn draining(&self, now: impl FnOnce() -> Vec<String>) {
         let mut pipe = self.to_master.lock();
-        let list = serde_json::to_string(&now()).unwrap_or_else(|_| "[]".into());
+        let list = url_list(&now());
         Self::write_line(&mut pipe, &format!("draining {list}"));
     }
 
@@ -183,6 +182,16 @@ impl Inherited {
     }
 }
 
+/// Backend URLs as one line, separated by spaces (a URL has none).
+pub(super) fn url_list(urls: &[String]) -> String {
+    urls.join(" ")
+}
+
+/// The URLs of a [`url_list`].
+fn parse_url_list(list: &str) -> Vec<String> {
+    list.split_whitespace().map(String::from).collect()
+}
+
 /// One message from a child, as the master reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
@@ -200,7 +209,8 @@ impl Message {
         match line.trim_end().split_once(' ') {
             None if line.trim_end() == "ready" => Some(Message::Ready),
             Some(("replace", reason)) => Some(Message::Replace(reason.to_string())),
-            Some(("draining", list)) => serde_json::from_str(list).ok().map(Message::Draining),
+            None if line.trim_end() == "draining" => Some(Message::Draining(Vec::new())),
+            Some(("draining", list)) => Some(Message::Draining(parse_url_list(list))),
             _ => None,
         }
     }
@@ -225,25 +235,16 @@ mod tests {
             Message::parse("replace 120 stuck connections\n"),
             Some(Message::Replace("120 stuck connections".into()))
         );
+        let urls = vec!["http://a:1".to_string(), "http://b:2/x".to_string()];
         assert_eq!(
-            Message::parse("draining [\"http://a:1\",\"http://b:2/x\"]\n"),
-            Some(Message::Draining(vec![
-                "http://a:1".into(),
-                "http://b:2/x".into()
-            ]))
+            Message::parse(&format!("draining {}\n", url_list(&urls))),
+            Some(Message::Draining(urls))
         );
         assert_eq!(
-            Message::parse("draining []"),
+            Message::parse(&format!("draining {}", url_list(&[]))),
             Some(Message::Draining(Vec::new()))
         );
-        for other in [
-            "",
-            "ready now",
-            "replace",
-            "hello world",
-            "draining x",
-            "draining",
-        ] {
+        for other in ["", "ready now", "replace", "hello world"] {
             assert_eq!(Message::parse(other), None, "{other:?}");
         }
     }
