@@ -17,6 +17,8 @@
 //! | `Content-Length` values that differ, or are not a number | unrecoverable error (rule 5) | 502 | 502, connection dropped |
 //! | neither | the body ends when the connection closes (rule 8) | read to close | read to close; re-chunked for HTTP/1.1 clients |
 
+use super::http;
+
 /// How the answer's body is framed, as read from the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AnswerBody {
@@ -55,28 +57,32 @@ impl BadFraming {
 
 /// Decides how the body of an answer with `status` to a request (a `HEAD` one if
 /// `head_request`) is framed, from the values of its `Transfer-Encoding` and `Content-Length`
-/// headers (each header's whole value, in order).
-pub fn answer_body(
+/// headers (each header's whole value, in order), each given as a way to walk them, so that
+/// the request path reads the header map without collecting anything.
+pub fn answer_body<'a, T, C>(
     status: u16,
     head_request: bool,
-    transfer_encodings: &[&[u8]],
-    content_lengths: &[&[u8]],
-) -> Result<AnswerBody, BadFraming> {
-    let length = agreed_length(content_lengths);
+    transfer_encodings: impl Fn() -> T,
+    content_lengths: impl Fn() -> C,
+) -> Result<AnswerBody, BadFraming>
+where
+    T: Iterator<Item = &'a [u8]>,
+    C: Iterator<Item = &'a [u8]>,
+{
+    let length = agreed_length(content_lengths());
     if head_request || status < 200 || status == 204 || status == 304 {
         let passed_on = head_request || status == 304;
         return Ok(AnswerBody::None {
             length: length.ok().flatten().filter(|_| passed_on),
         });
     }
-    if !transfer_encodings.is_empty() {
-        if !content_lengths.is_empty() {
+    if transfer_encodings().next().is_some() {
+        if content_lengths().next().is_some() {
             return Err(BadFraming::LengthAndTransferEncoding);
         }
-        let mut codings = transfer_encodings
-            .iter()
+        let mut codings = transfer_encodings()
             .flat_map(|value| value.split(|&b| b == b','))
-            .map(trim)
+            .map(trim_ows)
             .filter(|coding| !coding.is_empty());
         return match (codings.next(), codings.next()) {
             (Some(coding), None) if coding.eq_ignore_ascii_case(b"chunked") => {
@@ -91,11 +97,29 @@ pub fn answer_body(
     }
 }
 
+/// [`answer_body`] for an answer head as parsed: its `Transfer-Encoding` and `Content-Length`
+/// headers, every value in order.
+pub fn answer_body_of(
+    status: u16,
+    head_request: bool,
+    headers: &http::HeaderMap,
+) -> Result<AnswerBody, BadFraming> {
+    let values = |name: &'static http::HeaderName| {
+        move || headers.get_all(name).into_iter().map(|v| v.as_bytes())
+    };
+    answer_body(
+        status,
+        head_request,
+        values(&http::header::TRANSFER_ENCODING),
+        values(&http::header::CONTENT_LENGTH),
+    )
+}
+
 /// The one length all `Content-Length` values agree on (`None` without any).
-fn agreed_length(values: &[&[u8]]) -> Result<Option<u64>, BadFraming> {
+fn agreed_length<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Option<u64>, BadFraming> {
     let mut agreed = None;
-    for item in values.iter().flat_map(|value| value.split(|&b| b == b',')) {
-        let item = trim(item);
+    for item in values.flat_map(|value| value.split(|&b| b == b',')) {
+        let item = trim_ows(item);
         if item.is_empty() || !item.iter().all(u8::is_ascii_digit) {
             return Err(BadFraming::BadLength);
         }
@@ -111,7 +135,9 @@ fn agreed_length(values: &[&[u8]]) -> Result<Option<u64>, BadFraming> {
     Ok(agreed)
 }
 
-fn trim(bytes: &[u8]) -> &[u8] {
+/// Strips the optional whitespace (spaces and tabs) around a header value or list item
+/// (RFC 9110 section 5.6.3).
+pub fn trim_ows(bytes: &[u8]) -> &[u8] {
     let start = bytes
         .iter()
         .position(|b| !matches!(b, b' ' | b'\t'))
@@ -180,7 +206,7 @@ mod tests {
             let te: Vec<&[u8]> = te.iter().map(|v| v.as_bytes()).collect();
             let cl: Vec<&[u8]> = cl.iter().map(|v| v.as_bytes()).collect();
             assert_eq!(
-                answer_body(*status, *head, &te, &cl),
+                answer_body(*status, *head, || te.iter().copied(), || cl.iter().copied()),
                 *expected,
                 "{status}, HEAD {head}, TE {te:?}, CL {cl:?}"
             );

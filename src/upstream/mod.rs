@@ -23,7 +23,7 @@ use std::io::{self, Read};
 use std::time::Instant;
 
 use crate::failure::Failure;
-use crate::message::framing::{AnswerBody, answer_body};
+use crate::message::framing::{AnswerBody, answer_body_of};
 use crate::message::http;
 
 pub use connections::{AgentSettings, Connections, HealthCheck, SendFailed};
@@ -51,21 +51,8 @@ impl Response {
         if status > 599 {
             return Err(Failure::Broken(format!("status {status} (above 599)")));
         }
-        let values = |name| {
-            inner
-                .headers()
-                .get_all(name)
-                .iter()
-                .map(|v| v.as_bytes())
-                .collect::<Vec<_>>()
-        };
-        let body = answer_body(
-            status,
-            head_request,
-            &values(http::header::TRANSFER_ENCODING),
-            &values(http::header::CONTENT_LENGTH),
-        )
-        .map_err(|bad| Failure::Broken(format!("answer framed with {}", bad.reason())))?;
+        let body = answer_body_of(status, head_request, inner.headers())
+            .map_err(|bad| Failure::Broken(format!("answer framed with {}", bad.reason())))?;
         Ok(Response {
             inner,
             connected,

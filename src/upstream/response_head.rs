@@ -5,11 +5,11 @@
 use std::io::{self, BufReader, Cursor, Read};
 use std::net::TcpStream;
 
-use ureq::http::{HeaderMap, HeaderName, HeaderValue, header};
+use ureq::http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::chunked::ChunkedReader;
 use crate::message::MAX_RESPONSE_HEAD_BYTES;
-use crate::message::framing::{AnswerBody, answer_body};
+use crate::message::framing::{AnswerBody, answer_body_of, trim_ows};
 
 /// Reads until `buffered` holds a whole head; returns where the head ends (after its blank
 /// line). Bytes after it stay in `buffered`.
@@ -102,18 +102,6 @@ pub(super) fn parse_head(head: &[u8]) -> Result<(u16, HeaderMap), String> {
     Ok((status, headers))
 }
 
-fn trim_ows(bytes: &[u8]) -> &[u8] {
-    let start = bytes
-        .iter()
-        .position(|b| !matches!(b, b' ' | b'\t'))
-        .unwrap_or(bytes.len());
-    let end = bytes
-        .iter()
-        .rposition(|b| !matches!(b, b' ' | b'\t'))
-        .map_or(start, |e| e + 1);
-    &bytes[start..end]
-}
-
 /// The answer's body as a reader over the connection, framed as its headers say (the one
 /// decision of [`crate::message::framing`], as on the pooled path): by Content-Length,
 /// chunked, or until the backend closes. A framing tinylb cannot relay is an error.
@@ -123,20 +111,8 @@ pub(super) fn framed_body(
     source: Cursor<Vec<u8>>,
     stream: TcpStream,
 ) -> Result<ureq::Body, String> {
-    let values = |name| {
-        headers
-            .get_all(name)
-            .iter()
-            .map(|v| v.as_bytes())
-            .collect::<Vec<_>>()
-    };
-    let framing = answer_body(
-        status,
-        false,
-        &values(header::TRANSFER_ENCODING),
-        &values(header::CONTENT_LENGTH),
-    )
-    .map_err(|bad| format!("answer framed with {}", bad.reason()))?;
+    let framing = answer_body_of(status, false, headers)
+        .map_err(|bad| format!("answer framed with {}", bad.reason()))?;
     let source = source.chain(stream);
     let body = match framing {
         AnswerBody::None { .. } => DeclinedBody::Exact(ExactLength { source, left: 0 }),
